@@ -1,0 +1,756 @@
+//! The configuration files: `flux.yaml` (committed) and `secrets-flux.yaml` (never committed).
+//!
+//! [`load`] does the file I/O; [`parse_flux`] and [`parse_secrets`] do the work on text, so tests
+//! feed literals. Reading happens in two steps: the YAML tree (with positions) is read into raw
+//! fields, then each field is checked into a type that cannot hold a bad value. Every problem in
+//! both files is collected before anything is returned.
+
+pub mod source;
+pub mod yaml;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::branch::BranchName;
+use crate::diag::{Code, Diagnostic, Position, Report, Severity};
+use crate::repo_path::RepoPath;
+use crate::repo_url::{self, RepoUrl};
+use crate::token::{self, Token};
+pub use source::Source;
+use yaml::{Node, NodeKind, Resolved, Style, YamlError};
+
+/// The committed configuration file's name inside the config directory.
+pub const FLUX_FILE: &str = "flux.yaml";
+/// The secrets file's name inside the config directory.
+pub const SECRETS_FILE: &str = "secrets-flux.yaml";
+/// The environment variable that replaces the secrets file.
+pub const TOKEN_ENV: &str = "HOMELAB_FLUX_TOKEN";
+/// Files larger than this are refused before parsing.
+pub const MAX_FILE_SIZE: usize = 64 * 1024;
+
+const API_VERSION: &str = "v1alpha1";
+const KIND: &str = "HomelabFluxConfig";
+
+/// How the cluster reads the repository.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// A read-only SSH deploy key, created with the token (the default).
+    #[default]
+    DeployKey,
+    /// The token itself, stored in the cluster.
+    Token,
+}
+
+impl fmt::Display for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Auth::DeployKey => "deploy-key",
+            Auth::Token => "token",
+        })
+    }
+}
+
+/// `flux.yaml`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FluxConfig {
+    pub repo: RepoUrl,
+    /// `None`: the repository's default branch (`main` when offline).
+    pub branch: Option<BranchName>,
+    pub path: RepoPath,
+    pub auth: Auth,
+}
+
+/// Where the token came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenOrigin {
+    File(PathBuf),
+    Env,
+}
+
+/// Everything [`load`] read, and every finding.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Set when `flux.yaml` had no errors.
+    pub flux: Option<FluxConfig>,
+    /// Set when a token was found and had no errors.
+    pub token: Option<Token>,
+    pub token_origin: Option<TokenOrigin>,
+    /// The secrets file's path (whether or not it exists).
+    pub secrets_path: PathBuf,
+    pub report: Report,
+    /// The texts the findings point into, for rendering.
+    pub sources: Vec<Source>,
+}
+
+/// Problems that stop a command before it can check anything (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "`{path}` not found; create it (see `config/flux.yaml` in the homelab-flux README) or pass `--config-dir`"
+    )]
+    Missing { path: String },
+    #[error("failed to read `{path}`")]
+    Read {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the caller needs from the secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secrets {
+    /// `validate`: a missing secrets file is a warning.
+    Optional,
+    /// `bootstrap`: a missing secrets file is an error.
+    Required,
+    /// `bootstrap --export`: the token is not read at all.
+    Ignored,
+}
+
+/// Reads both files from `dir` (and `HOMELAB_FLUX_TOKEN`), collecting every finding.
+pub fn load(dir: &Path, secrets: Secrets, env_token: Option<String>) -> Result<Loaded, LoadError> {
+    let flux_path = dir.join(FLUX_FILE);
+    let secrets_path = dir.join(SECRETS_FILE);
+    let mut report = Report::default();
+    let mut sources = Vec::new();
+
+    let flux_bytes = read(&flux_path)?.ok_or_else(|| LoadError::Missing {
+        path: flux_path.display().to_string(),
+    })?;
+    let (flux, flux_source) =
+        parse_flux_bytes(&flux_bytes, &flux_path.display().to_string(), &mut report);
+    sources.push(flux_source);
+    let auth = flux.as_ref().map(|f| f.auth).unwrap_or_default();
+
+    let mut token = None;
+    let mut token_origin = None;
+    if secrets != Secrets::Ignored {
+        if let Some(value) = env_token {
+            let found = token::check(&value, auth);
+            let ok = !found.iter().any(|d| d.severity == Severity::Error);
+            report.extend(
+                found
+                    .into_iter()
+                    .map(|d| d.in_file(format!("${TOKEN_ENV}"))),
+            );
+            token_origin = Some(TokenOrigin::Env);
+            token = ok.then(|| Token::new(&value));
+        } else {
+            match read(&secrets_path)? {
+                Some(bytes) => {
+                    let name = secrets_path.display().to_string();
+                    let (t, source) = parse_secrets_bytes(&bytes, &name, auth, &mut report);
+                    sources.push(source);
+                    token = t;
+                    token_origin = Some(TokenOrigin::File(secrets_path.clone()));
+                }
+                None => {
+                    let d = Diagnostic::new(
+                        if secrets == Secrets::Required {
+                            Severity::Error
+                        } else {
+                            Severity::Warning
+                        },
+                        Code::SecretsMissing,
+                        format!(
+                            "`{}` not found, so the token is not checked",
+                            secrets_path.display()
+                        ),
+                    )
+                    .in_file(secrets_path.display().to_string())
+                    .with_hint(format!(
+                        "copy `{}.example` to it and paste a token, or set `{TOKEN_ENV}`",
+                        secrets_path.display()
+                    ));
+                    report.push(d);
+                }
+            }
+        }
+    }
+
+    Ok(Loaded {
+        flux,
+        token,
+        token_origin,
+        secrets_path,
+        report,
+        sources,
+    })
+}
+
+/// Reads a file; `Ok(None)` when it does not exist.
+fn read(path: &Path) -> Result<Option<Vec<u8>>, LoadError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Parses `flux.yaml` text. Findings go to `report`; the config is returned when there were no errors.
+pub fn parse_flux(text: &str, name: &str) -> (Option<FluxConfig>, Report) {
+    let mut report = Report::default();
+    let (cfg, _) = parse_flux_bytes(text.as_bytes(), name, &mut report);
+    (cfg, report)
+}
+
+/// Parses `secrets-flux.yaml` text for the given `auth`.
+pub fn parse_secrets(text: &str, name: &str, auth: Auth) -> (Option<Token>, Report) {
+    let mut report = Report::default();
+    let (token, _) = parse_secrets_bytes(text.as_bytes(), name, auth, &mut report);
+    (token, report)
+}
+
+const FLUX_KEYS: &[&str] = &["repo", "branch", "path", "auth", "apiVersion", "kind"];
+const SECRETS_KEYS: &[&str] = &["token", "apiVersion", "kind"];
+
+fn parse_flux_bytes(bytes: &[u8], name: &str, report: &mut Report) -> (Option<FluxConfig>, Source) {
+    let (fields, mut source) = match read_document(bytes, name, false, FLUX_KEYS, report) {
+        Ok(x) => x,
+        Err(source) => return (None, source),
+    };
+    let before = report.summary().errors;
+    let mut ctx = Fields {
+        source: &mut source,
+        report,
+        fields,
+    };
+    ctx.check_header();
+
+    let repo = ctx.string("repo", true).and_then(|(value, node)| {
+        let parsed = repo_url::parse(&value);
+        let pos = ctx.value_position(&node, &value);
+        if let Some(secret) = parsed.secret {
+            let start = ctx.source.offset(pos.line, pos.column) + quote_len(&node);
+            ctx.source
+                .add_mask(start + secret.start..start + secret.end);
+        }
+        ctx.report
+            .extend(parsed.findings.into_iter().map(|d| d.at(name, pos)));
+        parsed.url
+    });
+    let branch = ctx.string("branch", false).and_then(|(value, node)| {
+        let pos = ctx.value_position(&node, &value);
+        BranchName::parse(&value)
+            .map_err(|d| ctx.report.push(d.at(name, pos)))
+            .ok()
+    });
+    let path = match ctx.string("path", false) {
+        None => Some(RepoPath::default()),
+        Some((value, node)) => {
+            let pos = ctx.value_position(&node, &value);
+            RepoPath::parse(&value)
+                .map_err(|d| ctx.report.push(d.at(name, pos)))
+                .ok()
+        }
+    };
+    let auth = match ctx.string("auth", false) {
+        None => Some(Auth::DeployKey),
+        Some((value, node)) => {
+            let pos = ctx.value_position(&node, &value);
+            match value.as_str() {
+                "deploy-key" => Some(Auth::DeployKey),
+                "token" => Some(Auth::Token),
+                other => {
+                    let mut d = Diagnostic::error(
+                        Code::AuthInvalid,
+                        format!("`auth` must be `deploy-key` or `token`, not `{other}`"),
+                    );
+                    d = match suggest(other, &["deploy-key", "token"]) {
+                        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                        None => d.with_hint(
+                            "`deploy-key` (the default) keeps the token off the cluster",
+                        ),
+                    };
+                    ctx.report.push(d.at(name, pos));
+                    None
+                }
+            }
+        }
+    };
+    let ok = ctx.report.summary().errors == before;
+    let cfg = match (ok, repo, path, auth) {
+        (true, Some(repo), Some(path), Some(auth)) => Some(FluxConfig {
+            repo,
+            branch,
+            path,
+            auth,
+        }),
+        _ => None,
+    };
+    (cfg, source)
+}
+
+fn parse_secrets_bytes(
+    bytes: &[u8],
+    name: &str,
+    auth: Auth,
+    report: &mut Report,
+) -> (Option<Token>, Source) {
+    let (fields, mut source) = match read_document(bytes, name, true, SECRETS_KEYS, report) {
+        Ok(x) => x,
+        Err(source) => return (None, source),
+    };
+    let before = report.summary().errors;
+    let mut ctx = Fields {
+        source: &mut source,
+        report,
+        fields,
+    };
+    ctx.check_header();
+    let token = ctx.string("token", true).and_then(|(value, node)| {
+        let pos = ctx.value_position(&node, &value);
+        let found = token::check(&value, auth);
+        ctx.report
+            .extend(found.into_iter().map(|d| d.at(name, pos)));
+        Some(Token::new(&value))
+    });
+    let ok = ctx.report.summary().errors == before;
+    (token.filter(|_| ok), source)
+}
+
+/// Decodes and parses one file into its top-level entries, after every document-level check.
+/// On a document-level problem the finding is pushed and only the source is returned.
+fn read_document(
+    bytes: &[u8],
+    name: &str,
+    secret: bool,
+    known: &[&str],
+    report: &mut Report,
+) -> Result<(Vec<(String, Node, Node)>, Source), Source> {
+    let make_source = |text: &str| {
+        if secret {
+            Source::secret(name, text)
+        } else {
+            Source::new(name, text)
+        }
+    };
+    if bytes.len() > MAX_FILE_SIZE {
+        report.push(
+            Diagnostic::error(
+                Code::TooLarge,
+                format!(
+                    "the file is {} bytes; configuration files are at most {} KiB",
+                    bytes.len(),
+                    MAX_FILE_SIZE / 1024
+                ),
+            )
+            .in_file(name)
+            .with_hint("this file holds a few lines; check that the right file is in place"),
+        );
+        return Err(make_source(""));
+    }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let valid = String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned();
+            let source = make_source(&valid);
+            let pos = source.position_of(valid.len(), 1);
+            report.push(
+                Diagnostic::error(Code::NotUtf8, "the file is not valid UTF-8")
+                    .at(name, pos)
+                    .with_hint("save the file as UTF-8"),
+            );
+            return Err(source);
+        }
+    };
+    let source = make_source(text);
+    let doc = match yaml::parse(text) {
+        Ok(Some(doc)) => doc,
+        Ok(None) => {
+            report.push(
+                Diagnostic::error(Code::EmptyFile, "the file is empty")
+                    .in_file(name)
+                    .with_hint(if secret {
+                        "add `token: \"github_pat_...\"`"
+                    } else {
+                        "add `repo: https://github.com/owner/repo.git`"
+                    }),
+            );
+            return Err(source);
+        }
+        Err(e) => {
+            let d = match e {
+                YamlError::Syntax { message, pos } => {
+                    Diagnostic::error(Code::YamlSyntax, format!("invalid YAML: {message}"))
+                        .at(
+                            name,
+                            Position {
+                                line: pos.line,
+                                column: pos.column,
+                                width: 1,
+                            },
+                        )
+                        .with_hint(
+                            "check the indentation and quoting on this line and the one before",
+                        )
+                }
+                YamlError::MultipleDocuments { pos } => Diagnostic::error(
+                    Code::MultipleDocuments,
+                    "the file holds more than one YAML document",
+                )
+                .at(
+                    name,
+                    Position {
+                        line: pos.line,
+                        column: pos.column,
+                        width: 3,
+                    },
+                )
+                .with_hint("keep one document: remove this `---` and what follows, or merge it"),
+                YamlError::Alias { pos } => Diagnostic::error(
+                    Code::AliasNotAllowed,
+                    "YAML aliases (`*name`) are not allowed in configuration files",
+                )
+                .at(
+                    name,
+                    Position {
+                        line: pos.line,
+                        column: pos.column,
+                        width: 1,
+                    },
+                )
+                .with_hint("write the value out"),
+            };
+            report.push(d);
+            return Err(source);
+        }
+    };
+    let entries = match doc.kind {
+        NodeKind::Mapping(entries) => entries,
+        _ => {
+            let what = doc.describe();
+            let null = doc.resolved() == Some(Resolved::Null);
+            let d = if null {
+                Diagnostic::error(Code::EmptyFile, "the file is empty")
+            } else {
+                Diagnostic::error(
+                    Code::NotAMapping,
+                    format!("the file holds {what}, not a mapping of keys to values"),
+                )
+            };
+            report.push(
+                d.at(
+                    name,
+                    Position {
+                        line: doc.pos.line,
+                        column: doc.pos.column,
+                        width: 1,
+                    },
+                )
+                .with_hint(if secret {
+                    "the file is `token: \"github_pat_...\"`"
+                } else {
+                    "the file is `key: value` lines, like `repo: https://github.com/owner/repo.git`"
+                }),
+            );
+            return Err(source);
+        }
+    };
+
+    let mut fields: Vec<(String, Node, Node)> = Vec::new();
+    for (key, value) in entries {
+        let key_name = match &key.kind {
+            NodeKind::Scalar { value: k, .. } if key.resolved() == Some(Resolved::Str) => k.clone(),
+            _ => {
+                report.push(
+                    Diagnostic::error(
+                        Code::WrongType,
+                        format!("a key is {}, not a name", key.describe()),
+                    )
+                    .at(
+                        name,
+                        Position {
+                            line: key.pos.line,
+                            column: key.pos.column,
+                            width: 1,
+                        },
+                    )
+                    .with_hint(format!("keys are names: {}", list(known))),
+                );
+                continue;
+            }
+        };
+        let shown = if secret && (key_name.len() > 16 || token::looks_like_token(&key_name)) {
+            "(hidden: it looks like a token)".to_string()
+        } else {
+            format!("`{key_name}`")
+        };
+        let key_pos = Position {
+            line: key.pos.line,
+            column: key.pos.column,
+            width: key_name.chars().count().max(1),
+        };
+        if let Some((_, first, _)) = fields.iter().find(|(k, _, _)| *k == key_name) {
+            report.push(
+                Diagnostic::error(Code::DuplicateKey, format!("duplicate key {shown}"))
+                    .at(name, key_pos)
+                    .with_hint(format!(
+                        "it is already set on line {}; keep one",
+                        first.pos.line
+                    )),
+            );
+            continue;
+        }
+        if !known.contains(&key_name.as_str()) {
+            let hint = match suggest(&key_name, known) {
+                Some(s) if !shown.starts_with("(hidden") => format!("did you mean `{s}`?"),
+                _ => format!("the keys of this file are {}", list(known)),
+            };
+            report.push(
+                Diagnostic::error(Code::UnknownKey, format!("unknown key {shown}"))
+                    .at(name, key_pos)
+                    .with_hint(hint),
+            );
+            continue;
+        }
+        fields.push((key_name, key, value));
+    }
+    Ok((fields, source))
+}
+
+/// Typed access to a file's top-level fields, pushing a finding for each problem.
+struct Fields<'a> {
+    source: &'a mut Source,
+    report: &'a mut Report,
+    fields: Vec<(String, Node, Node)>,
+}
+
+impl Fields<'_> {
+    fn name(&self) -> String {
+        self.source.name().to_string()
+    }
+
+    /// The value of a string field, or a finding if it is missing (when required) or not a string.
+    fn string(&mut self, key: &str, required: bool) -> Option<(String, Node)> {
+        let Some((_, key_node, value)) = self.fields.iter().find(|(k, _, _)| k == key) else {
+            if required {
+                let hint = match key {
+                    "repo" => "add `repo: https://github.com/owner/repo.git`",
+                    "token" => "add `token: \"github_pat_...\"`",
+                    _ => "add it",
+                };
+                self.report.push(
+                    Diagnostic::error(Code::MissingKey, format!("missing required key `{key}`"))
+                        .in_file(self.name())
+                        .with_hint(hint),
+                );
+            }
+            return None;
+        };
+        let value = value.clone();
+        let key_line = key_node.pos.line;
+        let secret = self.source.is_secret();
+        match (&value.kind, value.resolved()) {
+            (NodeKind::Scalar { value: v, .. }, Some(Resolved::Str)) => {
+                Some((v.clone(), value.clone()))
+            }
+            (NodeKind::Scalar { .. }, Some(Resolved::Null)) => {
+                let pos = Position {
+                    line: key_line,
+                    column: key_node.pos.column,
+                    width: key.len(),
+                };
+                self.report.push(
+                    Diagnostic::error(Code::WrongType, format!("`{key}` has no value"))
+                        .at(self.name(), pos)
+                        .with_hint(if required {
+                            "set a value".to_string()
+                        } else {
+                            format!("set a value or remove the `{key}` line")
+                        }),
+                );
+                None
+            }
+            (NodeKind::Scalar { value: v, .. }, _) => {
+                let what = value.describe();
+                let pos = self.value_position(&value, v);
+                let (code, hint) = if secret {
+                    (
+                        if key == "token" {
+                            Code::TokenNotString
+                        } else {
+                            Code::WrongType
+                        },
+                        format!("quote the value: `{key}: \"...\"`"),
+                    )
+                } else {
+                    (Code::WrongType, format!("quote it: `{key}: \"{v}\"`"))
+                };
+                self.report.push(
+                    Diagnostic::error(
+                        code,
+                        format!("`{key}` is read by YAML as {what}, not a string"),
+                    )
+                    .at(self.name(), pos)
+                    .with_hint(hint),
+                );
+                None
+            }
+            _ => {
+                let pos = Position {
+                    line: value.pos.line,
+                    column: value.pos.column,
+                    width: 1,
+                };
+                self.report.push(
+                    Diagnostic::error(
+                        Code::WrongType,
+                        format!("`{key}` must be a string, not {}", value.describe()),
+                    )
+                    .at(self.name(), pos)
+                    .with_hint(format!("write `{key}: VALUE` on one line")),
+                );
+                None
+            }
+        }
+    }
+
+    /// Where a scalar value stands, marking its written width.
+    fn value_position(&self, node: &Node, value: &str) -> Position {
+        let first_line = value.lines().next().unwrap_or("");
+        let width = first_line.chars().count() + 2 * quote_len(node);
+        Position {
+            line: node.pos.line,
+            column: node.pos.column,
+            width: width.max(1),
+        }
+    }
+
+    /// `apiVersion` / `kind`: optional, but only with the one accepted value.
+    fn check_header(&mut self) {
+        for (key, want) in [("apiVersion", API_VERSION), ("kind", KIND)] {
+            if let Some((value, node)) = self.string(key, false)
+                && value != want
+            {
+                let pos = self.value_position(&node, &value);
+                self.report.push(
+                    Diagnostic::error(
+                        Code::BadHeader,
+                        format!("`{key}` is `{value}`; homelab-flux reads `{want}`"),
+                    )
+                    .at(self.name(), pos)
+                    .with_hint(format!("write `{key}: {want}`, or remove the line")),
+                );
+            }
+        }
+    }
+}
+
+/// 1 for a quoted scalar (the quote before the value), 0 otherwise.
+fn quote_len(node: &Node) -> usize {
+    match &node.kind {
+        NodeKind::Scalar {
+            style: Style::Quoted,
+            ..
+        } => 1,
+        _ => 0,
+    }
+}
+
+fn list(keys: &[&str]) -> String {
+    keys.iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The closest known word, if it is close enough to be a typo.
+pub fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    let lower = word.to_ascii_lowercase().replace('_', "-");
+    known
+        .iter()
+        .map(|k| (k, levenshtein(&lower, &k.to_ascii_lowercase())))
+        .filter(|(k, d)| *d <= (k.len() / 3).max(1))
+        .min_by_key(|(_, d)| *d)
+        .map(|(k, _)| *k)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "ghp_R8vK2mQ9xLp4Tz7Wn3Bc6Hd1Jf5Gs0YaEuVi";
+
+    #[test]
+    fn the_two_field_example_loads() {
+        let (cfg, report) = parse_flux(
+            "repo: https://github.com/username/manifests.git\nbranch: main\n",
+            "flux.yaml",
+        );
+        assert!(report.is_empty(), "{report:?}");
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.branch.unwrap().as_str(), "main");
+        assert_eq!(cfg.path.as_str(), "./");
+        assert_eq!(cfg.auth, Auth::DeployKey);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let (cfg, report) = parse_flux(
+            "repo: http://github.com/o/r\nbrnch: main\npath: /x\nauth: tokn\n",
+            "f",
+        );
+        assert!(cfg.is_none());
+        let codes: Vec<Code> = report.sorted().iter().map(|d| d.code).collect();
+        assert_eq!(
+            codes,
+            vec![
+                Code::RepoScheme,
+                Code::UnknownKey,
+                Code::PathAbsolute,
+                Code::AuthInvalid
+            ]
+        );
+    }
+
+    #[test]
+    fn unquoted_numbers_are_refused_with_a_quote_hint() {
+        let (_, report) = parse_secrets("token: 12345678\n", "s", Auth::DeployKey);
+        let d = report.iter().next().unwrap();
+        assert_eq!(d.code, Code::TokenNotString);
+        assert!(!d.hint.as_ref().unwrap().contains("12345678"));
+    }
+
+    #[test]
+    fn debug_of_loaded_config_never_shows_the_token() {
+        let (token, report) = parse_secrets(&format!("token: {TOKEN}\n"), "s", Auth::DeployKey);
+        assert!(report.is_empty(), "{report:?}");
+        let shown = format!("{token:?} {:?}", Source::secret("s", TOKEN));
+        assert!(!shown.contains(&TOKEN[4..]), "{shown}");
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("brnch", FLUX_KEYS), Some("branch"));
+        assert_eq!(suggest("Repo", FLUX_KEYS), Some("repo"));
+        assert_eq!(
+            suggest("deploy_key", &["deploy-key", "token"]),
+            Some("deploy-key")
+        );
+        assert_eq!(suggest("zzzz", FLUX_KEYS), None);
+    }
+}

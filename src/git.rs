@@ -1,0 +1,246 @@
+//! Local git repositories, through git2: the secrets-hygiene checks of `validate`.
+//!
+//! When the config directory is inside a git work tree, the secrets file must never reach a
+//! commit: not tracked, not staged, ignored; and the token's value must not sit in any other file
+//! git tracks. Nothing here changes the repository.
+
+use std::path::{Path, PathBuf};
+
+use git2::{Repository, RepositoryOpenFlags};
+
+use crate::diag::{Code, Diagnostic, Position};
+use crate::token::Token;
+
+/// Files larger than this are not searched for the token (they are not hand-edited text).
+const MAX_SCAN_SIZE: usize = 8 * 1024 * 1024;
+
+/// Runs every hygiene check. Outside a git work tree there is nothing to check.
+///
+/// `secrets_path` is the secrets file as the user names it (it need not exist); `token` is the
+/// token, wherever it came from, for the search of tracked files.
+pub fn hygiene(config_dir: &Path, secrets_path: &Path, token: Option<&Token>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let Ok(repo) = Repository::open_ext(
+        config_dir,
+        RepositoryOpenFlags::empty(),
+        std::iter::empty::<&Path>(),
+    ) else {
+        return out;
+    };
+    let Some(workdir) = repo.workdir().and_then(|w| w.canonicalize().ok()) else {
+        return out;
+    };
+    let Ok(dir) = config_dir.canonicalize() else {
+        return out;
+    };
+    let Ok(rel_dir) = dir.strip_prefix(&workdir) else {
+        return out;
+    };
+    let file_name = secrets_path
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let rel = rel_dir.join(&file_name);
+    let shown = secrets_path.display().to_string();
+    let index = repo.index().ok();
+
+    let in_head = repo
+        .head()
+        .ok()
+        .and_then(|h| h.peel_to_tree().ok())
+        .is_some_and(|tree| tree.get_path(&rel).is_ok());
+    let staged = index
+        .as_ref()
+        .is_some_and(|i| i.get_path(&rel, 0).is_some());
+    let exists = secrets_path.exists();
+
+    if in_head || staged {
+        let (what, rotate) = if in_head {
+            (
+                "is committed",
+                "; the token is in the history now, so revoke it and create a new one",
+            )
+        } else {
+            ("is staged for the next commit", "")
+        };
+        out.push(
+            Diagnostic::error(
+                Code::SecretsTracked,
+                format!("the secrets file `{shown}` {what}"),
+            )
+            .in_file(&shown)
+            .with_hint(format!(
+                "run `git rm --cached {}` and add `{}` to .gitignore{rotate}",
+                rel.display(),
+                ignore_line(rel_dir)
+            )),
+        );
+    } else if exists && !repo.is_path_ignored(&rel).unwrap_or(false) {
+        out.push(
+            Diagnostic::error(
+                Code::SecretsNotIgnored,
+                format!("the secrets file `{shown}` is not ignored by git"),
+            )
+            .in_file(&shown)
+            .with_hint(format!(
+                "add the line `{}` to .gitignore",
+                ignore_line(rel_dir)
+            )),
+        );
+    }
+
+    if exists {
+        out.extend(permissions(secrets_path, &shown));
+    }
+
+    if let Some(index) = index {
+        scan_tracked(&repo, &index, &workdir, &rel, token, &mut out);
+    }
+    out
+}
+
+/// The .gitignore line that covers every secrets file of the config directory.
+fn ignore_line(rel_dir: &Path) -> String {
+    if rel_dir.as_os_str().is_empty() {
+        "secrets-*.yaml".to_string()
+    } else {
+        format!("{}/secrets-*.yaml", rel_dir.display())
+    }
+}
+
+#[cfg(unix)]
+fn permissions(path: &Path, shown: &str) -> Option<Diagnostic> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        Diagnostic::warning(
+            Code::SecretsPermissions,
+            format!(
+                "the secrets file `{shown}` is readable by other users (mode {:o})",
+                mode & 0o777
+            ),
+        )
+        .in_file(shown)
+        .with_hint(format!("run `chmod 600 {shown}`"))
+    })
+}
+
+#[cfg(not(unix))]
+fn permissions(_: &Path, _: &str) -> Option<Diagnostic> {
+    None
+}
+
+/// Searches every tracked or staged file (staged content and working-tree content) for the
+/// token, and YAML files for plaintext Kubernetes Secrets.
+fn scan_tracked(
+    repo: &Repository,
+    index: &git2::Index,
+    workdir: &Path,
+    secrets_rel: &Path,
+    token: Option<&Token>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let needle = token.map(|t| t.expose().as_bytes());
+    for entry in index.iter() {
+        // Submodules (gitlinks) have no content here.
+        if entry.mode == 0o160000 {
+            continue;
+        }
+        let rel = PathBuf::from(String::from_utf8_lossy(&entry.path).into_owned());
+        if rel == secrets_rel {
+            continue;
+        }
+        let on_disk = std::fs::read(workdir.join(&rel))
+            .ok()
+            .filter(|b| b.len() <= MAX_SCAN_SIZE);
+        let staged = repo
+            .find_blob(entry.id)
+            .ok()
+            .filter(|b| b.size() <= MAX_SCAN_SIZE)
+            .map(|b| b.content().to_vec());
+        let shown = rel.display().to_string();
+        if let Some(needle) = needle
+            && [&on_disk, &staged]
+                .into_iter()
+                .flatten()
+                .any(|c| memchr::memmem::find(c, needle).is_some())
+        {
+            out.push(
+                Diagnostic::error(Code::TokenInTrackedFile, format!("the token's value is in `{shown}`, a file git tracks"))
+                    .in_file(&shown)
+                    .with_hint("remove it from that file; if it was ever committed, revoke the token and create a new one"),
+            );
+        }
+        let is_yaml = rel.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        if is_yaml && let Some(content) = on_disk.as_ref().or(staged.as_ref()) {
+            if let Some(line) = plaintext_secret(&String::from_utf8_lossy(content)) {
+                out.push(
+                    Diagnostic::warning(
+                        Code::PlaintextSecret,
+                        format!(
+                            "`{shown}` is a Kubernetes Secret with plaintext `data`/`stringData`"
+                        ),
+                    )
+                    .at(
+                        &shown,
+                        Position {
+                            line,
+                            column: 1,
+                            width: 12,
+                        },
+                    )
+                    .with_hint(
+                        "encrypt it with SOPS (`sops --encrypt --in-place`), or keep it out of git",
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The line of `kind: Secret` of the first document that has data and no `sops:` key.
+pub fn plaintext_secret(text: &str) -> Option<usize> {
+    let mut kind_line = None;
+    let (mut has_data, mut has_sops) = (false, false);
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, raw) in lines.iter().chain(std::iter::once(&"---")).enumerate() {
+        let line = raw.trim_end();
+        if line == "---" || line.starts_with("--- ") {
+            if let (Some(k), true, false) = (kind_line, has_data, has_sops) {
+                return Some(k);
+            }
+            kind_line = None;
+            has_data = false;
+            has_sops = false;
+            continue;
+        }
+        // Only top-level keys count.
+        if let Some(value) = line.strip_prefix("kind:") {
+            if value.trim().trim_matches(['"', '\'']) == "Secret" {
+                kind_line = Some(i + 1);
+            }
+        } else if line.starts_with("data:") || line.starts_with("stringData:") {
+            has_data = true;
+        } else if line.starts_with("sops:") {
+            has_sops = true;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_plaintext_secrets_only() {
+        let plain = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: x\nstringData:\n  a: b\n";
+        assert_eq!(plaintext_secret(plain), Some(2));
+        let sops = format!("{plain}sops:\n  version: 3\n");
+        assert_eq!(plaintext_secret(&sops), None);
+        let cm = "kind: ConfigMap\ndata:\n  a: b\n";
+        assert_eq!(plaintext_secret(cm), None);
+        let second = format!("{cm}---\n{plain}");
+        assert_eq!(plaintext_secret(&second), Some(6));
+    }
+}

@@ -1,0 +1,64 @@
+//! homelab-flux: bootstrap Flux onto a homelab Kubernetes cluster from a GitHub repository.
+//!
+//! Modules that talk to the outside world, one per system:
+//! - [`config`]: the configuration files;
+//! - [`git`]: local git repositories (secrets hygiene), through git2.
+//!
+//! Pure logic beside them: [`repo_url`], [`branch`], [`repo_path`], [`token`] check and normalise
+//! values; [`flux`] builds the Flux objects; [`diag`] holds findings. [`cmd`] has one module per
+//! subcommand; [`output`] is the only module that prints.
+
+pub mod branch;
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod diag;
+pub mod flux;
+pub mod git;
+pub mod github;
+pub mod output;
+pub mod repo_path;
+pub mod repo_url;
+pub mod token;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Command};
+use output::Ui;
+
+/// How a command that ran to its end went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Done, no errors (exit 0).
+    Ok,
+    /// Done, and problems were found (exit 1).
+    Problems,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        match e {
+            Exit::Ok => ExitCode::SUCCESS,
+            Exit::Problems => ExitCode::from(1),
+        }
+    }
+}
+
+/// Runs a parsed command line. An `Err` means the command could not run (exit 2).
+pub fn run(cli: Cli, ui: &Ui) -> anyhow::Result<Exit> {
+    match cli.command {
+        Command::Validate(args) => cmd::validate::run(&args, &cli.global, ui),
+        Command::Bootstrap(args) => cmd::bootstrap::run(&args, &cli.global, ui),
+        Command::Status(args) => cmd::status::run(&args, &cli.global, ui),
+        Command::Completions(args) => cmd::completions::run(&args, ui),
+        Command::Man(args) => cmd::completions::man(&args, ui),
+    }
+}
+
+/// True when the error is a closed stdout (`homelab-flux ... | head`), which is not a failure.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
