@@ -1,0 +1,427 @@
+//! Proves the test environment is real, without any homelab-flux code: the API server is the
+//! Kubernetes version we claim, the Flux CRDs are served, and Flux's own controllers clone from
+//! the SSH and HTTP git servers and apply what they find. If these fail, every end-to-end test
+//! built on `tests/support` would fail for reasons that are not the tool's.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use support::cluster::{self, CONTEXT, FLUX_CRDS};
+use support::git_server::{self, GitRepo, HttpGitServer, SEED_CONFIG_MAP, SshGitServer};
+
+const FIELD_MANAGER: &str = "homelab-flux-environment-test";
+/// Namespace of the Flux objects the tests create.
+const FLUX_NAMESPACE: &str = "flux-system";
+/// Long enough for a first clone on a busy 2-core machine, short of hiding a hang.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn git_repository_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("source.toolkit.fluxcd.io", "v1", "GitRepository"),
+        "gitrepositories",
+    )
+}
+
+fn kustomization_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kustomize.toolkit.fluxcd.io", "v1", "Kustomization"),
+        "kustomizations",
+    )
+}
+
+async fn apply_namespace(client: &kube::Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&namespace),
+    )
+    .await
+    .expect("applying namespace");
+}
+
+async fn apply_secret(client: &kube::Client, name: &str, data: &[(&str, &str)]) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), FLUX_NAMESPACE);
+    let data: BTreeMap<String, ByteString> = data
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+        .collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .expect("applying secret");
+}
+
+async fn apply_dynamic(client: &kube::Client, resource: &ApiResource, object: Value) {
+    let name = object["metadata"]["name"]
+        .as_str()
+        .expect("metadata.name")
+        .to_owned();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), FLUX_NAMESPACE, resource);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .unwrap_or_else(|err| panic!("applying {} `{name}`: {err}", resource.kind));
+}
+
+async fn apply_git_repository(client: &kube::Client, name: &str, url: &str, secret: &str) {
+    let object = json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1",
+        "kind": "GitRepository",
+        "metadata": {"name": name, "namespace": FLUX_NAMESPACE},
+        "spec": {
+            "url": url,
+            "ref": {"branch": "main"},
+            "interval": "2s",
+            "timeout": "20s",
+            "secretRef": {"name": secret},
+        },
+    });
+    apply_dynamic(client, &git_repository_resource(), object).await;
+}
+
+fn condition<'a>(object: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
+    object.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|condition| condition["type"] == type_)
+}
+
+/// Polls a Flux object until `done` holds; the timeout message shows its status and the
+/// controller's log.
+async fn wait_for(
+    client: &kube::Client,
+    resource: &ApiResource,
+    name: &str,
+    what: &str,
+    done: impl Fn(&DynamicObject) -> bool,
+) -> DynamicObject {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), FLUX_NAMESPACE, resource);
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < RECONCILE_TIMEOUT {
+        if let Some(object) = api.get_opt(name).await.expect("reading Flux object") {
+            if done(&object) {
+                return object;
+            }
+            last = Some(object);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let status = last
+        .map(|object| object.data["status"].to_string())
+        .unwrap_or_default();
+    let controller = if resource.group.starts_with("source") {
+        "source-controller"
+    } else {
+        "kustomize-controller"
+    };
+    panic!(
+        "{} `{name}` not {what} after {RECONCILE_TIMEOUT:?}; status: {status}\n{controller} log:\n{}",
+        resource.kind,
+        cluster::cluster().log_tail(controller, 30)
+    );
+}
+
+fn is_ready(object: &DynamicObject) -> bool {
+    condition(object, "Ready").is_some_and(|c| c["status"] == "True")
+}
+
+fn revision(object: &DynamicObject) -> String {
+    object.data["status"]["artifact"]["revision"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A GitRepository over SSH with a key the server authorizes; returns the repo and the server.
+async fn ssh_git_repository(client: &kube::Client, name: &str) -> (SshGitServer, GitRepo) {
+    let server = SshGitServer::start();
+    let repo = server.create_repo(&format!("seed-{name}"));
+    let key = git_server::generate_ssh_key(name);
+    server.add_authorized_key(&key.public_key);
+    apply_secret(
+        client,
+        name,
+        &[
+            ("identity", &key.private_key),
+            ("identity.pub", &key.public_key),
+            ("known_hosts", &server.known_hosts_line()),
+        ],
+    )
+    .await;
+    apply_git_repository(client, name, &server.url(&repo), name).await;
+    (server, repo)
+}
+
+async fn flux_client() -> kube::Client {
+    let cluster = cluster::cluster();
+    cluster.start_flux();
+    let client = cluster.client().await;
+    apply_namespace(&client, FLUX_NAMESPACE).await;
+    client
+}
+
+#[tokio::test]
+async fn api_server_reports_kubernetes_1_36() {
+    let cluster = cluster::cluster();
+    let _shared = cluster.shared().await;
+    assert_eq!(cluster.context(), CONTEXT);
+    let version = cluster
+        .client()
+        .await
+        .apiserver_version()
+        .await
+        .expect("GET /version");
+    assert!(
+        version.git_version.starts_with("v1.36."),
+        "/version says {version:?}"
+    );
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "36")
+    );
+}
+
+#[tokio::test]
+async fn the_seven_flux_crds_are_established() {
+    let cluster = cluster::cluster();
+    let _shared = cluster.shared().await;
+    let api: Api<CustomResourceDefinition> = Api::all(cluster.client().await);
+    for name in FLUX_CRDS {
+        let crd = api
+            .get(name)
+            .await
+            .unwrap_or_else(|err| panic!("CRD `{name}`: {err}"));
+        let established = crd
+            .status
+            .and_then(|status| status.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        assert!(established, "CRD `{name}` is not Established");
+    }
+}
+
+#[tokio::test]
+async fn git_repository_over_ssh_becomes_ready_at_the_seeded_commit() {
+    let _shared = cluster::cluster().shared().await;
+    let client = flux_client().await;
+    let (_server, repo) = ssh_git_repository(&client, "env-ssh").await;
+    let object = wait_for(
+        &client,
+        &git_repository_resource(),
+        "env-ssh",
+        "Ready",
+        is_ready,
+    )
+    .await;
+    assert_eq!(
+        revision(&object),
+        format!("main@sha1:{}", repo.seeded_commit())
+    );
+}
+
+#[tokio::test]
+async fn git_repository_over_http_basic_auth_becomes_ready_at_the_seeded_commit() {
+    let _shared = cluster::cluster().shared().await;
+    let client = flux_client().await;
+    let server = HttpGitServer::start("git", "first-token");
+    let repo = server.create_repo("seed-env-http");
+    // The token changes before Flux ever sees it: the server takes the new one.
+    server.set_password("token-2");
+    apply_secret(
+        &client,
+        "env-http",
+        &[("username", "git"), ("password", "token-2")],
+    )
+    .await;
+    apply_git_repository(&client, "env-http", &server.url(&repo), "env-http").await;
+    let object = wait_for(
+        &client,
+        &git_repository_resource(),
+        "env-http",
+        "Ready",
+        is_ready,
+    )
+    .await;
+    assert_eq!(
+        revision(&object),
+        format!("main@sha1:{}", repo.seeded_commit())
+    );
+}
+
+#[tokio::test]
+async fn git_repository_over_ssh_with_an_unknown_key_fails_authentication() {
+    let _shared = cluster::cluster().shared().await;
+    let client = flux_client().await;
+    let server = SshGitServer::start();
+    let repo = server.create_repo("seed-env-wrong-key");
+    let authorized = git_server::generate_ssh_key("authorized");
+    let presented = git_server::generate_ssh_key("presented");
+    server.add_authorized_key(&authorized.public_key);
+    apply_secret(
+        &client,
+        "env-wrong-key",
+        &[
+            ("identity", &presented.private_key),
+            ("identity.pub", &presented.public_key),
+            ("known_hosts", &server.known_hosts_line()),
+        ],
+    )
+    .await;
+    apply_git_repository(
+        &client,
+        "env-wrong-key",
+        &server.url(&repo),
+        "env-wrong-key",
+    )
+    .await;
+    let object = wait_for(
+        &client,
+        &git_repository_resource(),
+        "env-wrong-key",
+        "failed",
+        |object| condition(object, "Ready").is_some_and(|c| c["status"] == "False"),
+    )
+    .await;
+    let ready = condition(&object, "Ready").expect("Ready condition");
+    assert_eq!(ready["reason"], "GitOperationFailed", "{ready}");
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(message.contains("unable to authenticate"), "{message}");
+    assert!(!message.contains("timeout"), "{message}");
+}
+
+#[tokio::test]
+async fn kustomization_applies_clusters_home_and_follows_new_commits() {
+    let _shared = cluster::cluster().shared().await;
+    let client = flux_client().await;
+    let created = Instant::now();
+    let (_server, repo) = ssh_git_repository(&client, "env-kustomize").await;
+    let kustomization = json!({
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+        "kind": "Kustomization",
+        "metadata": {"name": "env-kustomize", "namespace": FLUX_NAMESPACE},
+        "spec": {
+            "interval": "1m",
+            "path": "./clusters/home",
+            "prune": true,
+            "sourceRef": {"kind": "GitRepository", "name": "env-kustomize"},
+        },
+    });
+    apply_dynamic(&client, &kustomization_resource(), kustomization).await;
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), repo.name());
+    let data = |revision: &'static str| {
+        let config_maps = config_maps.clone();
+        async move {
+            let start = Instant::now();
+            while start.elapsed() < RECONCILE_TIMEOUT {
+                if let Ok(Some(map)) = config_maps.get_opt(SEED_CONFIG_MAP).await {
+                    let data = map.data.unwrap_or_default();
+                    if data.get("revision").map(String::as_str) == Some(revision) {
+                        return data;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let object = Api::<DynamicObject>::namespaced_with(
+                config_maps.clone().into_client(),
+                FLUX_NAMESPACE,
+                &kustomization_resource(),
+            )
+            .get_opt("env-kustomize")
+            .await;
+            panic!(
+                "ConfigMap `{SEED_CONFIG_MAP}` never had revision {revision}; Kustomization: {:?}\n\
+                 kustomize-controller log:\n{}",
+                object.map(|o| o.map(|o| o.data["status"].to_string())),
+                cluster::cluster().log_tail("kustomize-controller", 30)
+            );
+        }
+    };
+
+    let seeded = data("1").await;
+    assert_eq!(seeded.get("repo").map(String::as_str), Some(repo.name()));
+    eprintln!(
+        "GitRepository created to ConfigMap applied: {:.1?}",
+        created.elapsed()
+    );
+
+    let pushed = Instant::now();
+    let commit = repo.commit_config_map_revision("2");
+    data("2").await;
+    eprintln!(
+        "commit pushed to ConfigMap changed: {:.1?}",
+        pushed.elapsed()
+    );
+    let object = wait_for(
+        &client,
+        &kustomization_resource(),
+        "env-kustomize",
+        "at the new commit",
+        |o| o.data["status"]["lastAppliedRevision"] == format!("main@sha1:{commit}"),
+    )
+    .await;
+    assert!(is_ready(&object));
+}
+
+#[tokio::test]
+async fn api_server_restart_keeps_data_and_wipe_rebuilds_the_cluster() {
+    let cluster = cluster::cluster();
+    let _exclusive = cluster.exclusive().await;
+    apply_namespace(&cluster.client().await, "env-wipe").await;
+
+    cluster.restart_api_server();
+    assert!(cluster.api_server_running());
+    let namespaces: Api<Namespace> = Api::all(cluster.client().await);
+    namespaces
+        .get("env-wipe")
+        .await
+        .expect("a namespace survives an API server restart");
+
+    cluster.stop_api_server();
+    let refused = cluster.client().await.apiserver_version().await;
+    assert!(
+        refused.is_err(),
+        "a stopped API server answered: {refused:?}"
+    );
+    cluster.start_api_server();
+
+    cluster.wipe();
+    let namespaces: Api<Namespace> = Api::all(cluster.client().await);
+    let gone = namespaces
+        .get_opt("env-wipe")
+        .await
+        .expect("listing after the wipe");
+    assert!(gone.is_none(), "the wipe kept namespace `env-wipe`");
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client().await);
+    for name in FLUX_CRDS {
+        crds.get(name)
+            .await
+            .unwrap_or_else(|err| panic!("CRD `{name}` after the wipe: {err}"));
+    }
+}

@@ -1,0 +1,844 @@
+//! A real Kubernetes control plane on loopback for the integration tests: etcd and kube-apiserver
+//! with the seven Flux CRDs installed, and on demand Flux's source-controller and
+//! kustomize-controller running against it as plain processes.
+//!
+//! The binaries come from `tests/env/setup`, which builds them into `target/testenv/bin`. The
+//! environment starts once per test binary ([`cluster`]) on free loopback ports, with a kubeconfig
+//! whose context is [`CONTEXT`]. Rust has no global test teardown, so every process is started
+//! through `setpriv --pdeathsig KILL` from one long-lived thread: the kernel kills it when the test
+//! binary exits, whether the tests passed, panicked or the binary was killed. (The death signal
+//! fires when the spawning *thread* ends, and test threads end early, hence the dedicated thread.)
+//!
+//! Tests that stop, restart or wipe the cluster disturb every other test of the same binary that
+//! uses it: hold [`Cluster::exclusive`] in such tests and [`Cluster::shared`] in the others, or put
+//! them in a test binary of their own.
+
+// Each test binary compiles every support module but uses only part of it.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Name of the kubeconfig context (and cluster) the tests use.
+pub const CONTEXT: &str = "homelab-test";
+
+/// Field manager of the CRDs the environment applies.
+const FIELD_MANAGER: &str = "homelab-flux-testenv";
+
+/// Bearer token of the `admin` user (group `system:masters`).
+const ADMIN_TOKEN: &str = "homelab-test-admin-token";
+
+const ETCD_READY: Duration = Duration::from_secs(30);
+const APISERVER_READY: Duration = Duration::from_secs(90);
+const CRDS_ESTABLISHED: Duration = Duration::from_secs(60);
+const CONTROLLER_READY: Duration = Duration::from_secs(60);
+
+/// The Flux CRDs `tests/env/setup` extracts, all of which the environment installs.
+pub const FLUX_CRDS: [&str; 7] = [
+    "buckets.source.toolkit.fluxcd.io",
+    "externalartifacts.source.toolkit.fluxcd.io",
+    "gitrepositories.source.toolkit.fluxcd.io",
+    "helmcharts.source.toolkit.fluxcd.io",
+    "helmrepositories.source.toolkit.fluxcd.io",
+    "ocirepositories.source.toolkit.fluxcd.io",
+    "kustomizations.kustomize.toolkit.fluxcd.io",
+];
+
+/// Where `tests/env/setup` puts what it builds.
+pub fn testenv_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/testenv")
+}
+
+/// Path of a binary built by `tests/env/setup`; panics with the fix if it is missing.
+pub fn testenv_binary(name: &str) -> PathBuf {
+    let path = testenv_dir().join("bin").join(name);
+    assert!(
+        path.is_file(),
+        "test environment binary `{}` is missing: run `tests/env/setup` first",
+        path.display()
+    );
+    path
+}
+
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+/// The cluster of this test binary, started on first use (etcd, kube-apiserver, Flux CRDs).
+///
+/// Blocking; fine to call from an async test. Panics with the failing component's log tail if
+/// the cluster cannot start, and on every later call with the same message.
+pub fn cluster() -> &'static Cluster {
+    let started = CLUSTER.get_or_init(|| {
+        let begin = Instant::now();
+        let cluster = Cluster::start().map_err(|err| format!("{err:#}"));
+        if cluster.is_ok() {
+            log(&format!("cluster up in {:.1?}", begin.elapsed()));
+        }
+        cluster
+    });
+    match started {
+        Ok(cluster) => cluster,
+        Err(err) => panic!("the test cluster did not start: {err}"),
+    }
+}
+
+/// The control plane of one test binary. See the module docs.
+pub struct Cluster {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    server: String,
+    etcd_port: u16,
+    etcd_peer_port: u16,
+    api_port: u16,
+    state: Mutex<State>,
+    tests: RwLock<()>,
+}
+
+#[derive(Default)]
+struct State {
+    etcd: Option<Process>,
+    apiserver: Option<Process>,
+    flux: Option<Flux>,
+}
+
+/// Addresses of the running Flux controllers.
+#[derive(Debug, Clone)]
+pub struct FluxAddresses {
+    /// `127.0.0.1:PORT` where source-controller serves artifacts.
+    pub storage_addr: String,
+    /// Health (`/readyz`, `/healthz`) of source-controller.
+    pub source_health_addr: String,
+    /// Health (`/readyz`, `/healthz`) of kustomize-controller.
+    pub kustomize_health_addr: String,
+}
+
+struct Flux {
+    source: Process,
+    kustomize: Process,
+    addresses: FluxAddresses,
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster> {
+        let dir = scratch_dir("cluster")?;
+        let etcd_port = free_port();
+        let etcd_peer_port = free_port();
+        let api_port = free_port();
+        let server = format!("https://127.0.0.1:{api_port}");
+
+        fs::write(
+            dir.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,uid-admin,\"system:masters\"\n"),
+        )?;
+        run(Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(dir.join("sa.key"))
+            .arg("2048"))
+        .context("generating the service account signing key")?;
+        fs::create_dir_all(dir.join("certs"))?;
+
+        let cluster = Cluster {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+            server,
+            etcd_port,
+            etcd_peer_port,
+            api_port,
+            state: Mutex::new(State::default()),
+            tests: RwLock::new(()),
+        };
+        {
+            let mut state = cluster.lock();
+            state.etcd = Some(cluster.start_etcd()?);
+            state.apiserver = Some(cluster.start_apiserver()?);
+        }
+        cluster.write_kubeconfig()?;
+        cluster.wait_api_ready()?;
+        cluster.apply_crds()?;
+        Ok(cluster)
+    }
+
+    /// Path of a kubeconfig whose current context is [`CONTEXT`], with an admin token.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Name of the kubeconfig context, [`CONTEXT`].
+    pub fn context(&self) -> &'static str {
+        CONTEXT
+    }
+
+    /// `https://127.0.0.1:PORT` of the API server (the port survives restarts and wipes).
+    pub fn server_url(&self) -> &str {
+        &self.server
+    }
+
+    /// Folder with this cluster's data, logs and kubeconfig.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new client for the admin identity. Make one per tokio runtime (each `#[tokio::test]` has
+    /// its own): a client's connections belong to the runtime it was first used on.
+    pub async fn client(&self) -> kube::Client {
+        client_for(&self.kubeconfig)
+            .await
+            .unwrap_or_else(|err| panic!("cannot build a client for the test cluster: {err:#}"))
+    }
+
+    /// Read guard for tests that only use the cluster; see [`Cluster::exclusive`]. (An async
+    /// lock: the guard is held across `.await`s, one runtime per test.)
+    pub async fn shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.tests.read().await
+    }
+
+    /// Write guard for tests that stop, restart or wipe the cluster, so that tests holding
+    /// [`Cluster::shared`] do not run meanwhile.
+    pub async fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.tests.write().await
+    }
+
+    /// [`Cluster::shared`] for sync tests (panics inside an async runtime).
+    pub fn shared_blocking(&self) -> RwLockReadGuard<'_, ()> {
+        self.tests.blocking_read()
+    }
+
+    /// [`Cluster::exclusive`] for sync tests (panics inside an async runtime).
+    pub fn exclusive_blocking(&self) -> RwLockWriteGuard<'_, ()> {
+        self.tests.blocking_write()
+    }
+
+    /// Kills kube-apiserver; connections are refused until [`Cluster::start_api_server`].
+    pub fn stop_api_server(&self) {
+        if let Some(mut process) = self.lock().apiserver.take() {
+            process.stop();
+        }
+    }
+
+    /// Starts kube-apiserver again on the same port and waits until it serves; no-op if running.
+    pub fn start_api_server(&self) {
+        {
+            let mut state = self.lock();
+            if state.apiserver.is_some() {
+                return;
+            }
+            state.apiserver = Some(
+                self.start_apiserver()
+                    .unwrap_or_else(|err| panic!("{err:#}")),
+            );
+        }
+        self.wait_api_ready()
+            .unwrap_or_else(|err| panic!("{err:#}"));
+    }
+
+    /// Stops and starts kube-apiserver; the data in etcd stays.
+    pub fn restart_api_server(&self) {
+        self.stop_api_server();
+        self.start_api_server();
+    }
+
+    /// Whether kube-apiserver is running (not stopped by a test, not crashed).
+    pub fn api_server_running(&self) -> bool {
+        self.lock()
+            .apiserver
+            .as_mut()
+            .is_some_and(Process::is_running)
+    }
+
+    /// "The cluster was rebuilt": stops the Flux controllers and the API server, deletes etcd's
+    /// data, starts everything again (the controllers only if they were running) and reinstalls
+    /// the Flux CRDs. Same ports, same kubeconfig.
+    pub fn wipe(&self) {
+        self.try_wipe()
+            .unwrap_or_else(|err| panic!("wiping the test cluster failed: {err:#}"));
+    }
+
+    fn try_wipe(&self) -> Result<()> {
+        let flux_was_running = {
+            let mut state = self.lock();
+            let flux = state.flux.take();
+            let was_running = flux.is_some();
+            drop(flux);
+            drop(state.apiserver.take());
+            drop(state.etcd.take());
+            was_running
+        };
+        let data = self.dir.join("etcd");
+        if data.exists() {
+            fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+        }
+        {
+            let mut state = self.lock();
+            state.etcd = Some(self.start_etcd()?);
+            state.apiserver = Some(self.start_apiserver()?);
+        }
+        self.wait_api_ready()?;
+        self.apply_crds()?;
+        if flux_was_running {
+            self.start_flux();
+        }
+        Ok(())
+    }
+
+    /// Applies the seven Flux CRDs again and waits until they are Established.
+    pub fn install_crds(&self) {
+        self.apply_crds()
+            .unwrap_or_else(|err| panic!("installing the Flux CRDs failed: {err:#}"));
+    }
+
+    /// Starts source-controller and kustomize-controller (no-op if they run) and waits until
+    /// both answer `/readyz`.
+    pub fn start_flux(&self) -> FluxAddresses {
+        let mut state = self.lock();
+        if let Some(flux) = &state.flux {
+            return flux.addresses.clone();
+        }
+        let flux = self.spawn_flux().unwrap_or_else(|err| panic!("{err:#}"));
+        let addresses = flux.addresses.clone();
+        state.flux = Some(flux);
+        addresses
+    }
+
+    /// Stops both Flux controllers; no-op if they are not running.
+    pub fn stop_flux(&self) {
+        drop(self.lock().flux.take());
+    }
+
+    /// Whether the Flux controllers were started (and not stopped since).
+    pub fn flux_running(&self) -> bool {
+        self.lock().flux.is_some()
+    }
+
+    /// Last lines of a component's log: `etcd`, `kube-apiserver`, `source-controller` or
+    /// `kustomize-controller`. Useful in assertion messages.
+    pub fn log_tail(&self, component: &str, lines: usize) -> String {
+        tail(&self.dir.join(format!("{component}.log")), lines)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn start_etcd(&self) -> Result<Process> {
+        let client = format!("http://127.0.0.1:{}", self.etcd_port);
+        let peer = format!("http://127.0.0.1:{}", self.etcd_peer_port);
+        let mut command = Command::new(testenv_binary("etcd"));
+        command
+            .arg("--name=homelab-test")
+            .arg(format!("--data-dir={}", self.dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=homelab-test={peer}"))
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn");
+        let mut etcd = Process::spawn("etcd", command, &self.dir)?;
+        let port = self.etcd_port;
+        etcd.wait_ready(ETCD_READY, "etcd /health", || {
+            http_get(port, "/health").is_ok_and(|body| body.contains("\"health\":\"true\""))
+        })?;
+        Ok(etcd)
+    }
+
+    fn start_apiserver(&self) -> Result<Process> {
+        let key = self.dir.join("sa.key");
+        let mut command = Command::new(testenv_binary("kube-apiserver"));
+        command
+            .arg(format!(
+                "--etcd-servers=http://127.0.0.1:{}",
+                self.etcd_port
+            ))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={}", self.api_port))
+            .arg(format!("--cert-dir={}", self.dir.join("certs").display()))
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--authorization-mode=RBAC")
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!("--service-account-key-file={}", key.display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                key.display()
+            ))
+            .arg(format!(
+                "--token-auth-file={}",
+                self.dir.join("tokens.csv").display()
+            ))
+            .arg("--v=1");
+        let mut apiserver = Process::spawn("kube-apiserver", command, &self.dir)?;
+        // Readiness proper is checked through the client (wait_api_ready); this only waits for
+        // the port, so that an early crash shows its log.
+        let port = self.api_port;
+        apiserver.wait_ready(APISERVER_READY, "kube-apiserver port", || {
+            TcpStream::connect_timeout(
+                &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                Duration::from_secs(1),
+            )
+            .is_ok()
+        })?;
+        Ok(apiserver)
+    }
+
+    fn write_kubeconfig(&self) -> Result<()> {
+        // The API server made a self-signed CA and serving certificate (for 127.0.0.1) in
+        // --cert-dir; the file holds the serving certificate followed by the CA.
+        let cert = self.dir.join("certs/apiserver.crt");
+        let ca = fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
+        let ca = serde_json::to_value(k8s_openapi::ByteString(ca))?;
+        let ca = ca.as_str().context("base64 of the CA")?;
+        let kubeconfig = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: {CONTEXT}
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: {CONTEXT}-admin
+  user:
+    token: {ADMIN_TOKEN}
+contexts:
+- name: {CONTEXT}
+  context:
+    cluster: {CONTEXT}
+    user: {CONTEXT}-admin
+current-context: {CONTEXT}
+",
+            server = self.server
+        );
+        fs::write(&self.kubeconfig, kubeconfig)?;
+        Ok(())
+    }
+
+    /// Waits until the API server serves reads from etcd and has made the `default` namespace.
+    fn wait_api_ready(&self) -> Result<()> {
+        let kubeconfig = self.kubeconfig.clone();
+        let result = block_on(async move {
+            let client = client_for(&kubeconfig).await?;
+            let namespaces: Api<Namespace> = Api::all(client);
+            let deadline = Instant::now() + APISERVER_READY;
+            loop {
+                match namespaces.get_opt("default").await {
+                    Ok(Some(_)) => return Ok(()),
+                    Ok(None) => {}
+                    Err(err) if Instant::now() > deadline => {
+                        return Err(anyhow!(err).context("kube-apiserver did not become ready"));
+                    }
+                    Err(_) => {}
+                }
+                if Instant::now() > deadline {
+                    bail!("kube-apiserver did not create the `default` namespace");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        result.map_err(|err| {
+            err.context(format!(
+                "after {APISERVER_READY:?}; last lines of kube-apiserver.log:\n{}",
+                self.log_tail("kube-apiserver", 40)
+            ))
+        })
+    }
+
+    fn apply_crds(&self) -> Result<()> {
+        let crds_dir = testenv_dir().join("crds");
+        let mut crds = Vec::new();
+        for name in FLUX_CRDS {
+            let path = crd_file(&crds_dir, name)?;
+            let text = fs::read_to_string(&path)
+                .with_context(|| format!("reading {}: run `tests/env/setup`", path.display()))?;
+            let crd: CustomResourceDefinition = serde_yaml::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            crds.push(crd);
+        }
+        let kubeconfig = self.kubeconfig.clone();
+        block_on(async move {
+            let client = client_for(&kubeconfig).await?;
+            let api: Api<CustomResourceDefinition> = Api::all(client);
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            for crd in &crds {
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                api.patch(&name, &params, &Patch::Apply(crd))
+                    .await
+                    .with_context(|| format!("applying CRD `{name}`"))?;
+            }
+            let deadline = Instant::now() + CRDS_ESTABLISHED;
+            for name in FLUX_CRDS {
+                loop {
+                    let crd = api.get(name).await?;
+                    let established = crd
+                        .status
+                        .and_then(|status| status.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    if established {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("CRD `{name}` not Established after {CRDS_ESTABLISHED:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn spawn_flux(&self) -> Result<Flux> {
+        let storage = self.dir.join("flux-storage");
+        fs::create_dir_all(&storage)?;
+        let storage_addr = format!("127.0.0.1:{}", free_port());
+        let source_health_addr = format!("127.0.0.1:{}", free_port());
+        let kustomize_health_addr = format!("127.0.0.1:{}", free_port());
+
+        let mut command = Command::new(testenv_binary("source-controller"));
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUNTIME_NAMESPACE", "flux-system")
+            .arg(format!("--storage-path={}", storage.display()))
+            .arg(format!("--storage-addr={storage_addr}"))
+            .arg(format!("--storage-adv-addr={storage_addr}"))
+            .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
+            .arg(format!("--health-addr={source_health_addr}"))
+            .arg("--log-level=debug");
+        let mut source = Process::spawn("source-controller", command, &self.dir)?;
+
+        let mut command = Command::new(testenv_binary("kustomize-controller"));
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUNTIME_NAMESPACE", "flux-system")
+            .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
+            .arg(format!("--health-addr={kustomize_health_addr}"))
+            .arg("--log-level=debug");
+        let mut kustomize = Process::spawn("kustomize-controller", command, &self.dir)?;
+
+        for (process, addr) in [
+            (&mut source, &source_health_addr),
+            (&mut kustomize, &kustomize_health_addr),
+        ] {
+            let port: u16 = addr
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let what = format!("{} /readyz", process.name);
+            process.wait_ready(CONTROLLER_READY, &what, || {
+                http_get(port, "/readyz").is_ok()
+            })?;
+        }
+        Ok(Flux {
+            source,
+            kustomize,
+            addresses: FluxAddresses {
+                storage_addr,
+                source_health_addr,
+                kustomize_health_addr,
+            },
+        })
+    }
+}
+
+/// A client for the context [`CONTEXT`] of a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
+    let file = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let options = KubeConfigOptions {
+        context: Some(CONTEXT.to_owned()),
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(file, &options).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// `plural.group` is in `group_plural.yaml`, the file name of Flux's `config/crd/bases`.
+fn crd_file(dir: &Path, name: &str) -> Result<PathBuf> {
+    let (plural, group) = name.split_once('.').unwrap_or((name, ""));
+    let path = dir.join(format!("{group}_{plural}.yaml"));
+    if !path.is_file() {
+        bail!(
+            "Flux CRD file `{}` is missing: run `tests/env/setup`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Runs a future to completion on a runtime of its own, on a thread of its own, so that the
+/// blocking API works from sync and async tests alike.
+fn block_on<T: Send + 'static>(
+    future: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(future)
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Minimal `GET http://127.0.0.1:PORT/path`; the body if the status is 200.
+pub fn http_get(port: u16, path: &str) -> Result<String> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        bail!("GET {path}: {status}");
+    }
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
+}
+
+/// A loopback TCP port that nothing listens on now (the OS picks it; never twice per binary).
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("binding a loopback port");
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A fresh folder for one component, under a per-process folder in the system temp dir that is
+/// world-readable (sshd's git user must read the repositories and authorized keys in it).
+/// Folders of test binaries that no longer run are removed on the way.
+pub fn scratch_dir(name: &str) -> Result<PathBuf> {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    static COUNTER: Mutex<u32> = Mutex::new(0);
+    let base = BASE.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for entry in entries.flatten() {
+                let file_name = entry.file_name();
+                let Some(pid) = file_name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("homelab-flux-test-"))
+                else {
+                    continue;
+                };
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        tmp.join(format!("homelab-flux-test-{}", std::process::id()))
+    });
+    let mut counter = COUNTER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *counter += 1;
+    let dir = base.join(format!("{name}-{counter}"));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    set_mode(base, 0o755)?;
+    set_mode(&dir, 0o755)?;
+    Ok(dir)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+/// Runs a short command to completion; its output goes into the error if it fails.
+pub fn run(command: &mut Command) -> Result<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Last `lines` lines of a file, for failure messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|err| format!("({}: {err})\n", path.display()));
+    let all: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        let _ = writeln!(out, "    {line}");
+    }
+    out
+}
+
+fn log(message: &str) {
+    // Test support may report progress; the tests' own output rules do not apply here.
+    let _ = writeln!(std::io::stderr(), "[testenv] {message}");
+}
+
+/// A child process of the test binary: its stdout and stderr go to `<dir>/<name>.log`; it is
+/// killed when dropped, and by the kernel when the test binary exits (see the module docs).
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+impl Process {
+    /// Spawns `command` with its output in `<dir>/<name>.log`.
+    pub fn spawn(name: &str, command: Command, dir: &Path) -> Result<Process> {
+        static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+        let spawner = SPAWNER.get_or_init(|| {
+            let (sender, requests) = mpsc::channel::<SpawnRequest>();
+            // Lives as long as the process: the parent thread of every child, see module docs.
+            std::thread::Builder::new()
+                .name("testenv-spawner".into())
+                .spawn(move || {
+                    for (mut command, reply) in requests {
+                        let _ = reply.send(command.spawn());
+                    }
+                })
+                .expect("starting the spawner thread");
+            Mutex::new(sender)
+        });
+
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut wrapped = Command::new("setpriv");
+        wrapped
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(command.get_program())
+            .args(command.get_args());
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => wrapped.env(key, value),
+                None => wrapped.env_remove(key),
+            };
+        }
+        if let Some(cwd) = command.get_current_dir() {
+            wrapped.current_dir(cwd);
+        }
+        wrapped
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+
+        let (reply, answer) = mpsc::channel();
+        spawner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .send((wrapped, reply))
+            .map_err(|_| anyhow!("the spawner thread is gone"))?;
+        let child = answer
+            .recv()
+            .map_err(|_| anyhow!("the spawner thread is gone"))?
+            .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
+        Ok(Process {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// Name given at spawn.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Path of the log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Whether it has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Polls `ready` until it holds; fails early with the log tail if the process exits, and
+    /// after `timeout`.
+    pub fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "{} exited ({status}) before {what} answered; last lines of {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    tail(&self.log, 40)
+                );
+            }
+            if ready() {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{what} did not answer within {timeout:?}; last lines of {}:\n{}",
+                    self.log.display(),
+                    tail(&self.log, 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
