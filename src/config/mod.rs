@@ -361,6 +361,29 @@ fn read_document(
         }
     };
     let source = make_source(text);
+    // The parser reports an indentation tab at the scalar before it; point at the tab itself.
+    if let Some((i, line)) = text.lines().enumerate().find(|(_, l)| {
+        let indent = &l[..l.len() - l.trim_start().len()];
+        indent.contains('\t') && !l.trim().is_empty()
+    }) {
+        let column = line.find('\t').unwrap_or(0) + 1;
+        report.push(
+            Diagnostic::error(
+                Code::YamlSyntax,
+                "invalid YAML: a tab is used for indentation",
+            )
+            .at(
+                name,
+                Position {
+                    line: i + 1,
+                    column,
+                    width: 1,
+                },
+            )
+            .with_hint("indent with spaces; YAML does not allow tabs there"),
+        );
+        return Err(source);
+    }
     let doc = match yaml::parse(text) {
         Ok(Some(doc)) => doc,
         Ok(None) => {
