@@ -88,7 +88,9 @@ pub enum Error {
         reset: Option<jiff::Timestamp>,
     },
     /// A secondary rate limit that persisted through every retry.
-    #[error("{endpoint}: GitHub secondary rate limit still in force after {attempts} attempts; wait a few minutes and run again")]
+    #[error(
+        "{endpoint}: GitHub secondary rate limit still in force after {attempts} attempts; wait a few minutes and run again"
+    )]
     SecondaryRateLimited {
         /// Method and path.
         endpoint: String,
@@ -477,19 +479,19 @@ impl GitHub {
         token: &SecretString,
         options: Options,
     ) -> Result<GitHub, Error> {
-        let base = Url::parse(api_base.trim_end_matches('/')).map_err(|_| Error::InvalidApiUrl {
-            url: api_base.to_owned(),
-            reason: "not a URL".to_owned(),
-        })?;
+        let base =
+            Url::parse(api_base.trim_end_matches('/')).map_err(|_| Error::InvalidApiUrl {
+                url: api_base.to_owned(),
+                reason: "not a URL".to_owned(),
+            })?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(Error::InvalidApiUrl {
                 url: api_base.to_owned(),
                 reason: "use an `https://` URL".to_owned(),
             });
         }
-        let mut authorization =
-            HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-                .map_err(|_| Error::InvalidToken)?;
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .map_err(|_| Error::InvalidToken)?;
         authorization.set_sensitive(true);
 
         install_crypto_provider();
@@ -769,7 +771,9 @@ fn primary_exhausted(status: StatusCode, headers: &HeaderMap) -> bool {
 /// possibly `retry-after`.
 fn is_secondary(status: StatusCode, headers: &HeaderMap, message: &str) -> bool {
     matches!(status.as_u16(), 403 | 429)
-        && (message.to_ascii_lowercase().contains("secondary rate limit")
+        && (message
+            .to_ascii_lowercase()
+            .contains("secondary rate limit")
             || headers.contains_key("retry-after"))
 }
 
@@ -876,7 +880,10 @@ fn parse_scopes(value: &str) -> Vec<String> {
 /// `2023-04-26 23:23:18 +0200` (the layouts go-github accepts; GitHub does not document it).
 pub fn parse_token_expiration(value: &str) -> Option<jiff::Timestamp> {
     let value = value.trim();
-    let value = match value.strip_suffix(" UTC").or_else(|| value.strip_suffix(" GMT")) {
+    let value = match value
+        .strip_suffix(" UTC")
+        .or_else(|| value.strip_suffix(" GMT"))
+    {
         Some(rest) => format!("{rest} +0000"),
         None => value.to_owned(),
     };
@@ -914,7 +921,10 @@ mod tests {
     #[test]
     fn override_accepts_https_and_loopback_http_only() {
         let ok = |v: &str| resolve_api_base("github.com", Some(v)).unwrap();
-        assert_eq!(ok("https://ghe.example.com/api/v3/"), "https://ghe.example.com/api/v3");
+        assert_eq!(
+            ok("https://ghe.example.com/api/v3/"),
+            "https://ghe.example.com/api/v3"
+        );
         assert_eq!(ok("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
         assert_eq!(ok("http://127.1.2.3:1"), "http://127.1.2.3:1");
         assert_eq!(ok("http://[::1]:9000/"), "http://[::1]:9000");
@@ -944,7 +954,8 @@ mod tests {
                 "{bad}"
             );
         }
-        let err = resolve_api_base("github.com", Some("https://user:sekrit@x.example")).unwrap_err();
+        let err =
+            resolve_api_base("github.com", Some("https://user:sekrit@x.example")).unwrap_err();
         assert!(!err.to_string().contains("sekrit"));
     }
 
