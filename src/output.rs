@@ -4,13 +4,64 @@
 //! person (diagnostics, step lines, logs, errors) goes to stderr. Colours only on a terminal and
 //! never with `NO_COLOR`.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
+use std::sync::Mutex;
+
+use secrecy::{ExposeSecret, SecretString};
 
 use serde::Serialize;
 
 use crate::config::Source;
 use crate::diag::{Diagnostic, Report, Severity, Summary};
+
+/// Values that must never be printed, whatever prints them (the token, once it is read).
+static HIDDEN: Mutex<Vec<SecretString>> = Mutex::new(Vec::new());
+
+/// Registers a value that every later line of output will have masked.
+pub fn hide(secret: &SecretString) {
+    if let Ok(mut hidden) = HIDDEN.lock() {
+        hidden.push(secret.clone());
+    }
+}
+
+/// Masks registered secrets and anything shaped like a GitHub token, keeping the text's width
+/// (so that markers under source lines stay aligned). The last line of defence: messages are
+/// written not to contain secrets in the first place.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    if let Ok(hidden) = HIDDEN.lock() {
+        for secret in hidden.iter() {
+            let needle = secret.expose_secret();
+            if needle.len() >= 8 {
+                ranges.extend(text.match_indices(needle).map(|(i, m)| (i, i + m.len())));
+            }
+        }
+    }
+    for prefix in ["github_pat_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"] {
+        for (i, _) in text.match_indices(prefix) {
+            let end = text[i + prefix.len()..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(text.len(), |j| i + prefix.len() + j);
+            if end - i - prefix.len() >= 16 {
+                ranges.push((i, end));
+            }
+        }
+    }
+    if ranges.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        if ranges.iter().any(|&(a, b)| i >= a && i < b) {
+            out.push('*');
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// Output format of `validate` and `status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -42,7 +93,7 @@ impl Ui {
     /// Writes a result to stdout.
     pub fn out(&self, text: &str) -> io::Result<()> {
         let mut stdout = io::stdout().lock();
-        stdout.write_all(text.as_bytes())?;
+        stdout.write_all(redact(text).as_bytes())?;
         stdout.flush()
     }
 
@@ -69,7 +120,7 @@ impl Ui {
 
     fn err_line(&self, text: &str) {
         // A closed stderr is not worth failing over.
-        let _ = writeln!(io::stderr().lock(), "{text}");
+        let _ = writeln!(io::stderr().lock(), "{}", redact(text));
     }
 
     fn paint(&self, sgr: &str, text: &str) -> String {
@@ -104,7 +155,7 @@ impl Ui {
                     text.push_str(&self.summary_line(s, subject));
                 }
                 let mut stderr = io::stderr().lock();
-                stderr.write_all(text.as_bytes())
+                stderr.write_all(redact(&text).as_bytes())
             }
         }
     }
@@ -198,6 +249,23 @@ impl Ui {
             let _ = writeln!(s, "{pad} {} hint: {hint}", self.paint("1;34", "="));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_masks_tokens_and_keeps_width() {
+        let t = "ghp_R8vK2mQ9xLp4Tz7Wn3Bc6Hd1Jf5Gs0YaEuVi";
+        let shown = redact(&format!("branch `{t}` x"));
+        assert_eq!(shown, format!("branch `{}` x", "*".repeat(t.len())));
+        hide(&SecretString::from(
+            "3f2a9c4e5b6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f".to_string(),
+        ));
+        assert!(!redact("a 3f2a9c4e5b6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f b").contains("3f2a"));
+        assert_eq!(redact("plain ghp_ text"), "plain ghp_ text");
     }
 }
 

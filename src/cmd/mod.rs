@@ -18,7 +18,11 @@ pub(crate) fn load_config(dir: &Path, secrets: Secrets) -> anyhow::Result<Loaded
     let env_token = std::env::var(config::TOKEN_ENV)
         .ok()
         .filter(|v| !v.is_empty());
-    config::load(dir, secrets, env_token).context("cannot load the configuration")
+    let loaded = config::load(dir, secrets, env_token).context("cannot load the configuration")?;
+    if let Some(token) = &loaded.token {
+        crate::output::hide(token.secret());
+    }
+    Ok(loaded)
 }
 
 /// Prints the findings and turns them into the exit status.

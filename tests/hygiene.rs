@@ -1,0 +1,238 @@
+//! Secrets hygiene of `validate --offline` in git work trees made with git2 in temp dirs.
+
+mod support;
+
+use std::path::Path;
+
+use git2::{IndexAddOption, Repository, Signature};
+use support::cli::{Run, assert_no_leak, canary_token, command, run};
+
+const FLUX: &str = "repo: https://github.com/username/manifests.git\nbranch: main\n";
+
+/// A work tree with the config directory, the secrets file (mode 600) and a .gitignore.
+fn work_tree(token: &str, gitignore: &str) -> (tempfile::TempDir, Repository) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(dir.path()).unwrap();
+    write(dir.path(), "config/flux.yaml", FLUX);
+    write(
+        dir.path(),
+        "config/secrets-flux.yaml",
+        &format!("token: \"{token}\"\n"),
+    );
+    chmod(&dir.path().join("config/secrets-flux.yaml"), 0o600);
+    write(dir.path(), ".gitignore", gitignore);
+    (dir, repo)
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn stage(repo: &Repository, paths: &[&str]) {
+    let mut index = repo.index().unwrap();
+    for p in paths {
+        index.add_path(Path::new(p)).unwrap();
+    }
+    index.write().unwrap();
+}
+
+fn stage_all(repo: &Repository) {
+    let mut index = repo.index().unwrap();
+    index.add_all(["*"], IndexAddOption::DEFAULT, None).unwrap();
+    index.write().unwrap();
+}
+
+fn commit(repo: &Repository) {
+    let mut index = repo.index().unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = Signature::now("t", "t@example.com").unwrap();
+    let parents: Vec<git2::Commit> = repo
+        .head()
+        .ok()
+        .and_then(|h| h.peel_to_commit().ok())
+        .into_iter()
+        .collect();
+    let parents: Vec<&git2::Commit> = parents.iter().collect();
+    repo.commit(Some("HEAD"), &sig, &sig, "c", &tree, &parents)
+        .unwrap();
+}
+
+fn validate(dir: &Path, token: &str) -> Run {
+    let mut cmd = command(dir);
+    cmd.args(["validate", "--offline"]);
+    let r = run(cmd);
+    assert_no_leak(token, &r.transcript(), "hygiene");
+    r
+}
+
+#[test]
+fn a_clean_work_tree_has_no_findings() {
+    let token = canary_token();
+    let (dir, repo) = work_tree(&token, "config/secrets-*.yaml\n");
+    stage_all(&repo);
+    commit(&repo);
+    let r = validate(dir.path(), &token);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stderr, "ok: the configuration is valid\n");
+}
+
+#[test]
+fn a_committed_secrets_file_is_an_error_that_says_to_rotate() {
+    let token = canary_token();
+    let (dir, repo) = work_tree(&token, "");
+    stage(&repo, &["config/flux.yaml", "config/secrets-flux.yaml"]);
+    commit(&repo);
+    let r = validate(dir.path(), &token);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("error[HF060]: the secrets file `config/secrets-flux.yaml` is committed"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("git rm --cached config/secrets-flux.yaml"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("revoke it and create a new one"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_staged_secrets_file_is_an_error() {
+    let token = canary_token();
+    let (dir, repo) = work_tree(&token, "");
+    stage(&repo, &["config/secrets-flux.yaml"]);
+    let r = validate(dir.path(), &token);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("error[HF060]: the secrets file `config/secrets-flux.yaml` is staged for the next commit"), "{}", r.stderr);
+}
+
+#[test]
+fn an_unignored_secrets_file_is_an_error_with_the_line_to_add() {
+    let token = canary_token();
+    let (dir, _repo) = work_tree(&token, "target/\n");
+    let r = validate(dir.path(), &token);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("error[HF061]"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("add the line `config/secrets-*.yaml` to .gitignore"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_secrets_file_readable_by_others_is_a_warning() {
+    let token = canary_token();
+    let (dir, _repo) = work_tree(&token, "config/secrets-*.yaml\n");
+    chmod(&dir.path().join("config/secrets-flux.yaml"), 0o644);
+    let r = validate(dir.path(), &token);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("warning[HF062]"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("chmod 600 config/secrets-flux.yaml"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn the_token_in_a_tracked_or_staged_file_is_named_by_file_never_by_value() {
+    let token = canary_token();
+    let (dir, repo) = work_tree(&token, "config/secrets-*.yaml\n");
+    write(
+        dir.path(),
+        "notes/setup.md",
+        &format!("my token is {token}\n"),
+    );
+    write(dir.path(), "scripts/run.sh", &format!("export T={token}\n"));
+    stage(&repo, &["notes/setup.md"]);
+    commit(&repo);
+    stage(&repo, &["scripts/run.sh"]);
+    let r = validate(dir.path(), &token);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("error[HF063]: the token's value is in `notes/setup.md`"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("error[HF063]: the token's value is in `scripts/run.sh`"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn the_token_from_the_environment_is_searched_for_too() {
+    let token = canary_token();
+    let (dir, repo) = work_tree(&token, "config/secrets-*.yaml\n");
+    std::fs::remove_file(dir.path().join("config/secrets-flux.yaml")).unwrap();
+    write(dir.path(), "ci.env", &format!("TOKEN={token}\n"));
+    stage(&repo, &["ci.env"]);
+    let mut cmd = command(dir.path());
+    cmd.args(["validate", "--offline"])
+        .env("HOMELAB_FLUX_TOKEN", &token);
+    let r = run(cmd);
+    assert_no_leak(&token, &r.transcript(), "env token");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("error[HF063]: the token's value is in `ci.env`"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_tracked_plaintext_secret_manifest_is_a_warning_and_sops_files_are_not() {
+    let token = canary_token();
+    let (dir, repo) = work_tree(&token, "config/secrets-*.yaml\n");
+    write(
+        dir.path(),
+        "apps/db.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: hunter2\n",
+    );
+    write(
+        dir.path(),
+        "apps/enc.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: enc\ndata:\n  password: ENC[AES256_GCM,data:x]\nsops:\n  version: 3.9.0\n",
+    );
+    stage(&repo, &["apps/db.yaml", "apps/enc.yaml"]);
+    let r = validate(dir.path(), &token);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("warning[HF064]: `apps/db.yaml` is a Kubernetes Secret"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(" --> apps/db.yaml:2:1"), "{}", r.stderr);
+    assert!(!r.stderr.contains("apps/enc.yaml"), "{}", r.stderr);
+}
+
+#[test]
+fn a_missing_secrets_file_is_a_warning_in_validate() {
+    let token = canary_token();
+    let (dir, _repo) = work_tree(&token, "config/secrets-*.yaml\n");
+    std::fs::remove_file(dir.path().join("config/secrets-flux.yaml")).unwrap();
+    let r = validate(dir.path(), &token);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("warning[HF050]"), "{}", r.stderr);
+}
