@@ -268,3 +268,12 @@ fn the_canary_token_never_appears() {
         assert_no_leak(&token, &r.transcript(), &format!("{name}: env token"));
     }
 }
+
+#[test]
+fn the_readme_lists_every_diagnostic_code() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for code in homelab_flux::diag::Code::ALL {
+        let row = format!("| {} | {} |", code.as_str(), code.name());
+        assert!(readme.contains(&row), "README.md lacks the row `{row}`");
+    }
+}
