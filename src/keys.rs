@@ -1,0 +1,191 @@
+//! Deploy keys, made in memory: an ed25519 key pair, its OpenSSH encodings and fingerprint.
+//!
+//! Pure: no file is written and nothing leaves the process. The private half is a
+//! [`SecretString`] from the moment it is encoded, so it cannot reach a message or a `Debug` print.
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use ssh_key::rand_core::OsRng;
+use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey};
+
+/// What can go wrong with a key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key could not be generated or encoded.
+    #[error("could not generate an ed25519 deploy key")]
+    Generate {
+        /// What ssh-key reported.
+        #[source]
+        source: ssh_key::Error,
+    },
+    /// A stored private key (e.g. the cluster's `identity`) is not an OpenSSH private key.
+    #[error("the private key is not a valid unencrypted OpenSSH private key")]
+    InvalidPrivateKey,
+    /// A public key line is not `type base64 [comment]`.
+    #[error("`{line}` is not an OpenSSH public key")]
+    InvalidPublicKey {
+        /// The rejected line (public data).
+        line: String,
+    },
+}
+
+/// An ed25519 key pair for a deploy key.
+pub struct KeyPair {
+    private_openssh: SecretString,
+    public_openssh: String,
+    fingerprint: String,
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("public_openssh", &self.public_openssh)
+            .field("fingerprint", &self.fingerprint)
+            .field("private_openssh", &"[redacted]")
+            .finish()
+    }
+}
+
+impl KeyPair {
+    /// A new random ed25519 key pair whose public line ends with `comment`.
+    pub fn generate(comment: &str) -> Result<KeyPair, Error> {
+        let mut private = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
+            .map_err(|source| Error::Generate { source })?;
+        private.set_comment(comment);
+        KeyPair::from_private(&private).map_err(|source| Error::Generate { source })
+    }
+
+    /// Reads an unencrypted OpenSSH private key (the `identity` of a Flux Secret).
+    pub fn from_private_openssh(private_openssh: &SecretString) -> Result<KeyPair, Error> {
+        let private = PrivateKey::from_openssh(private_openssh.expose_secret())
+            .map_err(|_| Error::InvalidPrivateKey)?;
+        if private.is_encrypted() {
+            return Err(Error::InvalidPrivateKey);
+        }
+        KeyPair::from_private(&private).map_err(|_| Error::InvalidPrivateKey)
+    }
+
+    fn from_private(private: &PrivateKey) -> Result<KeyPair, ssh_key::Error> {
+        let encoded = private.to_openssh(LineEnding::LF)?;
+        let public = private.public_key();
+        Ok(KeyPair {
+            private_openssh: SecretString::from(encoded.as_str()),
+            public_openssh: public.to_openssh()?,
+            fingerprint: public.fingerprint(HashAlg::Sha256).to_string(),
+        })
+    }
+
+    /// The private key, `-----BEGIN OPENSSH PRIVATE KEY-----...` (the Secret's `identity`).
+    pub fn private_key_openssh(&self) -> &SecretString {
+        &self.private_openssh
+    }
+
+    /// The public key, `ssh-ed25519 AAAA... comment` (the Secret's `identity.pub`, and what
+    /// GitHub gets).
+    pub fn public_key_openssh(&self) -> &str {
+        &self.public_openssh
+    }
+
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+/// The `SHA256:...` fingerprint of an OpenSSH public key line.
+pub fn fingerprint(public_openssh: &str) -> Result<String, Error> {
+    let key = parse_public(public_openssh)?;
+    Ok(key.fingerprint(HashAlg::Sha256).to_string())
+}
+
+/// The key blob of an OpenSSH public key line: the bytes its base64 part encodes, which is what
+/// an SSH server presents as its raw host key.
+pub fn public_key_blob(public_openssh: &str) -> Result<Vec<u8>, Error> {
+    parse_public(public_openssh)?
+        .to_bytes()
+        .map_err(|_| invalid_public(public_openssh))
+}
+
+/// True when two public key lines hold the same key, comments ignored.
+pub fn same_public_key(a: &str, b: &str) -> bool {
+    match (public_key_blob(a), public_key_blob(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn parse_public(line: &str) -> Result<PublicKey, Error> {
+    PublicKey::from_openssh(line.trim()).map_err(|_| invalid_public(line))
+}
+
+fn invalid_public(line: &str) -> Error {
+    let mut shown: String = line.trim().chars().take(80).collect();
+    if line.trim().chars().count() > 80 {
+        shown.push('…');
+    }
+    Error::InvalidPublicKey { line: shown }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_ed25519_openssh() {
+        let pair = KeyPair::generate("homelab-flux test").unwrap();
+        assert!(
+            pair.public_key_openssh()
+                .starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5")
+        );
+        assert!(pair.public_key_openssh().ends_with(" homelab-flux test"));
+        let private = pair.private_key_openssh().expose_secret();
+        assert!(private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"));
+        assert!(private.ends_with("-----END OPENSSH PRIVATE KEY-----\n"));
+        assert!(pair.fingerprint().starts_with("SHA256:"));
+        assert_eq!(
+            fingerprint(pair.public_key_openssh()).unwrap(),
+            pair.fingerprint()
+        );
+        // Two keys differ.
+        let other = KeyPair::generate("homelab-flux test").unwrap();
+        assert!(!same_public_key(
+            pair.public_key_openssh(),
+            other.public_key_openssh()
+        ));
+    }
+
+    #[test]
+    fn private_key_round_trips_to_the_same_public_key() {
+        let pair = KeyPair::generate("c").unwrap();
+        let again = KeyPair::from_private_openssh(pair.private_key_openssh()).unwrap();
+        assert_eq!(again.public_key_openssh(), pair.public_key_openssh());
+        assert!(matches!(
+            KeyPair::from_private_openssh(&SecretString::from("nope")),
+            Err(Error::InvalidPrivateKey)
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_private_key() {
+        let pair = KeyPair::generate("c").unwrap();
+        let debug = format!("{pair:?}");
+        let private = pair.private_key_openssh().expose_secret();
+        let body = private.lines().nth(1).unwrap();
+        assert!(!debug.contains(body), "{debug}");
+        assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+    }
+
+    #[test]
+    fn comments_do_not_change_the_key() {
+        let pair = KeyPair::generate("one").unwrap();
+        let bare: Vec<&str> = pair.public_key_openssh().split(' ').take(2).collect();
+        assert!(same_public_key(pair.public_key_openssh(), &bare.join(" ")));
+        assert!(!same_public_key("ssh-ed25519 garbage", &bare.join(" ")));
+        assert!(matches!(
+            fingerprint("not a key"),
+            Err(Error::InvalidPublicKey { .. })
+        ));
+    }
+}
