@@ -425,3 +425,55 @@ async fn api_server_restart_keeps_data_and_wipe_rebuilds_the_cluster() {
             .unwrap_or_else(|err| panic!("CRD `{name}` after the wipe: {err}"));
     }
 }
+
+/// Run only by `processes_die_with_the_test_binary`, in a child test process: starts a process
+/// and exits without any cleanup, as a panicking or killed test binary would.
+#[test]
+#[ignore = "helper of processes_die_with_the_test_binary"]
+fn helper_start_a_process_and_exit() {
+    if std::env::var_os("HOMELAB_FLUX_ENV_HELPER").is_none() {
+        return;
+    }
+    let dir = cluster::scratch_dir("helper").expect("scratch dir");
+    let mut sleep = std::process::Command::new("sleep");
+    sleep.arg("600");
+    let process = cluster::Process::spawn("sleep", sleep, &dir).expect("spawning sleep");
+    println!("child-pid={}", process.pid());
+    std::process::exit(0);
+}
+
+#[test]
+fn processes_die_with_the_test_binary() {
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_start_a_process_and_exit",
+            "--nocapture",
+        ])
+        .env("HOMELAB_FLUX_ENV_HELPER", "1")
+        .output()
+        .expect("running the helper");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let pid = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("child-pid="))
+        .unwrap_or_else(|| panic!("the helper printed no pid: {stdout}"));
+    let stat = std::path::Path::new("/proc").join(pid).join("stat");
+    let start = Instant::now();
+    // Gone, or a zombie nobody has reaped yet: either way no longer running.
+    let dead = || {
+        std::fs::read_to_string(&stat).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    };
+    while !dead() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "process {pid} outlived its test binary"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
