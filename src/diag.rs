@@ -98,6 +98,19 @@ codes! {
     SecretsPermissions = "HF062", "secrets-permissions";
     TokenInTrackedFile = "HF063", "token-in-tracked-file";
     PlaintextSecret = "HF064", "plaintext-secret-manifest";
+    TokenRejected = "HF101", "token-rejected";
+    TokenExpiring = "HF102", "token-expiring";
+    TokenExpired = "HF103", "token-expired";
+    TokenScopes = "HF104", "token-scopes";
+    RepoNotFound = "HF105", "repo-not-found";
+    RepoArchived = "HF106", "repo-archived";
+    RepoPublic = "HF107", "repo-public";
+    BranchNotFound = "HF108", "branch-not-found";
+    BranchUnchecked = "HF109", "branch-unchecked";
+    DeployKeysForbidden = "HF110", "deploy-keys-forbidden";
+    ContentsForbidden = "HF111", "contents-forbidden";
+    DefaultBranch = "HF112", "default-branch";
+    OnlineSkipped = "HF113", "online-checks-skipped";
 }
 
 impl fmt::Display for Code {

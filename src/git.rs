@@ -172,8 +172,11 @@ fn scan_tracked(
             );
         }
         let is_yaml = rel.extension().is_some_and(|e| e == "yaml" || e == "yml");
-        if is_yaml && let Some(content) = on_disk.as_ref().or(staged.as_ref()) {
-            if let Some(line) = plaintext_secret(&String::from_utf8_lossy(content)) {
+        if is_yaml
+            && let Some(content) = on_disk.as_ref().or(staged.as_ref())
+            && let Some(line) = plaintext_secret(&String::from_utf8_lossy(content))
+        {
+            {
                 out.push(
                     Diagnostic::warning(
                         Code::PlaintextSecret,

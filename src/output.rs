@@ -259,7 +259,8 @@ mod tests {
     #[test]
     fn redaction_masks_tokens_and_keeps_width() {
         let t = "ghp_R8vK2mQ9xLp4Tz7Wn3Bc6Hd1Jf5Gs0YaEuVi";
-        let shown = redact(&format!("branch `{t}` x"));
+        let line = format!("branch `{t}` x");
+        let shown = redact(&line);
         assert_eq!(shown, format!("branch `{}` x", "*".repeat(t.len())));
         hide(&SecretString::from(
             "3f2a9c4e5b6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f".to_string(),

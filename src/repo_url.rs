@@ -24,7 +24,8 @@ impl RepoUrl {
         self.host == "github.com"
     }
 
-    fn authority(&self) -> String {
+    /// `host` or `host:port`.
+    pub fn authority(&self) -> String {
         match self.port {
             Some(p) => format!("{}:{p}", self.host),
             None => self.host.clone(),

@@ -1,16 +1,23 @@
-//! `homelab-flux validate`: check the configuration, offline and (later) against GitHub.
+//! `homelab-flux validate`: check the configuration, offline and against GitHub.
+
+use anyhow::Context;
 
 use crate::Exit;
 use crate::cli::Global;
-use crate::config::Secrets;
+use crate::config::{FluxConfig, Loaded, Secrets, TokenOrigin};
+use crate::diag::{Code, Diagnostic};
+use crate::github::{self, GitHub};
+use crate::online::{self, Answers};
 use crate::output::{Format, Ui};
+use crate::token::Token;
 
-/// Check the configuration files and the secrets hygiene of the git work tree.
+/// Check the configuration files, the secrets hygiene of the git work tree, and GitHub.
 ///
 /// Offline it checks both files (every problem at once, with file:line:col and a hint) and, when
 /// the config directory is in a git work tree, that the secrets file is not tracked, staged or
 /// unignored, that it is not readable by others, and that the token is in no tracked file.
-/// Built for pre-commit: use `--offline` there.
+/// Online it also asks GitHub whether the token works, the repository and branch exist, and the
+/// token may manage deploy keys. Built for pre-commit: use `--offline` there.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Skip the GitHub checks (repository, branch, token permissions).
@@ -34,14 +41,128 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
         loaded.token.as_ref(),
     );
     loaded.report.extend(hygiene);
+
+    let mut unreachable = None;
+    if !args.offline {
+        match (&loaded.flux, &loaded.token, loaded.report.has_errors()) {
+            (Some(cfg), Some(token), false) => match check_github(cfg, token, &loaded, ui) {
+                Ok(found) => loaded.report.extend(found),
+                Err(e) => unreachable = Some(e),
+            },
+            (_, None, false) => loaded.report.push(
+                Diagnostic::note(
+                    Code::OnlineSkipped,
+                    "the GitHub checks were skipped: there is no token",
+                )
+                .with_hint(format!(
+                    "create `{}` or set `HOMELAB_FLUX_TOKEN`",
+                    loaded.secrets_path.display()
+                )),
+            ),
+            _ => loaded.report.push(
+                Diagnostic::note(
+                    Code::OnlineSkipped,
+                    "the GitHub checks were skipped because of the errors above",
+                )
+                .with_hint("fix them and run again"),
+            ),
+        }
+    }
     if args.strict {
         loaded.report.make_strict();
     }
     let exit = super::finish(&loaded, ui, args.format, "the configuration")?;
-    if !args.offline {
-        anyhow::bail!(
-            "the online checks against GitHub are not available in this version yet; run `homelab-flux validate --offline`"
-        );
+    match unreachable {
+        Some(e) => Err(e),
+        None => Ok(exit),
     }
-    Ok(exit)
+}
+
+/// Asks GitHub the independent questions at once and turns the answers into findings.
+fn check_github(
+    cfg: &FluxConfig,
+    token: &Token,
+    loaded: &Loaded,
+    ui: &Ui,
+) -> anyhow::Result<Vec<Diagnostic>> {
+    let client = client(cfg, token)?;
+    ui.log(
+        1,
+        &format!(
+            "checking `{}` against the GitHub API at {}",
+            cfg.repo,
+            client.api_base()
+        ),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let answers = runtime.block_on(ask(&client, cfg));
+    let flux_file = loaded
+        .sources
+        .first()
+        .map(|s| s.name().to_string())
+        .unwrap_or_default();
+    let token_file = match &loaded.token_origin {
+        Some(TokenOrigin::File(p)) => p.display().to_string(),
+        _ => format!("${}", crate::config::TOKEN_ENV),
+    };
+    let files = online::Files {
+        flux: &flux_file,
+        token: &token_file,
+    };
+    online::evaluate(cfg, token.kind(), answers, jiff::Timestamp::now(), &files)
+        .context("cannot check the configuration against GitHub")
+}
+
+/// The client for the repository's host, or the `HOMELAB_FLUX_GITHUB_API_URL` override.
+pub(crate) fn client(cfg: &FluxConfig, token: &Token) -> anyhow::Result<GitHub> {
+    let env = std::env::var(github::API_URL_ENV).ok();
+    let base = github::resolve_api_base(&cfg.repo.authority(), env.as_deref())?;
+    Ok(GitHub::new(&base, token.secret())?)
+}
+
+/// The requests of SPEC §3, in flight together; the branch waits for the default branch only when
+/// the configuration names none.
+pub(crate) async fn ask(gh: &GitHub, cfg: &FluxConfig) -> Answers {
+    let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
+    let keys = async {
+        match cfg.auth {
+            crate::config::Auth::DeployKey => Some(gh.list_deploy_keys(owner, name).await),
+            crate::config::Auth::Token => None,
+        }
+    };
+    match &cfg.branch {
+        Some(b) => {
+            let (user, repo, branch, keys) = tokio::join!(
+                gh.get_user(),
+                gh.get_repo(owner, name),
+                gh.get_branch(owner, name, b.as_str()),
+                keys
+            );
+            Answers {
+                user,
+                repo,
+                branch: Some((b.to_string(), branch)),
+                keys,
+            }
+        }
+        None => {
+            let (user, repo, keys) = tokio::join!(gh.get_user(), gh.get_repo(owner, name), keys);
+            let branch = match &repo {
+                Ok(r) => Some((
+                    r.default_branch.clone(),
+                    gh.get_branch(owner, name, &r.default_branch).await,
+                )),
+                Err(_) => None,
+            };
+            Answers {
+                user,
+                repo,
+                branch,
+                keys,
+            }
+        }
+    }
 }

@@ -303,16 +303,19 @@ fn parse_secrets_bytes(
         fields,
     };
     ctx.check_header();
-    let token = ctx.string("token", true).and_then(|(value, node)| {
+    let token = ctx.string("token", true).map(|(value, node)| {
         let pos = ctx.value_position(&node, &value);
         let found = token::check(&value, auth);
         ctx.report
             .extend(found.into_iter().map(|d| d.at(name, pos)));
-        Some(Token::new(&value))
+        Token::new(&value)
     });
     let ok = ctx.report.summary().errors == before;
     (token.filter(|_| ok), source)
 }
+
+/// A top-level entry: its name, the key node and the value node.
+type Field = (String, Node, Node);
 
 /// Decodes and parses one file into its top-level entries, after every document-level check.
 /// On a document-level problem the finding is pushed and only the source is returned.
@@ -322,7 +325,7 @@ fn read_document(
     secret: bool,
     known: &[&str],
     report: &mut Report,
-) -> Result<(Vec<(String, Node, Node)>, Source), Source> {
+) -> Result<(Vec<Field>, Source), Source> {
     let make_source = |text: &str| {
         if secret {
             Source::secret(name, text)
@@ -477,7 +480,7 @@ fn read_document(
         }
     };
 
-    let mut fields: Vec<(String, Node, Node)> = Vec::new();
+    let mut fields: Vec<Field> = Vec::new();
     for (key, value) in entries {
         let key_name = match &key.kind {
             NodeKind::Scalar { value: k, .. } if key.resolved() == Some(Resolved::Str) => k.clone(),
@@ -542,7 +545,7 @@ fn read_document(
 struct Fields<'a> {
     source: &'a mut Source,
     report: &'a mut Report,
-    fields: Vec<(String, Node, Node)>,
+    fields: Vec<Field>,
 }
 
 impl Fields<'_> {
