@@ -27,8 +27,51 @@ pub fn source_url(cfg: &FluxConfig) -> String {
     }
 }
 
-/// The GitRepository `flux-system`.
-pub fn git_repository(cfg: &FluxConfig, branch: &str) -> Value {
+/// The Namespace `flux-system`.
+pub fn namespace() -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+}
+
+/// The Secret `flux-system` with the deploy key, as `flux bootstrap` writes it.
+pub fn deploy_key_secret(identity: &str, identity_pub: &str, known_hosts: &str) -> Value {
+    secret(&[
+        ("identity", identity),
+        ("identity.pub", identity_pub),
+        ("known_hosts", known_hosts),
+    ])
+}
+
+/// The Secret `flux-system` for `auth: token`: HTTP Basic auth with the token as password.
+pub fn token_secret(token: &str) -> Value {
+    secret(&[("username", "git"), ("password", token)])
+}
+
+fn secret(entries: &[(&str, &str)]) -> Value {
+    let data: std::collections::BTreeMap<String, k8s_openapi::ByteString> = entries
+        .iter()
+        .map(|(k, v)| {
+            (
+                (*k).to_string(),
+                k8s_openapi::ByteString(v.as_bytes().to_vec()),
+            )
+        })
+        .collect();
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(NAME.to_string()),
+            namespace: Some(NAMESPACE.to_string()),
+            ..Default::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".to_string()),
+        ..Default::default()
+    };
+    // A Secret of strings always serialises.
+    sorted(serde_json::to_value(secret).unwrap_or(Value::Null))
+}
+
+/// The GitRepository `flux-system` for the repository at `url`.
+pub fn git_repository(url: &str, branch: &str) -> Value {
     sorted(json!({
         "apiVersion": GIT_REPOSITORY_API,
         "kind": "GitRepository",
@@ -37,7 +80,7 @@ pub fn git_repository(cfg: &FluxConfig, branch: &str) -> Value {
             "interval": GIT_REPOSITORY_INTERVAL,
             "ref": { "branch": branch },
             "secretRef": { "name": NAME },
-            "url": source_url(cfg),
+            "url": url,
         },
     }))
 }
@@ -92,10 +135,21 @@ mod tests {
     use crate::config::parse_flux;
 
     #[test]
+    fn secrets_hold_base64_data() {
+        let s = token_secret("abc");
+        assert_eq!(s["data"]["password"], "YWJj");
+        assert_eq!(s["data"]["username"], "Z2l0");
+        assert_eq!(s["metadata"]["namespace"], NAMESPACE);
+    }
+
+    #[test]
     fn export_matches_flux_bootstrap_layout() {
         let (cfg, _) = parse_flux("repo: https://github.com/o/r\npath: clusters/home\n", "f");
         let cfg = cfg.unwrap();
-        let yaml = export_yaml(&[git_repository(&cfg, "main"), kustomization(&cfg)]);
+        let yaml = export_yaml(&[
+            git_repository(&source_url(&cfg), "main"),
+            kustomization(&cfg),
+        ]);
         assert_eq!(
             yaml,
             "---\napiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata:\n  name: flux-system\n  namespace: flux-system\nspec:\n  interval: 1m0s\n  ref:\n    branch: main\n  secretRef:\n    name: flux-system\n  url: ssh://git@github.com/o/r.git\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: flux-system\n  namespace: flux-system\nspec:\n  interval: 10m0s\n  path: ./clusters/home\n  prune: true\n  sourceRef:\n    kind: GitRepository\n    name: flux-system\n"

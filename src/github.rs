@@ -323,6 +323,31 @@ fn is_loopback(url: &Url) -> bool {
     bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Downloads a public text file (Flux's `install.yaml` from a release), without the token.
+pub async fn download_text(url: &str) -> Result<String, Error> {
+    install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|source| Error::Client { source })?;
+    let unreachable = |source| Error::Unreachable {
+        url: url.to_owned(),
+        source,
+    };
+    let response = client.get(url).send().await.map_err(unreachable)?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(Error::Unexpected {
+            endpoint: format!("GET {url}"),
+            status: status.as_u16(),
+            message: status.canonical_reason().unwrap_or("").to_owned(),
+        });
+    }
+    response.text().await.map_err(unreachable)
+}
+
 /// The authenticated user (`GET /user`) and what the response headers say about the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {

@@ -10,6 +10,7 @@
 
 pub mod branch;
 pub mod cli;
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod diag;
@@ -55,6 +56,24 @@ pub fn run(cli: Cli, ui: &Ui) -> anyhow::Result<Exit> {
         Command::Status(args) => cmd::status::run(&args, &cli.global, ui),
         Command::Completions(args) => cmd::completions::run(&args, ui),
         Command::Man(args) => cmd::completions::man(&args, ui),
+    }
+}
+
+/// A check failed after the command ran (a key refused, a branch missing, Flux not ready): the
+/// message is printed as an error and the exit code is 1, not 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailed(pub String);
+
+/// The exit code for an error: 1 for [`CheckFailed`], else 2 (could not run).
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err
+        .chain()
+        .any(|e| e.downcast_ref::<CheckFailed>().is_some())
+    {
+        1
+    } else {
+        2
     }
 }
 

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Err(err) if homelab_flux::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             ui.error(&format!("{err:#}"));
-            ExitCode::from(2)
+            ExitCode::from(homelab_flux::exit_code(&err))
         }
     }
 }

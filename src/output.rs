@@ -104,6 +104,26 @@ impl Ui {
         }
     }
 
+    /// A live progress line: rewritten in place on a terminal, a new line on each change
+    /// otherwise (hidden by `--quiet`).
+    pub fn progress(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        if self.color {
+            let _ = write!(io::stderr().lock(), "\r\x1b[2K{}", redact(text));
+        } else {
+            self.err_line(text);
+        }
+    }
+
+    /// Ends a live progress line.
+    pub fn progress_done(&self) {
+        if self.color && !self.quiet {
+            let _ = write!(io::stderr().lock(), "\r\x1b[2K");
+        }
+    }
+
     /// A log line for `-v` (level 1) or `-vv` (level 2). Callers never pass the token.
     pub fn log(&self, level: u8, text: &str) {
         if self.verbose >= level && !self.quiet {

@@ -1,10 +1,17 @@
 //! `homelab-flux status`: the Flux objects in the cluster and the deploy key on GitHub.
 
+use anyhow::Context;
+use serde::Serialize;
+
 use crate::Exit;
 use crate::cli::Global;
+use crate::cluster::{self, Cluster, Kind};
+use crate::config::{Auth, Secrets};
+use crate::flux;
 use crate::output::{Format, Ui};
 
-/// Show whether Flux is synced: each object's Ready condition, revision and last message.
+/// Show whether Flux is synced: each object's Ready condition, revision and last message, and
+/// whether the deploy key in the cluster is still registered on GitHub (when a token is set).
 ///
 /// Exit 0 when all are Ready, 1 otherwise, 2 when the cluster cannot be reached.
 #[derive(Debug, clap::Args)]
@@ -22,8 +29,131 @@ pub struct Args {
     pub context: Option<String>,
 }
 
-pub fn run(_: &Args, _: &Global, _: &Ui) -> anyhow::Result<Exit> {
-    anyhow::bail!(
-        "`status` is not available in this version yet: it needs the cluster support that is still being built"
-    )
+/// One object's state.
+#[derive(Debug, Serialize)]
+struct ObjectStatus {
+    kind: &'static str,
+    name: String,
+    exists: bool,
+    ready: bool,
+    reason: Option<String>,
+    revision: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    context: String,
+    objects: Vec<ObjectStatus>,
+    /// `Some(true)` registered, `Some(false)` gone, `None` not checked (no token, or `auth: token`).
+    deploy_key_registered: Option<bool>,
+    ready: bool,
+}
+
+pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(status(args, global, ui))
+}
+
+async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
+    let cluster = Cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let ns = flux::NAMESPACE;
+    let (repo, ks, secret) = tokio::join!(
+        cluster.get(Kind::GitRepository, Some(ns), flux::NAME),
+        cluster.get(Kind::Kustomization, Some(ns), flux::NAME),
+        cluster.get(Kind::Secret, Some(ns), flux::NAME),
+    );
+    let (repo, ks, secret) = (repo?, ks?, secret?);
+    let describe = |kind: Kind, o: &Option<kube::api::DynamicObject>, revision_field: &str| {
+        let data = o.as_ref().map(|o| &o.data);
+        let condition = data.and_then(|d| cluster::condition(d, "Ready"));
+        let revision = data.and_then(|d| {
+            let v = if revision_field == "artifact" {
+                &d["status"]["artifact"]["revision"]
+            } else {
+                &d["status"]["lastAppliedRevision"]
+            };
+            v.as_str().map(str::to_string)
+        });
+        ObjectStatus {
+            kind: kind.name(),
+            name: format!("{ns}/{}", flux::NAME),
+            exists: o.is_some(),
+            ready: data.is_some_and(super::bootstrap::is_ready),
+            reason: condition.as_ref().map(|c| c.reason.clone()),
+            revision,
+            message: condition.map(|c| c.message),
+        }
+    };
+    let objects = vec![
+        describe(Kind::GitRepository, &repo, "artifact"),
+        describe(Kind::Kustomization, &ks, "lastApplied"),
+    ];
+
+    // The deploy key on GitHub, when a token is at hand (never an error when it is not).
+    let mut deploy_key_registered = None;
+    if let Ok(loaded) = super::load_config(&global.config_dir, Secrets::Optional)
+        && let (Some(cfg), Some(token)) = (&loaded.flux, &loaded.token)
+        && cfg.auth == Auth::DeployKey
+        && let Some(public) = secret
+            .as_ref()
+            .and_then(super::bootstrap::deploy_public_key)
+    {
+        let gh = super::validate::client(cfg, token)?;
+        let keys = gh
+            .list_deploy_keys(&cfg.repo.owner, &cfg.repo.name)
+            .await
+            .context("cannot list the deploy keys on GitHub")?;
+        deploy_key_registered = Some(keys.iter().any(|k| k.matches_public_key(&public)));
+    }
+
+    let ready = objects.iter().all(|o| o.ready) && deploy_key_registered != Some(false);
+    let status = Status {
+        context: cluster.context().to_string(),
+        objects,
+        deploy_key_registered,
+        ready,
+    };
+    match args.format {
+        Format::Json => ui.out(&format!("{}\n", serde_json::to_string_pretty(&status)?))?,
+        Format::Text => ui.out(&render(&status))?,
+    }
+    Ok(if status.ready {
+        Exit::Ok
+    } else {
+        Exit::Problems
+    })
+}
+
+fn render(s: &Status) -> String {
+    let mut out = format!("context: {}\n", s.context);
+    for o in &s.objects {
+        if !o.exists {
+            out.push_str(&format!(
+                "{} {}: missing (run `homelab-flux bootstrap`)\n",
+                o.kind, o.name
+            ));
+            continue;
+        }
+        out.push_str(&format!(
+            "{} {}: {} ({}) revision {}\n",
+            o.kind,
+            o.name,
+            if o.ready { "Ready" } else { "not Ready" },
+            o.reason.as_deref().unwrap_or("no condition yet"),
+            o.revision.as_deref().unwrap_or("none"),
+        ));
+        if let Some(m) = o.message.as_deref().filter(|m| !m.is_empty()) {
+            out.push_str(&format!("  {m}\n"));
+        }
+    }
+    out.push_str(match s.deploy_key_registered {
+        Some(true) => "deploy key: registered on GitHub\n",
+        Some(false) => "deploy key: NOT registered on GitHub any more (deleted, or its token was deleted): run `homelab-flux bootstrap` to replace it\n",
+        None => "deploy key: not checked (no token, or `auth: token`)\n",
+    });
+    out
 }

@@ -6,7 +6,7 @@ use crate::Exit;
 use crate::cli::Global;
 use crate::config::{FluxConfig, Loaded, Secrets, TokenOrigin};
 use crate::diag::{Code, Diagnostic};
-use crate::github::{self, GitHub};
+use crate::github::{self, GitHub, Repository};
 use crate::online::{self, Answers};
 use crate::output::{Format, Ui};
 use crate::token::Token;
@@ -45,10 +45,16 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
     let mut unreachable = None;
     if !args.offline {
         match (&loaded.flux, &loaded.token, loaded.report.has_errors()) {
-            (Some(cfg), Some(token), false) => match check_github(cfg, token, &loaded, ui) {
-                Ok(found) => loaded.report.extend(found),
-                Err(e) => unreachable = Some(e),
-            },
+            (Some(cfg), Some(token), false) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the async runtime")?;
+                match runtime.block_on(check_github(cfg, token, &loaded, ui)) {
+                    Ok((found, _)) => loaded.report.extend(found),
+                    Err(e) => unreachable = Some(e),
+                }
+            }
             (_, None, false) => loaded.report.push(
                 Diagnostic::note(
                     Code::OnlineSkipped,
@@ -78,13 +84,14 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
     }
 }
 
-/// Asks GitHub the independent questions at once and turns the answers into findings.
-fn check_github(
+/// Asks GitHub the independent questions at once and turns the answers into findings; also
+/// returns the repository as GitHub describes it, when it could be read.
+pub(crate) async fn check_github(
     cfg: &FluxConfig,
     token: &Token,
     loaded: &Loaded,
     ui: &Ui,
-) -> anyhow::Result<Vec<Diagnostic>> {
+) -> anyhow::Result<(Vec<Diagnostic>, Option<Repository>)> {
     let client = client(cfg, token)?;
     ui.log(
         1,
@@ -94,11 +101,8 @@ fn check_github(
             client.api_base()
         ),
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let answers = runtime.block_on(ask(&client, cfg));
+    let answers = ask(&client, cfg).await;
+    let repository = answers.repo.as_ref().ok().cloned();
     let flux_file = loaded
         .sources
         .first()
@@ -112,8 +116,9 @@ fn check_github(
         flux: &flux_file,
         token: &token_file,
     };
-    online::evaluate(cfg, token.kind(), answers, jiff::Timestamp::now(), &files)
-        .context("cannot check the configuration against GitHub")
+    let found = online::evaluate(cfg, token.kind(), answers, jiff::Timestamp::now(), &files)
+        .context("cannot check the configuration against GitHub")?;
+    Ok((found, repository))
 }
 
 /// The client for the repository's host, or the `HOMELAB_FLUX_GITHUB_API_URL` override.
