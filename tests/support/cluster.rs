@@ -771,6 +771,15 @@ impl Process {
             .recv()
             .map_err(|_| anyhow!("the spawner thread is gone"))?
             .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
+        // setpriv arms the death signal before it execs the program: until then, an exiting
+        // test binary would leave the program running. Wait for the exec (a few ms).
+        let exe = Path::new("/proc").join(child.id().to_string()).join("exe");
+        let start = Instant::now();
+        while fs::read_link(&exe).is_ok_and(|path| path.ends_with("setpriv"))
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(Process {
             name: name.to_owned(),
             child,
