@@ -307,7 +307,12 @@ impl Cluster {
         if let Some(flux) = &state.flux {
             return flux.addresses.clone();
         }
+        let begin = Instant::now();
         let flux = self.spawn_flux().unwrap_or_else(|err| panic!("{err:#}"));
+        log(&format!(
+            "Flux controllers ready in {:.1?}",
+            begin.elapsed()
+        ));
         let addresses = flux.addresses.clone();
         state.flux = Some(flux);
         addresses
