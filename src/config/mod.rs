@@ -210,80 +210,65 @@ const FLUX_KEYS: &[&str] = &["repo", "branch", "path", "auth", "apiVersion", "ki
 const SECRETS_KEYS: &[&str] = &["token", "apiVersion", "kind"];
 
 fn parse_flux_bytes(bytes: &[u8], name: &str, report: &mut Report) -> (Option<FluxConfig>, Source) {
-    let (fields, mut source) = match read_document(bytes, name, false, FLUX_KEYS, report) {
-        Ok(x) => x,
-        Err(source) => return (None, source),
-    };
-    let before = report.summary().errors;
-    let mut ctx = Fields {
-        source: &mut source,
-        report,
-        fields,
-    };
-    ctx.check_header();
-
-    let repo = ctx.string("repo", true).and_then(|(value, node)| {
-        let parsed = repo_url::parse(&value);
-        let pos = ctx.value_position(&node, &value);
-        if let Some(secret) = parsed.secret {
-            let start = ctx.source.offset(pos.line, pos.column) + quote_len(&node);
-            ctx.source
-                .add_mask(start + secret.start..start + secret.end);
-        }
-        ctx.report
-            .extend(parsed.findings.into_iter().map(|d| d.at(name, pos)));
-        parsed.url
-    });
-    let branch = ctx.string("branch", false).and_then(|(value, node)| {
-        let pos = ctx.value_position(&node, &value);
-        BranchName::parse(&value)
-            .map_err(|d| ctx.report.push(d.at(name, pos)))
-            .ok()
-    });
-    let path = match ctx.string("path", false) {
-        None => Some(RepoPath::default()),
-        Some((value, node)) => {
+    with_fields(bytes, name, false, FLUX_KEYS, report, |ctx| {
+        let repo = ctx.string("repo", true).and_then(|(value, node)| {
+            let parsed = repo_url::parse(&value);
             let pos = ctx.value_position(&node, &value);
-            RepoPath::parse(&value)
+            if let Some(secret) = parsed.secret {
+                let start = ctx.source.offset(pos.line, pos.column) + quote_len(&node);
+                ctx.source
+                    .add_mask(start + secret.start..start + secret.end);
+            }
+            ctx.report
+                .extend(parsed.findings.into_iter().map(|d| d.at(name, pos)));
+            parsed.url
+        });
+        let branch = ctx.string("branch", false).and_then(|(value, node)| {
+            let pos = ctx.value_position(&node, &value);
+            BranchName::parse(&value)
                 .map_err(|d| ctx.report.push(d.at(name, pos)))
                 .ok()
-        }
-    };
-    let auth = match ctx.string("auth", false) {
-        None => Some(Auth::DeployKey),
-        Some((value, node)) => {
-            let pos = ctx.value_position(&node, &value);
-            match value.as_str() {
-                "deploy-key" => Some(Auth::DeployKey),
-                "token" => Some(Auth::Token),
-                other => {
-                    let mut d = Diagnostic::error(
-                        Code::AuthInvalid,
-                        format!("`auth` must be `deploy-key` or `token`, not `{other}`"),
-                    );
-                    d = match suggest(other, &["deploy-key", "token"]) {
-                        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
-                        None => d.with_hint(
-                            "`deploy-key` (the default) keeps the token off the cluster",
-                        ),
-                    };
-                    ctx.report.push(d.at(name, pos));
-                    None
+        });
+        let path = match ctx.string("path", false) {
+            None => Some(RepoPath::default()),
+            Some((value, node)) => {
+                let pos = ctx.value_position(&node, &value);
+                RepoPath::parse(&value)
+                    .map_err(|d| ctx.report.push(d.at(name, pos)))
+                    .ok()
+            }
+        };
+        let auth = match ctx.string("auth", false) {
+            None => Some(Auth::DeployKey),
+            Some((value, node)) => {
+                let pos = ctx.value_position(&node, &value);
+                match value.as_str() {
+                    "deploy-key" => Some(Auth::DeployKey),
+                    "token" => Some(Auth::Token),
+                    other => {
+                        let d = Diagnostic::error(
+                            Code::AuthInvalid,
+                            format!("`auth` must be `deploy-key` or `token`, not `{other}`"),
+                        );
+                        let d = match suggest(other, &["deploy-key", "token"]) {
+                            Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                            None => d.with_hint(
+                                "`deploy-key` (the default) keeps the token off the cluster",
+                            ),
+                        };
+                        ctx.report.push(d.at(name, pos));
+                        None
+                    }
                 }
             }
-        }
-    };
-    let ok = ctx.report.summary().errors == before;
-    let cfg = match (ok, repo, path, auth) {
-        (true, Some(repo), Some(path), Some(auth)) => Some(FluxConfig {
-            repo,
+        };
+        Some(FluxConfig {
+            repo: repo?,
             branch,
-            path,
-            auth,
-        }),
-        _ => None,
-    };
-    (cfg, source)
+            path: path?,
+            auth: auth?,
+        })
+    })
 }
 
 fn parse_secrets_bytes(
@@ -292,7 +277,30 @@ fn parse_secrets_bytes(
     auth: Auth,
     report: &mut Report,
 ) -> (Option<Token>, Source) {
-    let (fields, mut source) = match read_document(bytes, name, true, SECRETS_KEYS, report) {
+    with_fields(bytes, name, true, SECRETS_KEYS, report, |ctx| {
+        ctx.string("token", true).map(|(value, node)| {
+            let pos = ctx.value_position(&node, &value);
+            ctx.report.extend(
+                token::check(&value, auth)
+                    .into_iter()
+                    .map(|d| d.at(name, pos)),
+            );
+            Token::new(&value)
+        })
+    })
+}
+
+/// Reads a file's document, checks its header, and hands its fields to `read`; the value is
+/// kept only when reading the file found no error.
+fn with_fields<T>(
+    bytes: &[u8],
+    name: &str,
+    secret: bool,
+    known: &[&str],
+    report: &mut Report,
+    read: impl FnOnce(&mut Fields<'_>) -> Option<T>,
+) -> (Option<T>, Source) {
+    let (fields, mut source) = match read_document(bytes, name, secret, known, report) {
         Ok(x) => x,
         Err(source) => return (None, source),
     };
@@ -303,15 +311,9 @@ fn parse_secrets_bytes(
         fields,
     };
     ctx.check_header();
-    let token = ctx.string("token", true).map(|(value, node)| {
-        let pos = ctx.value_position(&node, &value);
-        let found = token::check(&value, auth);
-        ctx.report
-            .extend(found.into_iter().map(|d| d.at(name, pos)));
-        Token::new(&value)
-    });
-    let ok = ctx.report.summary().errors == before;
-    (token.filter(|_| ok), source)
+    let value = read(&mut ctx);
+    let ok = report.summary().errors == before;
+    (value.filter(|_| ok), source)
 }
 
 /// A top-level entry: its name, the key node and the value node.
