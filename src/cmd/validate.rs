@@ -128,8 +128,9 @@ pub(crate) fn client(cfg: &FluxConfig, token: &Token) -> anyhow::Result<GitHub> 
     Ok(GitHub::new(&base, token.secret())?)
 }
 
-/// The requests of SPEC §3, in flight together; the branch waits for the default branch only when
-/// the configuration names none.
+/// The requests of SPEC §3, all in flight together. Without a configured branch, the default
+/// branch is taken from the repository's answer and not asked for separately (a request that
+/// would have to wait for another); bootstrap still proves it over SSH.
 pub(crate) async fn ask(gh: &GitHub, cfg: &FluxConfig) -> Answers {
     let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
     let keys = async {
@@ -138,36 +139,18 @@ pub(crate) async fn ask(gh: &GitHub, cfg: &FluxConfig) -> Answers {
             crate::config::Auth::Token => None,
         }
     };
-    match &cfg.branch {
-        Some(b) => {
-            let (user, repo, branch, keys) = tokio::join!(
-                gh.get_user(),
-                gh.get_repo(owner, name),
-                gh.get_branch(owner, name, b.as_str()),
-                keys
-            );
-            Answers {
-                user,
-                repo,
-                branch: Some((b.to_string(), branch)),
-                keys,
-            }
+    let branch = async {
+        match &cfg.branch {
+            Some(b) => Some((b.to_string(), gh.get_branch(owner, name, b.as_str()).await)),
+            None => None,
         }
-        None => {
-            let (user, repo, keys) = tokio::join!(gh.get_user(), gh.get_repo(owner, name), keys);
-            let branch = match &repo {
-                Ok(r) => Some((
-                    r.default_branch.clone(),
-                    gh.get_branch(owner, name, &r.default_branch).await,
-                )),
-                Err(_) => None,
-            };
-            Answers {
-                user,
-                repo,
-                branch,
-                keys,
-            }
-        }
+    };
+    let (user, repo, branch, keys) =
+        tokio::join!(gh.get_user(), gh.get_repo(owner, name), branch, keys);
+    Answers {
+        user,
+        repo,
+        branch,
+        keys,
     }
 }
