@@ -390,6 +390,25 @@ impl Cluster {
         }
     }
 
+    /// A failed watch as an [`Error`], so that a stopped API server reads as unreachable.
+    pub fn watch_error(&self, kind: Kind, name: &str, e: kube::runtime::watcher::Error) -> Error {
+        use kube::runtime::watcher::Error as W;
+        let what = format!("watching {} `{name}`", kind.name());
+        match e {
+            W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => {
+                self.unreachable_or(&what, e)
+            }
+            W::WatchError(status) => Error::Refused {
+                what,
+                message: status.message,
+            },
+            W::NoResourceVersion => Error::Refused {
+                what,
+                message: "the watch answered without a resourceVersion".to_string(),
+            },
+        }
+    }
+
     /// A stream of one object's states, from a watch (not polling).
     pub fn watch(
         &self,

@@ -549,8 +549,13 @@ async fn wait_for(
                 return Err(not_ready(kind, last.as_ref()).into());
             }
         };
-        let object =
-            next.with_context(|| format!("lost the watch on {} `{}`", kind.name(), flux::NAME))?;
+        let object = match next {
+            Ok(object) => object,
+            Err(e) => {
+                ui.progress_done();
+                return Err(cluster.watch_error(kind, flux::NAME, e).into());
+            }
+        };
         let Some(object) = object else { continue };
         if done(&object.data, sha) {
             ui.progress_done();
