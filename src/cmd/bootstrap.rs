@@ -285,6 +285,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
         live_secret
     };
     let mut changed = false;
+    let mut secret_changed = false;
     let ns_applied = cluster
         .apply(
             Kind::Namespace,
@@ -301,6 +302,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
                 .apply(Kind::Secret, s, live_secret.as_ref(), args.dry_run)
                 .await?;
             changed |= r != Applied::Unchanged;
+            secret_changed = r != Applied::Unchanged;
             steps.done(&format!("{prefix}Secret `{ns}/{}` {r}", flux::NAME));
         }
         None => steps.done(&format!(
@@ -347,37 +349,34 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
         steps.done(&format!("Flux is synced at {}", short(&sha)));
         return Ok(Exit::Ok);
     }
-    if !changed && !synced(&live_repo, repo_ready_at) {
-        // Nothing changed, so nothing makes Flux look again before its interval: ask it now.
+    // Flux watches no Secrets, and an unchanged GitRepository spec is no new generation: when
+    // the credentials changed (a new key, a rotated token), or nothing changed and Flux is not
+    // at the commit, ask it to fetch now, and wait until it has handled that very request, so
+    // that Ready means the new credentials work.
+    let mut requested = None;
+    if repo_applied == Applied::Unchanged && (secret_changed || !synced(&live_repo, repo_ready_at))
+    {
         let stamp = jiff::Timestamp::now().to_string();
         cluster
             .request_reconcile(Kind::GitRepository, ns, flux::NAME, &stamp)
             .await?;
+        requested = Some(stamp);
     }
     let deadline = tokio::time::Instant::now() + args.timeout;
-    wait_for(
-        &cluster,
-        Kind::GitRepository,
-        &sha,
-        deadline,
-        ui,
-        repo_ready_at,
-    )
-    .await?;
+    let repo_done = |data: &Value| {
+        repo_ready_at(data, &sha)
+            && requested
+                .as_deref()
+                .is_none_or(|s| data["status"]["lastHandledReconcileAt"] == s)
+    };
+    wait_for(&cluster, Kind::GitRepository, deadline, ui, &repo_done).await?;
     steps.done(&format!(
         "GitRepository `{ns}/{}` is Ready at {}",
         flux::NAME,
         short(&sha)
     ));
-    wait_for(
-        &cluster,
-        Kind::Kustomization,
-        &sha,
-        deadline,
-        ui,
-        kustomization_ready_at,
-    )
-    .await?;
+    let ks_done = |data: &Value| kustomization_ready_at(data, &sha);
+    wait_for(&cluster, Kind::Kustomization, deadline, ui, &ks_done).await?;
     steps.done(&format!(
         "Kustomization `{ns}/{}` is Ready at {}",
         flux::NAME,
@@ -532,10 +531,9 @@ fn kustomization_ready_at(data: &Value, sha: &str) -> bool {
 async fn wait_for(
     cluster: &Cluster,
     kind: Kind,
-    sha: &str,
     deadline: tokio::time::Instant,
     ui: &Ui,
-    done: fn(&Value, &str) -> bool,
+    done: &(dyn Fn(&Value) -> bool + Sync),
 ) -> anyhow::Result<()> {
     let mut stream = cluster.watch(kind, flux::NAMESPACE, flux::NAME);
     let mut last = None;
@@ -557,7 +555,7 @@ async fn wait_for(
             }
         };
         let Some(object) = object else { continue };
-        if done(&object.data, sha) {
+        if done(&object.data) {
             ui.progress_done();
             return Ok(());
         }
