@@ -184,7 +184,11 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
         "connected to `{}` (Kubernetes {git_version})",
         cluster.context()
     ));
+    // In a dry run Flux's CRDs are not installed for real, so nothing of theirs can be read or
+    // dry-run applied yet.
+    let mut crds_pending = false;
     if !cluster.flux_installed().await? {
+        crds_pending = args.dry_run;
         let source = args.flux_manifests.clone().unwrap_or_else(|| {
             format!("https://github.com/fluxcd/flux2/releases/download/{FLUX_VERSION}/install.yaml")
         });
@@ -202,8 +206,8 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
     let (live_ns, live_secret, live_repo, live_ks) = tokio::join!(
         cluster.get(Kind::Namespace, None, ns),
         cluster.get(Kind::Secret, Some(ns), flux::NAME),
-        cluster.get(Kind::GitRepository, Some(ns), flux::NAME),
-        cluster.get(Kind::Kustomization, Some(ns), flux::NAME),
+        get_unless(&cluster, Kind::GitRepository, crds_pending),
+        get_unless(&cluster, Kind::Kustomization, crds_pending),
     );
     let (live_ns, live_secret, live_repo, live_ks) = (live_ns?, live_secret?, live_repo?, live_ks?);
     let url = match cfg.auth {
@@ -286,6 +290,14 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
     };
     let mut changed = false;
     let mut secret_changed = false;
+    // A dry run cannot check objects in a Namespace that does not exist yet (nor Flux objects
+    // without their CRDs): those are reported as to be created, unchecked.
+    let ns_pending = args.dry_run && live_ns.is_none();
+    let verb = |a: Applied| match (args.dry_run, a) {
+        (true, Applied::Created) => "would be created".to_string(),
+        (true, Applied::Updated) => "would be updated".to_string(),
+        (_, a) => a.to_string(),
+    };
     let ns_applied = cluster
         .apply(
             Kind::Namespace,
@@ -295,44 +307,50 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
         )
         .await?;
     changed |= ns_applied != Applied::Unchanged;
-    steps.done(&format!("{prefix}Namespace `{ns}` {ns_applied}"));
+    steps.done(&format!("{prefix}Namespace `{ns}` {}", verb(ns_applied)));
+    let apply = |kind: Kind, desired: &Value, live: Option<&DynamicObject>, pending: bool| {
+        let desired = desired.clone();
+        let live = live.cloned();
+        let cluster = &cluster;
+        async move {
+            if pending {
+                return Ok(Applied::Created);
+            }
+            cluster
+                .apply(kind, &desired, live.as_ref(), args.dry_run)
+                .await
+        }
+    };
     match &secret {
         Some(s) => {
-            let r = cluster
-                .apply(Kind::Secret, s, live_secret.as_ref(), args.dry_run)
-                .await?;
+            let r = apply(Kind::Secret, s, live_secret.as_ref(), ns_pending).await?;
             changed |= r != Applied::Unchanged;
             secret_changed = r != Applied::Unchanged;
-            steps.done(&format!("{prefix}Secret `{ns}/{}` {r}", flux::NAME));
+            steps.done(&format!("{prefix}Secret `{ns}/{}` {}", flux::NAME, verb(r)));
         }
         None => steps.done(&format!(
             "{prefix}Secret `{ns}/{}` would be written with the new deploy key",
             flux::NAME
         )),
     }
-    let repo_applied = cluster
-        .apply(
-            Kind::GitRepository,
-            &desired_repo,
-            live_repo.as_ref(),
-            args.dry_run,
-        )
-        .await?;
+    let pending = ns_pending || crds_pending;
+    let repo_applied = apply(
+        Kind::GitRepository,
+        &desired_repo,
+        live_repo.as_ref(),
+        pending,
+    )
+    .await?;
     steps.done(&format!(
-        "{prefix}GitRepository `{ns}/{}` {repo_applied}",
-        flux::NAME
+        "{prefix}GitRepository `{ns}/{}` {}",
+        flux::NAME,
+        verb(repo_applied)
     ));
-    let ks_applied = cluster
-        .apply(
-            Kind::Kustomization,
-            &desired_ks,
-            live_ks.as_ref(),
-            args.dry_run,
-        )
-        .await?;
+    let ks_applied = apply(Kind::Kustomization, &desired_ks, live_ks.as_ref(), pending).await?;
     steps.done(&format!(
-        "{prefix}Kustomization `{ns}/{}` {ks_applied}",
-        flux::NAME
+        "{prefix}Kustomization `{ns}/{}` {}",
+        flux::NAME,
+        verb(ks_applied)
     ));
     changed |= repo_applied != Applied::Unchanged || ks_applied != Applied::Unchanged;
 
@@ -383,6 +401,18 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
         short(&sha)
     ));
     Ok(Exit::Ok)
+}
+
+/// Reads a Flux object, or assumes it absent when its CRD is not installed yet (a dry run).
+async fn get_unless(
+    cluster: &Cluster,
+    kind: Kind,
+    pending: bool,
+) -> Result<Option<DynamicObject>, cluster::Error> {
+    if pending {
+        return Ok(None);
+    }
+    cluster.get(kind, Some(flux::NAMESPACE), flux::NAME).await
 }
 
 fn short(sha: &str) -> &str {
