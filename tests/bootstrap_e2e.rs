@@ -7,19 +7,27 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject};
 use support::cli::{Run, assert_no_leak, command, run_with_limit};
 use support::cluster;
 use support::fake_github::{FakeGitHub, RepoSpec, TokenSpec};
-use support::git_server::{GitRepo, SEED_CONFIG_MAP, SshGitServer};
+use support::git_server::{
+    GitRepo, HttpGitServer, SEED_CONFIG_MAP, SshGitServer, generate_ssh_key,
+};
 
 const TITLE: &str = "homelab-flux homelab-test";
 
-/// A fine-grained token shaped like GitHub's, unique per test.
+/// A fine-grained token shaped like GitHub's, unique per test. The tag is scrambled into letters
+/// that no hex SHA holds: spelled out, it would show in repository names and trip the leak check.
 fn token(tag: &str) -> String {
-    let mut t = format!("github_pat_11E2E{tag}");
+    let scrambled: String = support::fake_github::fake_sha(tag)[..16]
+        .bytes()
+        .map(|b| char::from(b'G' + (b as char).to_digit(16).unwrap() as u8))
+        .collect();
+    let mut t = format!("github_pat_11E2E{scrambled}");
     let fill = "Qz9yX8wV7uT6s5R4q3P2o1N0mL9kJ8iH7gF6eD5cB4aZ3yX2wV1uT0sR9qP8oN7mL6kJ5iQ4hG3fE2dC1bA0zYxWvUtSr";
     t.push_str(&fill[..93 - t.len()]);
     t
@@ -32,6 +40,8 @@ struct World {
     repo: GitRepo,
     dir: tempfile::TempDir,
     token: String,
+    /// Every token this world has used (a rotation adds one): none may show in any output.
+    tokens: Mutex<Vec<String>>,
 }
 
 impl World {
@@ -61,8 +71,19 @@ impl World {
             ssh,
             repo,
             dir,
+            tokens: Mutex::new(vec![token.clone()]),
             token,
         }
+    }
+
+    /// Replaces the token in the secrets file (the old one stays in the leak check).
+    fn set_token(&self, token: &str) {
+        std::fs::write(
+            self.dir.path().join("config/secrets-flux.yaml"),
+            format!("token: {token}\n"),
+        )
+        .unwrap();
+        self.tokens.lock().unwrap().push(token.to_string());
     }
 
     fn run(&self, args: &[&str]) -> Run {
@@ -74,7 +95,9 @@ impl World {
             .arg(c.kubeconfig_path())
             .env("HOMELAB_FLUX_GITHUB_API_URL", self.gh.url());
         let r = run_with_limit(cmd, Duration::from_secs(300));
-        assert_no_leak(&self.token, &r.transcript(), &format!("{args:?}"));
+        for token in self.tokens.lock().unwrap().iter() {
+            assert_no_leak(token, &r.transcript(), &format!("{args:?}"));
+        }
         eprintln!("{}", r.transcript());
         r
     }
@@ -87,9 +110,13 @@ impl World {
 }
 
 fn write_flux(dir: &Path, extra: &str) {
+    write_flux_for(dir, "manifests", extra);
+}
+
+fn write_flux_for(dir: &Path, repo: &str, extra: &str) {
     std::fs::write(
         dir.join("config/flux.yaml"),
-        format!("repo: https://github.com/username/manifests.git\n{extra}"),
+        format!("repo: https://github.com/username/{repo}.git\n{extra}"),
     )
     .unwrap();
 }
@@ -133,30 +160,164 @@ async fn seeded_config_map(namespace: &str) -> Option<k8s_openapi::api::core::v1
     api.get_opt(SEED_CONFIG_MAP).await.unwrap()
 }
 
-/// Resets the cluster's Flux objects between scenarios (the API server has no garbage collector,
-/// so objects are deleted one by one).
-async fn clean_flux_objects() {
-    let client = cluster::cluster().client().await;
+fn flux_api(client: kube::Client, kind: &str, plural: &str, group: &str) -> Api<DynamicObject> {
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(group, "v1", kind),
+        plural,
+    );
+    Api::namespaced_with(client, "flux-system", &ar)
+}
+
+/// Puts the cluster back to "Flux installed and running, nothing bootstrapped", whatever the
+/// previous scenario left (a stopped API server, missing CRDs, stopped controllers, a wiped
+/// etcd). Objects are deleted while the controllers run, so that they remove their finalizers;
+/// the Namespace stays (the API server has no namespace controller to finish deleting it).
+async fn reset_cluster() {
+    let c = cluster::cluster();
+    c.start_api_server();
+    c.install_crds();
+    c.start_flux();
+    let client = c.client().await;
+    // Installed Flux has its Namespace (install.yaml holds it).
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}});
+    namespaces
+        .patch(
+            "flux-system",
+            &kube::api::PatchParams::apply("homelab-flux-testenv"),
+            &kube::api::Patch::Apply(&namespace),
+        )
+        .await
+        .unwrap();
     for (kind, plural, group) in [
-        (
-            "GitRepository",
-            "gitrepositories",
-            "source.toolkit.fluxcd.io",
-        ),
         (
             "Kustomization",
             "kustomizations",
             "kustomize.toolkit.fluxcd.io",
         ),
+        (
+            "GitRepository",
+            "gitrepositories",
+            "source.toolkit.fluxcd.io",
+        ),
         ("Secret", "secrets", ""),
     ] {
-        let ar = kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk(group, "v1", kind),
-            plural,
-        );
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "flux-system", &ar);
+        let api = flux_api(client.clone(), kind, plural, group);
         let _ = api.delete("flux-system", &Default::default()).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while api.get_opt("flux-system").await.unwrap().is_some() {
+            if Instant::now() > deadline {
+                // A controller that never got to it: drop its finalizer.
+                let patch = serde_json::json!({"metadata": {"finalizers": null}});
+                let _ = api
+                    .patch(
+                        "flux-system",
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    )
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
+}
+
+/// resourceVersions of the Namespace, Secret, GitRepository and Kustomization (`None`: absent).
+async fn flux_state() -> Vec<Option<String>> {
+    let client = cluster::cluster().client().await;
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    let mut out = vec![
+        ns.get_opt("flux-system")
+            .await
+            .unwrap()
+            .and_then(|n| n.metadata.resource_version),
+    ];
+    for (kind, plural, group) in KINDS {
+        out.push(
+            object(kind, plural, group)
+                .await
+                .and_then(|o| o.metadata.resource_version),
+        );
+    }
+    out
+}
+
+const KINDS: [(&str, &str, &str); 3] = [
+    ("Secret", "secrets", ""),
+    (
+        "GitRepository",
+        "gitrepositories",
+        "source.toolkit.fluxcd.io",
+    ),
+    (
+        "Kustomization",
+        "kustomizations",
+        "kustomize.toolkit.fluxcd.io",
+    ),
+];
+
+async fn secret() -> Option<DynamicObject> {
+    object("Secret", "secrets", "").await
+}
+
+async fn git_repository() -> Option<DynamicObject> {
+    object(
+        "GitRepository",
+        "gitrepositories",
+        "source.toolkit.fluxcd.io",
+    )
+    .await
+}
+
+/// A value of the `flux-system` Secret, decoded.
+async fn secret_value(key: &str) -> Option<String> {
+    let s = secret().await?;
+    let encoded = s.data["data"][key].as_str()?.to_string();
+    let bytes: k8s_openapi::ByteString =
+        serde_json::from_value(serde_json::Value::String(encoded)).ok()?;
+    String::from_utf8(bytes.0).ok()
+}
+
+/// `type base64` of the public key in the cluster's Secret (GitHub keeps no comment).
+async fn key_in_cluster() -> String {
+    let public = secret_value("identity.pub")
+        .await
+        .expect("identity.pub in the Secret");
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn keys_titled(w: &World, repo: &str, title: &str) -> Vec<support::fake_github::FakeKey> {
+    w.gh.deploy_keys("username", repo)
+        .into_iter()
+        .filter(|k| k.title == title)
+        .collect()
+}
+
+/// `METHOD path` of every GitHub write so far.
+fn write_summary(w: &World) -> Vec<String> {
+    w.gh.writes()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+fn assert_has(r: &Run, what: &str) {
+    assert!(
+        r.stderr.contains(what),
+        "missing `{what}` in:\n{}",
+        r.transcript()
+    );
+}
+
+fn ready_line(sha: &str) -> String {
+    format!(
+        "Kustomization `flux-system/flux-system` is Ready at {}",
+        &sha[..12]
+    )
 }
 
 /// Scenarios 1 and 2 of the issue: a fresh bootstrap reaches Ready at the seeded commit with a
@@ -165,8 +326,7 @@ async fn clean_flux_objects() {
 async fn fresh_bootstrap_then_an_idempotent_rerun() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive().await;
-    c.start_flux();
-    clean_flux_objects().await;
+    reset_cluster().await;
     let w = World::new("fresh", "./clusters/home");
 
     let r = w.bootstrap(&[]);
@@ -229,4 +389,546 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
         "{}",
         r.stdout
     );
+}
+
+/// Scenario 3: the cluster was rebuilt (etcd wiped: no Secret, no Flux objects) while GitHub still
+/// holds the old cluster's key. Real behaviour: after reinstalling a homelab, bootstrap runs again;
+/// the private key died with the old Secret, so a new key is made and proven, and only then is the
+/// old key of the same title deleted. Another cluster's key on the same repository is untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuilt_cluster_gets_a_new_key_and_the_stale_one_goes_after_the_proof() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    reset_cluster().await;
+    let w = World::new("rebuilt", "./clusters/home");
+    let other = generate_ssh_key("other cluster");
+    let other_title = "homelab-flux other-cluster";
+    let other_id = w.gh.add_deploy_key(
+        "username",
+        "manifests",
+        other_title,
+        &other.public_key,
+        true,
+    );
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let old = keys_titled(&w, "manifests", TITLE);
+    assert_eq!(old.len(), 1, "{old:?}");
+
+    c.wipe();
+    assert!(secret().await.is_none(), "the wipe keeps no Secret");
+    assert!(git_repository().await.is_none());
+    w.gh.clear_log();
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let deleted = format!(
+        "- deleted the stale deploy key `{TITLE}` (id {})",
+        old[0].id
+    );
+    assert_has(&r, &deleted);
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    let proved = r.stderr.find("- proved the deploy key over SSH").unwrap();
+    assert!(
+        proved < r.stderr.find(&deleted).unwrap(),
+        "the stale key goes only after the proof:\n{}",
+        r.stderr
+    );
+    assert_eq!(
+        write_summary(&w),
+        [
+            "POST /repos/username/manifests/keys".to_string(),
+            format!("DELETE /repos/username/manifests/keys/{}", old[0].id),
+        ],
+        "the new key is created before the stale one is deleted"
+    );
+    let now = keys_titled(&w, "manifests", TITLE);
+    assert_eq!(now.len(), 1, "one key per title: {now:?}");
+    assert_ne!(now[0].id, old[0].id);
+    assert_eq!(now[0].key, key_in_cluster().await, "the key in the cluster");
+    let others = keys_titled(&w, "manifests", other_title);
+    assert_eq!(others.len(), 1, "{others:?}");
+    assert_eq!(
+        others[0].id, other_id,
+        "another title's key is never touched"
+    );
+}
+
+/// Scenario 4: the deploy key was deleted on GitHub, by hand or by GitHub itself when the token
+/// that created it was deleted. Real behaviour: Flux's next fetch fails authentication; `status`
+/// says the key is gone (exit 1); bootstrap makes a new key and Flux recovers at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_key_deleted_on_github_is_replaced_and_flux_recovers() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    reset_cluster().await;
+    let w = World::new("keygone", "./clusters/home");
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let old = keys_titled(&w, "manifests", TITLE);
+    assert_eq!(old.len(), 1);
+    w.gh.remove_deploy_key(old[0].id);
+    // Flux notices at its next fetch; ask for it now, as `flux reconcile source git` does.
+    let handled = reconcile_git_repository().await;
+    assert_eq!(
+        handled.as_deref().and_then(ready_status),
+        Some("False".to_string()),
+        "Flux fails without the key: {handled:?}"
+    );
+
+    let r = w.run(&["status"]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert!(
+        r.stdout.contains("deploy key: NOT registered on GitHub any more (deleted, or its token was deleted): run `homelab-flux bootstrap` to replace it\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("GitRepository flux-system/flux-system: not Ready (GitOperationFailed)"),
+        "{}",
+        r.stdout
+    );
+
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &format!("- created the read-only deploy key `{TITLE}`"));
+    assert_has(&r, "- Secret `flux-system/flux-system` updated");
+    assert_has(&r, "- GitRepository `flux-system/flux-system` unchanged");
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    let now = keys_titled(&w, "manifests", TITLE);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0].key, key_in_cluster().await);
+    let r = w.run(&["status"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert!(r.stdout.contains("deploy key: registered on GitHub\n"));
+}
+
+/// Asks source-controller to fetch now and waits until it has handled the request; returns the
+/// GitRepository as it was then.
+async fn reconcile_git_repository() -> Option<Box<DynamicObject>> {
+    let client = cluster::cluster().client().await;
+    let api = flux_api(
+        client,
+        "GitRepository",
+        "gitrepositories",
+        "source.toolkit.fluxcd.io",
+    );
+    let stamp = format!("{:?}", std::time::SystemTime::now());
+    let patch = serde_json::json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": stamp}}});
+    api.patch(
+        "flux-system",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let o = api.get("flux-system").await.unwrap();
+        if o.data["status"]["lastHandledReconcileAt"] == stamp.as_str() {
+            return Some(Box::new(o));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+fn ready_status(o: &DynamicObject) -> Option<String> {
+    o.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+/// Scenario 5: `auth: token` over HTTPS, where the token itself is the password (GitHub accepts a
+/// PAT as the password of any user name). Real behaviour: the cluster clones with the token;
+/// after the token is replaced (the old one deleted on GitHub), bootstrap rewrites the Secret and
+/// Flux fetches with the new token before bootstrap says Ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_token_over_https_then_a_new_token_rotates_the_secret() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    reset_cluster().await;
+    let w = World::new("httptoken", "./clusters/home");
+    let http = HttpGitServer::start("git", &w.token);
+    let repo = http.create_repo("manifests-httptoken");
+    w.gh.add_repo(
+        RepoSpec::new("username", "manifests")
+            .branch("main", repo.seeded_commit())
+            .ssh_url(&w.ssh.url(&w.repo))
+            .clone_url(&http.url(&repo)),
+    );
+    write_flux(
+        w.dir.path(),
+        "branch: main\npath: ./clusters/home\nauth: token\n",
+    );
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &ready_line(repo.seeded_commit()));
+    assert!(
+        w.gh.writes().is_empty(),
+        "`auth: token` makes no deploy key"
+    );
+    let gr = git_repository().await.unwrap();
+    assert_eq!(gr.data["spec"]["url"], http.url(&repo));
+    assert_eq!(secret_value("username").await.as_deref(), Some("git"));
+    assert!(secret_value("password").await.as_deref() == Some(w.token.as_str()));
+    let before = gr.data["status"]["lastHandledReconcileAt"].clone();
+
+    // A new token: the old one is deleted on GitHub, so the git server refuses it from now on.
+    let new = token("httptokenrotated");
+    w.gh.add_token(&new, TokenSpec::fine_grained("username"));
+    w.gh.revoke_token(&w.token);
+    http.set_password(&new);
+    w.set_token(&new);
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "- Secret `flux-system/flux-system` updated");
+    assert_has(&r, "- GitRepository `flux-system/flux-system` unchanged");
+    assert_has(&r, &ready_line(repo.seeded_commit()));
+    assert!(
+        secret_value("password").await.as_deref() == Some(new.as_str()),
+        "the Secret holds the new token"
+    );
+    // Regression: bootstrap used to call an already-Ready GitRepository done, so Flux had never
+    // used the new token when it said Ready. Flux watches no Secrets: bootstrap must ask.
+    let gr = git_repository().await.unwrap();
+    assert_ne!(
+        gr.data["status"]["lastHandledReconcileAt"], before,
+        "Flux fetched again after the Secret changed"
+    );
+    assert_eq!(ready_status(&gr).as_deref(), Some("True"));
+}
+
+/// Scenario 6: flux.yaml now names another repository or path than the cluster follows. Real
+/// behaviour: a typo or a copied config must not silently repoint a running cluster, so bootstrap
+/// refuses and changes nothing; `--force` repoints it, with a new Secret for the new repository.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_repository_or_path_is_refused_without_force_and_applied_with_it() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    reset_cluster().await;
+    let w = World::new("movea", "./clusters/home");
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let repo_b = w.ssh.create_repo("manifests-moveb");
+    w.gh.add_repo(
+        RepoSpec::new("username", "manifests-two")
+            .branch("main", repo_b.seeded_commit())
+            .ssh_url(&w.ssh.url(&repo_b)),
+    );
+    let (url_a, url_b) = (w.ssh.url(&w.repo), w.ssh.url(&repo_b));
+    let before = flux_state().await;
+    let old_secret = secret().await.unwrap();
+    w.gh.clear_log();
+
+    // Another path.
+    write_flux(w.dir.path(), "branch: main\npath: ./clusters/other\n");
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert!(
+        r.stderr.ends_with("error: Kustomization `flux-system/flux-system` applies `./clusters/home`, not `./clusters/other`; nothing was changed. Run again with `--force` to point Flux at the new repository or path\n"),
+        "{}",
+        r.stderr
+    );
+    // Another repository.
+    write_flux_for(
+        w.dir.path(),
+        "manifests-two",
+        "branch: main\npath: ./clusters/home\n",
+    );
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert!(
+        r.stderr.ends_with(&format!("error: GitRepository `flux-system/flux-system` follows `{url_a}`, not `{url_b}`; nothing was changed. Run again with `--force` to point Flux at the new repository or path\n")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(flux_state().await, before, "nothing changed in the cluster");
+    assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
+
+    let r = w.bootstrap(&["--force"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        "- Secret `flux-system/flux-system` deleted, to be replaced",
+    );
+    assert_has(&r, "- Secret `flux-system/flux-system` created");
+    assert_has(&r, "- GitRepository `flux-system/flux-system` updated");
+    assert_has(&r, &ready_line(repo_b.seeded_commit()));
+    let new_secret = secret().await.unwrap();
+    assert_ne!(
+        new_secret.metadata.uid, old_secret.metadata.uid,
+        "the old Secret was replaced"
+    );
+    let keys = keys_titled(&w, "manifests-two", TITLE);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(
+        keys[0].key,
+        key_in_cluster().await,
+        "a key of the new repository"
+    );
+    assert_eq!(git_repository().await.unwrap().data["spec"]["url"], url_b);
+    assert!(seeded_config_map(repo_b.name()).await.is_some());
+}
+
+/// Scenario 7: the API server goes away, before the run and in the middle of the wait. Real
+/// behaviour: a control-plane node rebooting or a VPN dropping; bootstrap stops with a clear
+/// message and exit 2 (could not run), and the next run, once the server is back, converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_server_stopped_before_or_during_a_bootstrap() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    reset_cluster().await;
+    let w = World::new("apidown", "./clusters/home");
+    let unreachable = format!(
+        "error: cannot reach the Kubernetes API server at {}/; is the cluster up, and is `--context` right?",
+        c.server_url()
+    );
+
+    // Stopped before the run: nothing is created on GitHub either (the cluster is checked first).
+    c.stop_api_server();
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    assert_has(&r, &unreachable);
+    assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
+    let r = w.run(&["status"]);
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    assert_has(&r, &unreachable);
+    c.start_api_server();
+
+    // Stopped during the wait: the controllers are stopped so that the wait cannot end first.
+    c.stop_flux();
+    let stopper = std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while object(
+                "Kustomization",
+                "kustomizations",
+                "kustomize.toolkit.fluxcd.io",
+            )
+            .await
+            .is_none()
+            {
+                assert!(Instant::now() < deadline, "bootstrap never applied");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        cluster::cluster().stop_api_server();
+    });
+    let r = w.bootstrap(&[]);
+    stopper.join().unwrap();
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    assert_has(&r, "- Kustomization `flux-system/flux-system` created");
+    assert!(r.stderr.contains(&unreachable), "{}", r.stderr);
+
+    c.start_api_server();
+    c.start_flux();
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        "the deploy key in the cluster is still registered on GitHub",
+    );
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    assert_eq!(keys_titled(&w, "manifests", TITLE).len(), 1);
+}
+
+/// Scenario 8: what fails before the cluster is touched. Real behaviours: a branch that does not
+/// exist; a branch GitHub lists but the git server lacks (the API and git disagree, e.g. a
+/// branch just deleted); a repository that does not exist or the token cannot see; a key the SSH
+/// server refuses. Each ends with a clear message and exit 1, no Flux object created or changed,
+/// and no key left behind on GitHub.
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    reset_cluster().await;
+    let before = flux_state().await;
+    assert_eq!(before[1..], [None, None, None]);
+
+    // A branch missing everywhere: GitHub says so.
+    let w = World::new("nobranch", "./clusters/home");
+    write_flux(w.dir.path(), "branch: nope\npath: ./clusters/home\n");
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert_has(
+        &r,
+        "error[HF108]: branch `nope` not found in `username/manifests`\n --> config/flux.yaml\n  = hint: the default branch is `main`: set `branch: main`, or push the branch `nope` first\n",
+    );
+    assert!(
+        r.stderr
+            .ends_with("error: the configuration is not valid: 1 error\n")
+    );
+    assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
+
+    // A branch GitHub lists that the git server lacks: the key is made, fails its proof, and is
+    // deleted again.
+    let w = World::new("gitlacks", "./clusters/home");
+    w.gh.set_branch("username", "manifests", "release", w.repo.seeded_commit());
+    write_flux(w.dir.path(), "branch: release\npath: ./clusters/home\n");
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert!(
+        r.stderr.ends_with(&format!(
+            "error: the branch `release` does not exist in {}; the cluster was not changed\n",
+            w.ssh.url(&w.repo)
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(w.gh.deploy_keys("username", "manifests"), []);
+    assert_eq!(write_summary(&w).len(), 2, "{:?}", write_summary(&w));
+
+    // A repository that does not exist (or that the token cannot see).
+    let w = World::new("norepo", "./clusters/home");
+    write_flux_for(
+        w.dir.path(),
+        "missing",
+        "branch: main\npath: ./clusters/home\n",
+    );
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert_has(
+        &r,
+        "error[HF105]: repository `username/missing` not found, or the token cannot see it\n --> config/flux.yaml\n  = hint: check the spelling of `username/missing`; that the token's resource owner is `username`; and that its repository access includes this repository\n",
+    );
+    assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
+
+    // A key the SSH server never sees: GitHub takes it, the server refuses it.
+    let w = World::new("refused", "./clusters/home");
+    let elsewhere = tempfile::tempdir().unwrap();
+    w.gh.set_authorized_keys_file(elsewhere.path().join("authorized_keys"));
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert!(
+        r.stderr.ends_with(&format!(
+            "error: the deploy key was refused by {}: GitHub does not (or not yet) accept it for this repository; the cluster was not changed\n",
+            w.ssh.url(&w.repo)
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(w.gh.deploy_keys("username", "manifests"), []);
+    let writes = write_summary(&w);
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert!(writes[0].starts_with("POST ") && writes[1].starts_with("DELETE "));
+
+    assert_eq!(
+        flux_state().await,
+        before,
+        "no Flux object created or changed"
+    );
+}
+
+/// Scenario 9: a cluster without Flux, installed from `--flux-manifests FILE` (an air-gapped
+/// homelab, or a pinned copy of Flux's install.yaml). Real behaviour: CRDs and the Namespace are
+/// applied first and waited for, then the bootstrap goes on. The controllers here are processes
+/// rather than the file's Deployments, so they are started once the CRDs exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn flux_is_installed_from_a_manifests_file_when_its_crds_are_missing() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    // A cluster Flux never saw: no CRDs and no `flux-system` Namespace.
+    c.start_api_server();
+    c.stop_flux();
+    c.wipe();
+    c.delete_crds();
+    let w = World::new("install", "./clusters/home");
+    let mut manifests =
+        String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flux-system\n");
+    let crds = cluster::testenv_dir().join("crds");
+    let mut files: Vec<_> = std::fs::read_dir(&crds)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in &files {
+        manifests.push_str("---\n");
+        manifests.push_str(&std::fs::read_to_string(f).unwrap());
+    }
+    let file = w.dir.path().join("install.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    let file = file.to_str().unwrap();
+
+    // The plan first. Regression: a dry run read and dry-ran objects whose CRDs and Namespace
+    // it had not really installed, and failed with exit 2 (`404 page not found`).
+    let r = w.bootstrap(&["--flux-manifests", file, "--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    for line in [
+        format!(
+            "- (dry run) installed Flux from `{file}` ({} objects)",
+            files.len() + 1
+        ),
+        "- (dry run) Namespace `flux-system` would be created".to_string(),
+        "- (dry run) Secret `flux-system/flux-system` would be written with the new deploy key"
+            .to_string(),
+        "- (dry run) GitRepository `flux-system/flux-system` would be created".to_string(),
+        "- (dry run) Kustomization `flux-system/flux-system` would be created".to_string(),
+    ] {
+        assert_has(&r, &line);
+    }
+    assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(c.client().await);
+    assert!(
+        crds.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "a dry run installs no CRD"
+    );
+
+    let r = w.bootstrap(&["--flux-manifests", file, "--no-wait"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        &format!(
+            "- installed Flux from `{file}` ({} objects)",
+            files.len() + 1
+        ),
+    );
+    assert_has(&r, "- Namespace `flux-system` unchanged");
+    assert_has(&r, "- GitRepository `flux-system/flux-system` created");
+    assert_has(&r, "- Kustomization `flux-system/flux-system` created");
+
+    c.start_flux();
+    let r = w.bootstrap(&["--flux-manifests", file]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert!(!r.stderr.contains("installed Flux"), "installed once");
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+}
+
+/// Scenario 10: `--dry-run`. Real behaviour: a careful user looks before letting a tool touch
+/// the cluster and GitHub; the plan is printed, the API server checks every write without
+/// keeping it, and GitHub gets no write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_prints_the_plan_and_writes_nothing() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    reset_cluster().await;
+    let before = flux_state().await;
+    let w = World::new("dryrun", "./clusters/home");
+    let r = w.bootstrap(&["--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    for line in [
+        format!("- (dry run) would create the read-only deploy key `{TITLE}` on GitHub"),
+        "- (dry run) Namespace `flux-system` unchanged".to_string(),
+        "- (dry run) Secret `flux-system/flux-system` would be written with the new deploy key"
+            .to_string(),
+        "- (dry run) GitRepository `flux-system/flux-system` would be created".to_string(),
+        "- (dry run) Kustomization `flux-system/flux-system` would be created".to_string(),
+    ] {
+        assert_has(&r, &line);
+    }
+    assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
+    assert_eq!(w.gh.deploy_keys("username", "manifests"), []);
+    assert_eq!(flux_state().await, before, "no object created");
 }

@@ -300,6 +300,30 @@ impl Cluster {
             .unwrap_or_else(|err| panic!("installing the Flux CRDs failed: {err:#}"));
     }
 
+    /// Deletes the seven Flux CRDs (and so every Flux object) and waits until they are gone: a
+    /// cluster where Flux was never installed. [`Cluster::install_crds`] undoes it.
+    pub fn delete_crds(&self) {
+        let kubeconfig = self.kubeconfig.clone();
+        block_on(async move {
+            let client = client_for(&kubeconfig).await?;
+            let api: Api<CustomResourceDefinition> = Api::all(client);
+            for name in FLUX_CRDS {
+                let _ = api.delete(name, &Default::default()).await;
+            }
+            let deadline = Instant::now() + CRDS_ESTABLISHED;
+            for name in FLUX_CRDS {
+                while api.get_opt(name).await?.is_some() {
+                    if Instant::now() > deadline {
+                        bail!("CRD `{name}` still there after {CRDS_ESTABLISHED:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|err| panic!("deleting the Flux CRDs failed: {err:#}"));
+    }
+
     /// Starts source-controller and kustomize-controller (no-op if they run) and waits until
     /// both answer `/readyz`.
     pub fn start_flux(&self) -> FluxAddresses {
