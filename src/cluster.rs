@@ -17,6 +17,8 @@ use serde_json::Value;
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "homelab-flux";
+/// The `User-Agent` of every request to the API server.
+pub const USER_AGENT: &str = concat!("homelab-flux/", env!("CARGO_PKG_VERSION"));
 /// Flux 2.9 needs Kubernetes 1.33 or newer.
 pub const MIN_VERSION: (u32, u32) = (1, 33);
 /// The CRDs whose presence means Flux is installed.
@@ -159,9 +161,14 @@ impl Cluster {
             context: Some(name.clone()),
             ..KubeConfigOptions::default()
         };
-        let config = Config::from_custom_kubeconfig(kc, &options)
+        let mut config = Config::from_custom_kubeconfig(kc, &options)
             .await
             .map_err(Error::Kubeconfig)?;
+        // Named in the API server's audit log, like kubectl and the Flux controllers are.
+        config.headers.push((
+            reqwest::header::USER_AGENT,
+            reqwest::header::HeaderValue::from_static(USER_AGENT),
+        ));
         let server = config.cluster_url.to_string();
         let client = Client::try_from(config).map_err(Error::Client)?;
         Ok(Cluster {
