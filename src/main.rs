@@ -6,6 +6,7 @@ use clap::Parser;
 use homelab_flux::{cli::Cli, output::Ui};
 
 fn main() -> ExitCode {
+    homelab_flux::output::install_panic_hook();
     let cli = Cli::parse();
     let ui = Ui::new(cli.global.quiet, cli.global.verbose);
     match homelab_flux::run(cli, &ui) {
