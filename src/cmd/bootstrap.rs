@@ -435,7 +435,12 @@ async fn deploy_key(
     steps: &mut Steps<'_>,
 ) -> anyhow::Result<(Option<Value>, Option<String>)> {
     let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
-    let (meta, keys) = tokio::join!(gh.meta(), gh.list_deploy_keys(owner, name));
+    // The branch's head comes along, so that a key GitHub still lists needs no SSH round trip.
+    let (meta, keys, head) = tokio::join!(
+        gh.meta(),
+        gh.list_deploy_keys(owner, name),
+        gh.get_branch(owner, name, branch)
+    );
     let (meta, keys) = (meta?, keys?);
     let endpoint = git_remote::SshEndpoint::parse(&repo.ssh_url)?;
     let known_hosts = git_remote::known_hosts(&endpoint, &meta.ssh_keys);
@@ -475,29 +480,32 @@ async fn deploy_key(
         }
     };
 
-    let ssh_url = repo.ssh_url.clone();
-    let private = pair.private_key_openssh().clone();
-    let host_keys = meta.ssh_keys.clone();
-    let branch_owned = branch.to_string();
-    let proof = tokio::task::spawn_blocking(move || {
-        git_remote::prove_key(&ssh_url, &private, &host_keys, &branch_owned)
-    })
-    .await
-    .context("the SSH proof did not finish")?;
-    let sha = match proof {
-        Ok(sha) => sha,
-        Err(e) => {
-            if let Some(id) = created {
-                // The key opens nothing: remove it, so that no unproven key is left behind.
-                let _ = gh.delete_deploy_key(owner, name, id).await;
-            }
-            return Err(CheckFailed(format!("{e:#}; the cluster was not changed")).into());
+    // A new key is proven over SSH before anything relies on it. A key GitHub still lists is
+    // the one Flux already uses: the API's branch head is enough, unless the token cannot read
+    // contents (then the head comes from the SSH remote, as for a new key).
+    let sha = match (created, head) {
+        (None, Ok(head)) => {
+            steps.done(&format!("`{branch}` is at {}", short(&head.commit_sha)));
+            head.commit_sha
+        }
+        _ => {
+            let sha = match prove(repo, &pair, &meta.ssh_keys, branch).await? {
+                Ok(sha) => sha,
+                Err(e) => {
+                    if let Some(id) = created {
+                        // The key opens nothing: remove it, so that no unproven key is left behind.
+                        let _ = gh.delete_deploy_key(owner, name, id).await;
+                    }
+                    return Err(CheckFailed(format!("{e:#}; the cluster was not changed")).into());
+                }
+            };
+            steps.done(&format!(
+                "proved the deploy key over SSH: `{branch}` is at {}",
+                short(&sha)
+            ));
+            sha
         }
     };
-    steps.done(&format!(
-        "proved the deploy key over SSH: `{branch}` is at {}",
-        short(&sha)
-    ));
 
     if !dry_run {
         for stale in keys
@@ -520,6 +528,24 @@ async fn deploy_key(
         &known_hosts,
     );
     Ok((Some(secret), Some(sha)))
+}
+
+/// Lists the remote's refs over SSH with the key, checking the host key; the branch's head.
+async fn prove(
+    repo: &Repository,
+    pair: &KeyPair,
+    host_keys: &[String],
+    branch: &str,
+) -> anyhow::Result<Result<String, git_remote::Error>> {
+    let ssh_url = repo.ssh_url.clone();
+    let private = pair.private_key_openssh().clone();
+    let host_keys = host_keys.to_vec();
+    let branch = branch.to_string();
+    tokio::task::spawn_blocking(move || {
+        git_remote::prove_key(&ssh_url, &private, &host_keys, &branch)
+    })
+    .await
+    .context("the SSH proof did not finish")
 }
 
 /// A Secret's value, decoded.
