@@ -150,6 +150,11 @@ impl Cluster {
             .arg("2048"))
         .context("generating the service account signing key")?;
         fs::create_dir_all(dir.join("certs"))?;
+        // One line per request, with its user agent: what the benchmarks count requests with.
+        fs::write(
+            dir.join("audit-policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+        )?;
 
         let cluster = Cluster {
             kubeconfig: dir.join("kubeconfig"),
@@ -185,6 +190,12 @@ impl Cluster {
     /// `https://127.0.0.1:PORT` of the API server (the port survives restarts and wipes).
     pub fn server_url(&self) -> &str {
         &self.server
+    }
+
+    /// kube-apiserver's audit log: one JSON event per request (two for a watch: started and
+    /// complete), with `verb`, `requestURI`, `userAgent` and `auditID`; kept across restarts.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.join("audit.log")
     }
 
     /// Folder with this cluster's data, logs and kubeconfig.
@@ -411,6 +422,14 @@ impl Cluster {
                 "--token-auth-file={}",
                 self.dir.join("tokens.csv").display()
             ))
+            .arg(format!(
+                "--audit-policy-file={}",
+                self.dir.join("audit-policy.yaml").display()
+            ))
+            .arg(format!(
+                "--audit-log-path={}",
+                self.audit_log_path().display()
+            ))
             .arg("--v=1");
         let mut apiserver = Process::spawn("kube-apiserver", command, &self.dir)?;
         // Readiness proper is checked through the client (wait_api_ready); this only waits for
@@ -533,7 +552,37 @@ current-context: {CONTEXT}
         })
     }
 
+    /// Waits until discovery lists the seven Flux kinds (all `v1`). A freshly started API server serves its CRDs'
+    /// discovery a moment after `/readyz`, and a controller started in between exits with "no
+    /// matches for source.toolkit.fluxcd.io/v1".
+    fn wait_flux_discovery(&self) -> Result<()> {
+        let kubeconfig = self.kubeconfig.clone();
+        block_on(async move {
+            let client = client_for(&kubeconfig).await?;
+            let deadline = Instant::now() + CRDS_ESTABLISHED;
+            for crd in FLUX_CRDS {
+                let (plural, group) = crd.split_once('.').unwrap_or((crd, ""));
+                let group_version = format!("{group}/v1");
+                loop {
+                    let served = client
+                        .list_api_group_resources(&group_version)
+                        .await
+                        .is_ok_and(|list| list.resources.iter().any(|r| r.name == plural));
+                    if served {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("discovery does not list `{crd}` after {CRDS_ESTABLISHED:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn spawn_flux(&self) -> Result<Flux> {
+        self.wait_flux_discovery()?;
         let storage = self.dir.join("flux-storage");
         fs::create_dir_all(&storage)?;
         let storage_addr = format!("127.0.0.1:{}", free_port());
