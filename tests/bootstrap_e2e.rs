@@ -375,6 +375,9 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
         before,
         "a re-run changes no object"
     );
+    // The key GitHub still lists is not proven again over SSH: GitHub's branch head is enough.
+    assert!(r.stderr.contains(&format!("- `main` is at {}", &sha[..12])));
+    assert!(!r.stderr.contains("proved the deploy key"), "{}", r.stderr);
     assert!(
         w.gh.writes().is_empty(),
         "a re-run writes nothing to GitHub: {:?}",
@@ -834,10 +837,10 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
 async fn flux_is_installed_from_a_manifests_file_when_its_crds_are_missing() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive().await;
-    // A cluster Flux never saw: no CRDs and no `flux-system` Namespace.
-    c.start_api_server();
+    // A cluster without Flux's CRDs (the controllers, being processes here, are started once the
+    // CRDs exist).
+    reset_cluster().await;
     c.stop_flux();
-    c.wipe();
     c.delete_crds();
     let w = World::new("install", "./clusters/home");
     let mut manifests =
@@ -856,8 +859,8 @@ async fn flux_is_installed_from_a_manifests_file_when_its_crds_are_missing() {
     std::fs::write(&file, manifests).unwrap();
     let file = file.to_str().unwrap();
 
-    // The plan first. Regression: a dry run read and dry-ran objects whose CRDs and Namespace
-    // it had not really installed, and failed with exit 2 (`404 page not found`).
+    // The plan first. Regression: a dry run read and dry-ran objects whose CRDs it had not
+    // really installed, and failed with exit 2 (`404 page not found`).
     let r = w.bootstrap(&["--flux-manifests", file, "--dry-run"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     for line in [
@@ -865,7 +868,7 @@ async fn flux_is_installed_from_a_manifests_file_when_its_crds_are_missing() {
             "- (dry run) installed Flux from `{file}` ({} objects)",
             files.len() + 1
         ),
-        "- (dry run) Namespace `flux-system` would be created".to_string(),
+        "- (dry run) Namespace `flux-system` unchanged".to_string(),
         "- (dry run) Secret `flux-system/flux-system` would be written with the new deploy key"
             .to_string(),
         "- (dry run) GitRepository `flux-system/flux-system` would be created".to_string(),
@@ -921,6 +924,27 @@ async fn a_dry_run_prints_the_plan_and_writes_nothing() {
     for line in [
         format!("- (dry run) would create the read-only deploy key `{TITLE}` on GitHub"),
         "- (dry run) Namespace `flux-system` unchanged".to_string(),
+        "- (dry run) Secret `flux-system/flux-system` would be written with the new deploy key"
+            .to_string(),
+        "- (dry run) GitRepository `flux-system/flux-system` would be created".to_string(),
+        "- (dry run) Kustomization `flux-system/flux-system` would be created".to_string(),
+    ] {
+        assert_has(&r, &line);
+    }
+    assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
+    assert_eq!(w.gh.deploy_keys("username", "manifests"), []);
+    assert_eq!(flux_state().await, before, "no object created");
+
+    // A rebuilt cluster, not even the Namespace left. Regression: the dry-run applies of the
+    // objects in it failed on the Namespace that the dry run had not really created.
+    c.wipe();
+    let before = flux_state().await;
+    assert_eq!(before, [None, None, None, None]);
+    let r = w.bootstrap(&["--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    for line in [
+        format!("- (dry run) would create the read-only deploy key `{TITLE}` on GitHub"),
+        "- (dry run) Namespace `flux-system` would be created".to_string(),
         "- (dry run) Secret `flux-system/flux-system` would be written with the new deploy key"
             .to_string(),
         "- (dry run) GitRepository `flux-system/flux-system` would be created".to_string(),
