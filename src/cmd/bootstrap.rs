@@ -77,7 +77,23 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(bootstrap(args, global, ui))
+    // Ctrl-C stops the run between two steps with a message rather than mid-line and silent.
+    // Every step is safe to cut short: the next run repairs what this one left (a key that was
+    // not yet in the cluster is deleted then as stale, and every apply is idempotent).
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = bootstrap(args, global, ui) => result,
+            _ = tokio::signal::ctrl_c() => {
+                ui.progress_done();
+                Err(anyhow::anyhow!(
+                    "interrupted; run `homelab-flux bootstrap` again: it finishes what this run started"
+                ))
+            }
+        }
+    });
+    // An SSH proof still running on a blocking thread is abandoned, not waited for.
+    runtime.shutdown_background();
+    result
 }
 
 /// Prints the GitRepository and Kustomization; the token is not read.
