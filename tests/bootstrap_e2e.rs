@@ -86,7 +86,8 @@ impl World {
         self.tokens.lock().unwrap().push(token.to_string());
     }
 
-    fn run(&self, args: &[&str]) -> Run {
+    /// `homelab-flux -vv ARGS --kubeconfig ...` against this world's fake GitHub.
+    fn command(&self, args: &[&str]) -> std::process::Command {
         let c = cluster::cluster();
         let mut cmd = command(self.dir.path());
         cmd.arg("-vv")
@@ -94,11 +95,20 @@ impl World {
             .arg("--kubeconfig")
             .arg(c.kubeconfig_path())
             .env("HOMELAB_FLUX_GITHUB_API_URL", self.gh.url());
-        let r = run_with_limit(cmd, Duration::from_secs(300));
+        cmd
+    }
+
+    /// Fails if any token of this world shows in the run's output; prints the run.
+    fn check(&self, r: &Run, args: &[&str]) {
         for token in self.tokens.lock().unwrap().iter() {
             assert_no_leak(token, &r.transcript(), &format!("{args:?}"));
         }
         eprintln!("{}", r.transcript());
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let r = run_with_limit(self.command(args), Duration::from_secs(300));
+        self.check(&r, args);
         r
     }
 
@@ -955,4 +965,65 @@ async fn a_dry_run_prints_the_plan_and_writes_nothing() {
     assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
     assert_eq!(w.gh.deploy_keys("username", "manifests"), []);
     assert_eq!(flux_state().await, before, "no object created");
+}
+
+/// SPEC §7 reliability, an interrupted bootstrap: Ctrl-C while it waits for Flux. Real
+/// behaviour: a user gives up on a slow sync, or closes the terminal; the run stops with a
+/// message that says what to do, and the next run converges with one key per title.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_bootstrap_says_so_and_the_next_run_converges() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    reset_cluster().await;
+    c.stop_flux(); // so that the wait cannot end before the interrupt
+    let w = World::new("interrupted", "./clusters/home");
+    let args = ["bootstrap", "--timeout", "150s"];
+    let mut child = w
+        .command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while object(
+        "Kustomization",
+        "kustomizations",
+        "kustomize.toolkit.fluxcd.io",
+    )
+    .await
+    .is_none()
+    {
+        assert!(Instant::now() < deadline, "bootstrap never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // into the wait
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "bootstrap ignored Ctrl-C");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    w.check(&r, &args);
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    assert!(
+        r.stderr.ends_with("\nerror: interrupted; run `homelab-flux bootstrap` again: it finishes what this run started\n"),
+        "{}",
+        r.stderr
+    );
+
+    c.start_flux();
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    assert_eq!(keys_titled(&w, "manifests", TITLE).len(), 1);
 }
