@@ -1027,3 +1027,41 @@ async fn an_interrupted_bootstrap_says_so_and_the_next_run_converges() {
     assert_has(&r, &ready_line(w.repo.seeded_commit()));
     assert_eq!(keys_titled(&w, "manifests", TITLE).len(), 1);
 }
+
+/// SPEC §7 reliability, GitHub failing: a burst of 502s (GitHub's "Server Error" under load) is
+/// retried and the run succeeds; an exhausted rate limit stops the run before the cluster or
+/// GitHub is changed, and once it resets the next run converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn github_errors_are_retried_or_stop_the_run_cleanly() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    reset_cluster().await;
+    let before = flux_state().await;
+    let w = World::new("ghfail", "./clusters/home");
+
+    let reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1800;
+    w.gh.set_primary_rate_limit(Some((403, reset)));
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    let at = jiff::Timestamp::from_second(reset as i64)
+        .unwrap()
+        .strftime("%Y-%m-%d %H:%M:%S UTC");
+    assert!(
+        r.stderr.ends_with(&format!("error: cannot check the configuration against GitHub: GET /user: GitHub API rate limit exhausted; it resets at {at}\n")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(flux_state().await, before, "the cluster was not touched");
+    assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
+
+    w.gh.set_primary_rate_limit(None);
+    w.gh.fail_next(2, 502);
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    assert_eq!(keys_titled(&w, "manifests", TITLE).len(), 1);
+}
