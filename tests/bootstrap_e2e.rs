@@ -2,7 +2,9 @@
 //! real Flux controllers, the SSH and HTTP git servers on loopback, and the fake GitHub (whose
 //! deploy keys are the SSH server's authorized keys, and whose `/meta` lists its host key).
 //!
-//! The tests share one cluster per test binary and take it exclusively, one at a time.
+//! The tests share one cluster per test binary and take it exclusively, one at a time; each
+//! starts from `reset_cluster()` ("Flux installed, nothing bootstrapped"), so their order does not
+//! matter. Every run is at `-vv` and checked for every token of its world (the canary check).
 
 mod support;
 
