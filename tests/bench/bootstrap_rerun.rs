@@ -1,11 +1,9 @@
 //! SPEC §7 `bootstrap` targets, measured on the real test environment (kube-apiserver, Flux
-//! controllers, SSH git server, fake GitHub). A benchmark, not a correctness test, hence
-//! `#[ignore]`; run it with `tests/bench/bootstrap-rerun`, which builds the release binary and
-//! runs:
+//! controllers, SSH git server, fake GitHub). A benchmark program, not a test; run it with
+//! `tests/bench/bootstrap-rerun`, which builds the release binary and runs:
 //!
 //! ```text
-//! HOMELAB_FLUX_BIN=target/release/homelab-flux \
-//!     cargo test --test bootstrap_bench -- --ignored --nocapture
+//! HOMELAB_FLUX_BIN=target/release/homelab-flux cargo bench --bench bootstrap_rerun
 //! ```
 //!
 //! 1. A re-run on a bootstrapped cluster against `kubectl apply --server-side --field-manager
@@ -15,6 +13,7 @@
 //! 2. The delay between the Kustomization turning Ready, seen by a watch in this process, and
 //!    the bootstrap process exiting.
 
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -209,8 +208,14 @@ async fn objects_yaml(s: &Setup) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "benchmark: run with tests/bench/bootstrap-rerun"]
+fn main() {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bootstrap_rerun_and_wait_latency());
+}
+
 async fn bootstrap_rerun_and_wait_latency() {
     let c = cluster::cluster();
     c.start_flux();
