@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
             let text = String::from_utf8_lossy(rest);
             let name = "config/flux.yaml";
             let (cfg, report) = config::parse_flux(&text, name);
-            if cfg.is_some() {
+            if cfg.is_some() && !known_config_with_errors() {
                 assert!(
                     !report.has_errors(),
                     "config returned with errors: {report:?}"
@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
             let (token, report) = config::parse_secrets(&text, name, auth);
             if let Some(t) = &token {
                 assert!(
-                    !report.has_errors(),
+                    known_config_with_errors() || !report.has_errors(),
                     "token returned with errors: {report:?}"
                 );
                 check_token_debug(t);
@@ -108,7 +108,7 @@ fn fuzz_load(mode: u8, rest: &[u8]) {
             d.severity == Severity::Error && d.location.as_ref().is_some_and(|l| l.file == file)
         })
     };
-    if loaded.flux.is_some() {
+    if loaded.flux.is_some() && !known_config_with_errors() {
         assert!(
             !errors_in(&flux_name),
             "config returned with errors: {:?}",
@@ -123,7 +123,7 @@ fn fuzz_load(mode: u8, rest: &[u8]) {
     if let Some(t) = &loaded.token {
         assert!(!token_file.is_empty(), "a token without an origin");
         assert!(
-            !errors_in(&token_file),
+            known_config_with_errors() || !errors_in(&token_file),
             "token returned with errors: {:?}",
             loaded.report
         );
@@ -137,6 +137,18 @@ fn fuzz_load(mode: u8, rest: &[u8]) {
         loaded.token.as_ref(),
         |d| d.location.as_ref().is_some_and(|l| l.file == token_file),
     );
+}
+
+/// Set `HOMELAB_FLUX_FUZZ_SKIP_CONFIG_WITH_ERRORS=1` to skip the "no config (or token) with errors"
+/// checks while a known violation is open (found by this target: a `flux.yaml` with a duplicate
+/// key, or a secrets file with an unknown key, is returned as a config or token, because
+/// `parse_flux_bytes` and `parse_secrets_bytes` count errors only after `read_document`),
+/// so that a run can go on looking for panics and leaks.
+fn known_config_with_errors() -> bool {
+    static SKIP: OnceLock<bool> = OnceLock::new();
+    *SKIP.get_or_init(|| {
+        std::env::var_os("HOMELAB_FLUX_FUZZ_SKIP_CONFIG_WITH_ERRORS").is_some_and(|v| v == "1")
+    })
 }
 
 /// One directory per fuzzing process, reused for every input.
