@@ -37,12 +37,13 @@ pub enum Error {
     #[error("cannot set up the Kubernetes client")]
     Client(#[source] kube::Error),
     #[error(
-        "cannot reach the Kubernetes API server at {server}; is the cluster up, and is `--context` right?"
+        "cannot reach the Kubernetes API server at {server} ({cause}); is the cluster up, and is `--context` right?"
     )]
     Unreachable {
         server: String,
-        #[source]
-        source: kube::Error,
+        /// The innermost cause (for example `Connection refused (os error 111)`); the layers
+        /// above it only repeat "client error".
+        cause: String,
     },
     #[error("the API server refused {what}: {message}")]
     Refused { what: String, message: String },
@@ -191,7 +192,7 @@ impl Cluster {
             },
             e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => Error::Unreachable {
                 server: self.server.clone(),
-                source: e,
+                cause: root_cause(&e),
             },
             e => Error::Api {
                 what: what.to_string(),
@@ -427,6 +428,15 @@ impl Cluster {
     + use<> {
         kube::runtime::watcher::watch_object(self.api(kind, Some(namespace)), name).boxed()
     }
+}
+
+/// The last error of a source chain, which names what actually failed.
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
 }
 
 /// A status condition of a Flux object.
