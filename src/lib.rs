@@ -2,10 +2,14 @@
 //!
 //! Modules that talk to the outside world, one per system:
 //! - [`config`]: the configuration files;
-//! - [`git`]: local git repositories (secrets hygiene), through git2.
+//! - [`git`] and [`git_remote`]: git2, for the local repository (secrets hygiene) and for the
+//!   remote one (the deploy key's proof over SSH);
+//! - [`github`]: GitHub's REST API, through reqwest;
+//! - [`cluster`]: the Kubernetes API server, through kube-rs.
 //!
 //! Pure logic beside them: [`repo_url`], [`branch`], [`repo_path`], [`token`] check and normalise
-//! values; [`flux`] builds the Flux objects; [`diag`] holds findings. [`cmd`] has one module per
+//! values; [`keys`] makes deploy keys in memory; [`flux`] builds the Flux objects; [`online`]
+//! turns GitHub's answers into findings; [`diag`] holds findings. [`cmd`] has one module per
 //! subcommand; [`output`] is the only module that prints.
 
 pub mod branch;

@@ -187,6 +187,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
 
     // 2. The cluster: reachable, recent enough, Flux installed.
     let cluster = Cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    ui.log(1, &format!("kubeconfig context `{}`", cluster.context()));
     let (version, git_version) = cluster.version().await?;
     if version < cluster::MIN_VERSION {
         return Err(CheckFailed(format!(
@@ -350,6 +351,16 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
         )),
     }
     let pending = ns_pending || crds_pending;
+    for desired in [&desired_repo, &desired_ks] {
+        ui.log(
+            2,
+            &format!(
+                "desired {} spec: {}",
+                desired["kind"].as_str().unwrap_or_default(),
+                desired["spec"]
+            ),
+        );
+    }
     let repo_applied = apply(
         Kind::GitRepository,
         &desired_repo,
@@ -458,7 +469,17 @@ async fn deploy_key(
         gh.get_branch(owner, name, branch)
     );
     let (meta, keys) = (meta?, keys?);
+    steps.ui.log(
+        1,
+        &format!(
+            "GitHub lists {} deploy key(s) on `{owner}/{name}`, {} titled `{title}`; {} SSH host key(s) in /meta",
+            keys.len(),
+            keys.iter().filter(|k| k.title == title).count(),
+            meta.ssh_keys.len()
+        ),
+    );
     let endpoint = git_remote::SshEndpoint::parse(&repo.ssh_url)?;
+    steps.ui.log(2, &format!("SSH endpoint {}", endpoint.url()));
     let known_hosts = git_remote::known_hosts(&endpoint, &meta.ssh_keys);
 
     let in_cluster = live_secret
