@@ -300,11 +300,12 @@ fn with_fields<T>(
     report: &mut Report,
     read: impl FnOnce(&mut Fields<'_>) -> Option<T>,
 ) -> (Option<T>, Source) {
+    // Counted before the document is read: its own findings (duplicate or unknown keys) count.
+    let before = report.summary().errors;
     let (fields, mut source) = match read_document(bytes, name, secret, known, report) {
         Ok(x) => x,
         Err(source) => return (None, source),
     };
-    let before = report.summary().errors;
     let mut ctx = Fields {
         source: &mut source,
         report,
@@ -769,6 +770,24 @@ mod tests {
         assert!(report.is_empty(), "{report:?}");
         let shown = format!("{token:?} {:?}", Source::secret("s", TOKEN));
         assert!(!shown.contains(&TOKEN[4..]), "{shown}");
+    }
+
+    /// Found by the fuzzer: a duplicate or unknown key was reported, yet the value came back.
+    #[test]
+    fn a_file_with_any_error_returns_no_value() {
+        let (cfg, report) = parse_flux(
+            "repo: https://github.com/o/r\nbranch: main\nbranch: dev\n",
+            "f",
+        );
+        assert!(report.has_errors());
+        assert!(cfg.is_none());
+        let (token, report) = parse_secrets(
+            &format!("token: \"{TOKEN}\"\noken: x\n"),
+            "s",
+            Auth::DeployKey,
+        );
+        assert!(report.has_errors());
+        assert!(token.is_none());
     }
 
     #[test]
