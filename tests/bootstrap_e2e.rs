@@ -325,6 +325,16 @@ fn assert_has(r: &Run, what: &str) {
     );
 }
 
+/// The run after a failure converges: exit 0, Flux Ready at the seeded commit, one key titled
+/// after the context on GitHub.
+fn assert_converges(w: &World) -> Run {
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    assert_eq!(keys_titled(w, "manifests", TITLE).len(), 1);
+    r
+}
+
 fn ready_line(sha: &str) -> String {
     format!(
         "Kustomization `flux-system/flux-system` is Ready at {}",
@@ -756,14 +766,11 @@ async fn the_api_server_stopped_before_or_during_a_bootstrap() {
 
     c.start_api_server();
     c.start_flux();
-    let r = w.bootstrap(&[]);
-    assert_eq!(r.code, 0, "{}", r.transcript());
+    let r = assert_converges(&w);
     assert_has(
         &r,
         "the deploy key in the cluster is still registered on GitHub",
     );
-    assert_has(&r, &ready_line(w.repo.seeded_commit()));
-    assert_eq!(keys_titled(&w, "manifests", TITLE).len(), 1);
 }
 
 /// Scenario 8: what fails before the cluster is touched. Real behaviours: a branch that does not
@@ -1036,10 +1043,7 @@ async fn an_interrupted_bootstrap_says_so_and_the_next_run_converges() {
     );
 
     c.start_flux();
-    let r = w.bootstrap(&[]);
-    assert_eq!(r.code, 0, "{}", r.transcript());
-    assert_has(&r, &ready_line(w.repo.seeded_commit()));
-    assert_eq!(keys_titled(&w, "manifests", TITLE).len(), 1);
+    assert_converges(&w);
 }
 
 /// SPEC §7 reliability, GitHub failing: a burst of 502s (GitHub's "Server Error" under load) is
@@ -1074,8 +1078,5 @@ async fn github_errors_are_retried_or_stop_the_run_cleanly() {
 
     w.gh.set_primary_rate_limit(None);
     w.gh.fail_next(2, 502);
-    let r = w.bootstrap(&[]);
-    assert_eq!(r.code, 0, "{}", r.transcript());
-    assert_has(&r, &ready_line(w.repo.seeded_commit()));
-    assert_eq!(keys_titled(&w, "manifests", TITLE).len(), 1);
+    assert_converges(&w);
 }
