@@ -21,11 +21,26 @@ pub const FIELD_MANAGER: &str = "homelab-flux";
 pub const USER_AGENT: &str = concat!("homelab-flux/", env!("CARGO_PKG_VERSION"));
 /// Flux 2.9 needs Kubernetes 1.33 or newer.
 pub const MIN_VERSION: (u32, u32) = (1, 33);
-/// The CRDs whose presence means Flux is installed.
+/// The CRDs Flux needs here; with [`FLUX_DEPLOYMENTS`], what "Flux is installed" means.
 pub const FLUX_CRDS: [&str; 2] = [
     "gitrepositories.source.toolkit.fluxcd.io",
     "kustomizations.kustomize.toolkit.fluxcd.io",
 ];
+/// The controllers' Deployments in `flux-system`. An install cut short after the CRDs (Ctrl-C,
+/// a refused object, `kubectl delete ns flux-system`) has the CRDs but not these.
+pub const FLUX_DEPLOYMENTS: [&str; 2] = ["source-controller", "kustomize-controller"];
+/// A TCP connection (and TLS handshake) to the API server that takes longer fails.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// An answer from the API server that takes longer than this after the request fails. kube-rs
+/// sets none by default, so a server that accepts and never answers would hang the run.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The server-side timeout of a watch, kept below [`READ_TIMEOUT`]: the API server ends a quiet
+/// watch before the client would take the silence for a dead connection, and it is resumed.
+const WATCH_TIMEOUT_SECS: u32 = 20;
+/// The Lease that serialises bootstraps of one cluster.
+pub const LEASE_NAME: &str = "homelab-flux-bootstrap";
+/// How long a Lease stays valid without renewal: a run that died holds it no longer than this.
+pub const LEASE_DURATION: Duration = Duration::from_secs(30);
 
 /// What can go wrong with the cluster. Every message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +82,7 @@ pub enum Kind {
     GitRepository,
     Kustomization,
     CustomResourceDefinition,
+    Deployment,
 }
 
 impl Kind {
@@ -95,6 +111,7 @@ impl Kind {
                 "customresourcedefinitions",
                 false,
             ),
+            Kind::Deployment => ("apps", "v1", "Deployment", "deployments", true),
         };
         (
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural),
@@ -109,6 +126,7 @@ impl Kind {
             Kind::GitRepository => "GitRepository",
             Kind::Kustomization => "Kustomization",
             Kind::CustomResourceDefinition => "CustomResourceDefinition",
+            Kind::Deployment => "Deployment",
         }
     }
 }
@@ -165,6 +183,12 @@ impl Cluster {
         let mut config = Config::from_custom_kubeconfig(kc, &options)
             .await
             .map_err(Error::Kubeconfig)?;
+        // No request waits forever (kube-rs sets no read timeout by default). The read timeout
+        // counts from the request, not from when a pooled connection went idle.
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.read_timeout = Some(READ_TIMEOUT);
+        config.write_timeout = Some(READ_TIMEOUT);
+        config.reset_reader_on_write = true;
         // Named in the API server's audit log, like kubectl and the Flux controllers are.
         config.headers.push((
             reqwest::header::USER_AGENT,
@@ -182,6 +206,12 @@ impl Cluster {
     /// The kubeconfig context in use (it names the deploy key).
     pub fn context(&self) -> &str {
         &self.context
+    }
+
+    /// The API server's address from the kubeconfig (with the context, it identifies the
+    /// cluster in the deploy key's title).
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     fn unreachable_or(&self, what: &str, e: kube::Error) -> Error {
@@ -239,13 +269,45 @@ impl Cluster {
             .map_err(|e| self.unreachable_or(&format!("reading {} `{name}`", kind.name()), e))
     }
 
-    /// True when both Flux CRDs exist.
-    pub async fn flux_installed(&self) -> Result<bool, Error> {
-        let (a, b) = tokio::join!(
+    /// What of Flux is missing: the CRDs and the controllers' Deployments, as `Kind name`
+    /// strings. Empty when Flux is installed. (Whether the Deployments are available is the
+    /// wait's business: Flux not reconciling shows there, with the controller's words.)
+    pub async fn missing_flux_parts(&self) -> Result<Vec<String>, Error> {
+        let ns = crate::flux::NAMESPACE;
+        let (c0, c1, d0, d1) = tokio::join!(
             self.get(Kind::CustomResourceDefinition, None, FLUX_CRDS[0]),
-            self.get(Kind::CustomResourceDefinition, None, FLUX_CRDS[1])
+            self.get(Kind::CustomResourceDefinition, None, FLUX_CRDS[1]),
+            self.get(Kind::Deployment, Some(ns), FLUX_DEPLOYMENTS[0]),
+            self.get(Kind::Deployment, Some(ns), FLUX_DEPLOYMENTS[1]),
         );
-        Ok(a?.is_some() && b?.is_some())
+        let mut missing = Vec::new();
+        for (found, kind, name) in [
+            (
+                c0?,
+                Kind::CustomResourceDefinition,
+                FLUX_CRDS[0].to_string(),
+            ),
+            (
+                c1?,
+                Kind::CustomResourceDefinition,
+                FLUX_CRDS[1].to_string(),
+            ),
+            (
+                d0?,
+                Kind::Deployment,
+                format!("{ns}/{}", FLUX_DEPLOYMENTS[0]),
+            ),
+            (
+                d1?,
+                Kind::Deployment,
+                format!("{ns}/{}", FLUX_DEPLOYMENTS[1]),
+            ),
+        ] {
+            if found.is_none() {
+                missing.push(format!("{} `{name}`", kind.name()));
+            }
+        }
+        Ok(missing)
     }
 
     /// Server-side applies `desired` (a JSON object) unless `live` already holds every field of
@@ -323,13 +385,15 @@ impl Cluster {
     }
 
     /// Installs manifests (Flux's `install.yaml`): CRDs and Namespaces first, waits for the CRDs
-    /// to be Established, then everything else. Kinds are resolved through discovery.
+    /// to be Established, then everything else. Kinds are resolved through discovery. Objects
+    /// already as wanted (an install cut short and run again) are not written. Returns how many
+    /// objects the manifests hold and how many were written.
     pub async fn install(
         &self,
         documents: &[Value],
         dry_run: bool,
         timeout: Duration,
-    ) -> Result<usize, Error> {
+    ) -> Result<(usize, usize), Error> {
         let first = |d: &&Value| {
             matches!(
                 d["kind"].as_str(),
@@ -337,10 +401,9 @@ impl Cluster {
             )
         };
         let (early, late): (Vec<&Value>, Vec<&Value>) = documents.iter().partition(first);
-        let mut count = 0;
+        let mut written = 0;
         for doc in &early {
-            self.apply_any(doc, dry_run).await?;
-            count += 1;
+            written += usize::from(self.apply_any(doc, dry_run).await?);
         }
         if !dry_run {
             for doc in early
@@ -351,14 +414,14 @@ impl Cluster {
                 self.wait_established(name, timeout).await?;
             }
         }
-        for doc in late {
-            self.apply_any(doc, dry_run).await?;
-            count += 1;
+        for doc in &late {
+            written += usize::from(self.apply_any(doc, dry_run).await?);
         }
-        Ok(count)
+        Ok((early.len() + late.len(), written))
     }
 
-    async fn apply_any(&self, doc: &Value, dry_run: bool) -> Result<(), Error> {
+    /// Applies one manifest unless the live object holds all of it; true when it was written.
+    async fn apply_any(&self, doc: &Value, dry_run: bool) -> Result<bool, Error> {
         let (Some(api_version), Some(kind), Some(name)) = (
             doc["apiVersion"].as_str(),
             doc["kind"].as_str(),
@@ -378,12 +441,21 @@ impl Cluster {
             (Scope::Namespaced, None) => Api::default_namespaced_with(self.client.clone(), &ar),
             _ => Api::all_with(self.client.clone(), &ar),
         };
+        let live = api
+            .get_opt(name)
+            .await
+            .map_err(|e| self.unreachable_or(&format!("reading {kind} `{name}`"), e))?;
+        if let Some(live) = live
+            && is_subset(doc, &serde_json::to_value(live).unwrap_or(Value::Null))
+        {
+            return Ok(false);
+        }
         let mut params = PatchParams::apply(FIELD_MANAGER).force();
         params.dry_run = dry_run;
         api.patch(name, &params, &Patch::Apply(doc))
             .await
             .map_err(|e| self.unreachable_or(&format!("applying {kind} `{name}`"), e))?;
-        Ok(())
+        Ok(true)
     }
 
     async fn wait_established(&self, name: &str, timeout: Duration) -> Result<(), Error> {
@@ -417,7 +489,9 @@ impl Cluster {
         }
     }
 
-    /// A stream of one object's states, from a watch (not polling).
+    /// A stream of one object's states, from a watch (not polling): `Some` when it is there or
+    /// changed, `None` when it is absent or deleted. After an error the stream goes on (it lists
+    /// and watches again when polled), so a caller can resume a dropped watch.
     pub fn watch(
         &self,
         kind: Kind,
@@ -426,8 +500,199 @@ impl Cluster {
     ) -> impl futures::Stream<Item = Result<Option<DynamicObject>, kube::runtime::watcher::Error>>
     + Send
     + use<> {
-        kube::runtime::watcher::watch_object(self.api(kind, Some(namespace)), name).boxed()
+        watch_one(self.api(kind, Some(namespace)), name)
     }
+
+    /// One attempt to take the bootstrap Lease in `namespace` for `holder`: created when absent,
+    /// taken over when expired, renewed when `holder` has it already. Conflicts (another run
+    /// won the race) come back as the Lease's holder, like a Lease held by another run.
+    pub async fn try_acquire_lease(
+        &self,
+        namespace: &str,
+        holder: &str,
+    ) -> Result<LeaseState, Error> {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("the Lease `{namespace}/{LEASE_NAME}`");
+        let live = api
+            .get_opt(LEASE_NAME)
+            .await
+            .map_err(|e| self.unreachable_or(&what, e))?;
+        let now = jiff::Timestamp::now();
+        if let Some(live) = &live
+            && let Some(other) = lease_holder(live, holder, now)
+        {
+            return Ok(other);
+        }
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(LEASE_NAME.to_string()),
+                namespace: Some(namespace.to_string()),
+                resource_version: live
+                    .as_ref()
+                    .and_then(|l| l.metadata.resource_version.clone()),
+                ..Default::default()
+            },
+            spec: Some(lease_spec(holder, now)),
+        };
+        let result = match &live {
+            None => api.create(&Default::default(), &lease).await,
+            Some(_) => api.replace(LEASE_NAME, &Default::default(), &lease).await,
+        };
+        match result {
+            Ok(_) => Ok(LeaseState::Acquired),
+            // Another run created or took it between the read and the write.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(LeaseState::Held {
+                holder: "another bootstrap".to_string(),
+                expires: now + LEASE_DURATION,
+            }),
+            Err(e) => Err(self.unreachable_or(&what, e)),
+        }
+    }
+
+    /// Renews the Lease while `holder` has it; false when it is no longer ours.
+    pub async fn renew_lease(&self, namespace: &str, holder: &str) -> Result<bool, Error> {
+        Ok(matches!(
+            self.try_acquire_lease(namespace, holder).await?,
+            LeaseState::Acquired
+        ))
+    }
+
+    /// Deletes the Lease if `holder` still has it, so that the next run need not wait.
+    pub async fn release_lease(&self, namespace: &str, holder: &str) -> Result<(), Error> {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("the Lease `{namespace}/{LEASE_NAME}`");
+        let Some(live) = api
+            .get_opt(LEASE_NAME)
+            .await
+            .map_err(|e| self.unreachable_or(&what, e))?
+        else {
+            return Ok(());
+        };
+        let ours = live
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(holder);
+        if !ours {
+            return Ok(());
+        }
+        // Only this very version: a run that took the Lease over meanwhile keeps it.
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: live.metadata.resource_version.clone(),
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(LEASE_NAME, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(self.unreachable_or(&what, e)),
+        }
+    }
+
+    /// A stream of the Lease's states (see [`Cluster::watch`]); a waiting run wakes on changes.
+    pub fn watch_lease(
+        &self,
+        namespace: &str,
+    ) -> impl futures::Stream<Item = Result<(), kube::runtime::watcher::Error>> + Send + use<> {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
+        watch_one(api, LEASE_NAME).map(|r| r.map(|_| ()))
+    }
+}
+
+/// Whether a bootstrap Lease is ours to take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// This run holds it now.
+    Acquired,
+    /// Another run holds it until `expires`, unless it renews it.
+    Held {
+        holder: String,
+        expires: jiff::Timestamp,
+    },
+}
+
+/// `Some(Held)` when a live Lease belongs to another holder and has not expired at `now`.
+pub fn lease_holder(
+    lease: &k8s_openapi::api::coordination::v1::Lease,
+    me: &str,
+    now: jiff::Timestamp,
+) -> Option<LeaseState> {
+    let spec = lease.spec.as_ref()?;
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
+    if holder == me {
+        return None;
+    }
+    let renewed = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0)?;
+    let seconds = i64::from(spec.lease_duration_seconds.unwrap_or(0).max(0));
+    let expires = renewed + jiff::SignedDuration::from_secs(seconds);
+    (expires > now).then_some(LeaseState::Held { holder, expires })
+}
+
+fn lease_spec(holder: &str, now: jiff::Timestamp) -> k8s_openapi::api::coordination::v1::LeaseSpec {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    k8s_openapi::api::coordination::v1::LeaseSpec {
+        holder_identity: Some(holder.to_string()),
+        lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+        acquire_time: Some(MicroTime(now)),
+        renew_time: Some(MicroTime(now)),
+        ..Default::default()
+    }
+}
+
+/// True for a watch error that retrying will not cure: the API server answered 403 (RBAC) or
+/// 404 (the kind is not served). Connection errors, timeouts and 410 Gone are passing.
+pub fn is_refusal(e: &kube::runtime::watcher::Error) -> bool {
+    use kube::runtime::watcher::Error as W;
+    let status = match e {
+        W::InitialListFailed(kube::Error::Api(s))
+        | W::WatchStartFailed(kube::Error::Api(s))
+        | W::WatchFailed(kube::Error::Api(s)) => s.code,
+        W::WatchError(s) => s.code,
+        _ => return false,
+    };
+    matches!(status, 403 | 404)
+}
+
+/// `watch_object` of kube-runtime, with a server-side timeout below the client's read timeout.
+fn watch_one<K>(
+    api: Api<K>,
+    name: &str,
+) -> futures::stream::BoxStream<'static, Result<Option<K>, kube::runtime::watcher::Error>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use kube::runtime::watcher::{self, Event};
+    let config = watcher::Config::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(WATCH_TIMEOUT_SECS);
+    watcher::watcher(api, config)
+        .scan(false, |seen, event| {
+            match &event {
+                Ok(Event::Init) => *seen = false,
+                Ok(Event::InitApply(_)) => *seen = true,
+                _ => {}
+            }
+            futures::future::ready(Some((*seen, event)))
+        })
+        .filter_map(|(seen, event)| async move {
+            match event {
+                Ok(Event::Apply(o) | Event::InitApply(o)) => Some(Ok(Some(o))),
+                Ok(Event::Delete(_)) => Some(Ok(None)),
+                Ok(Event::InitDone) if !seen => Some(Ok(None)),
+                Ok(Event::Init | Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .boxed()
 }
 
 /// The last error of a source chain, which names what actually failed.
@@ -486,6 +751,33 @@ mod tests {
         let moved = json!({"spec": {"interval": "1m0s", "ref": {"branch": "dev"}}});
         assert!(!is_subset(&moved, &live));
         assert!(!is_subset(&json!({"a": [1, 2]}), &json!({"a": [1]})));
+    }
+
+    #[test]
+    fn a_lease_is_held_by_another_run_until_it_expires() {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let now: jiff::Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
+        let lease = |holder: &str, renewed: &str| Lease {
+            spec: Some(lease_spec(holder, renewed.parse().unwrap())),
+            ..Default::default()
+        };
+        assert_eq!(
+            lease_holder(&lease("other", "2026-12-01T09:59:50Z"), "me", now),
+            Some(LeaseState::Held {
+                holder: "other".to_string(),
+                expires: "2026-12-01T10:00:20Z".parse().unwrap(),
+            })
+        );
+        // Expired (a run that died), or ours: free to take.
+        assert_eq!(
+            lease_holder(&lease("other", "2026-12-01T09:59:00Z"), "me", now),
+            None
+        );
+        assert_eq!(
+            lease_holder(&lease("me", "2026-12-01T09:59:59Z"), "me", now),
+            None
+        );
+        assert_eq!(lease_holder(&Lease::default(), "me", now), None);
     }
 
     #[test]

@@ -27,6 +27,18 @@ pub fn source_url(cfg: &FluxConfig) -> String {
     }
 }
 
+/// True when two repository URLs name the same repository: compared without case (GitHub's
+/// owner and repository names are case-insensitive, and its `ssh_url` may spell them otherwise
+/// than `flux.yaml`), with `.git` and a trailing `/` optional.
+pub fn same_repo_url(a: &str, b: &str) -> bool {
+    fn key(url: &str) -> String {
+        let url = url.trim().trim_end_matches('/');
+        let url = url.strip_suffix(".git").unwrap_or(url);
+        url.to_ascii_lowercase()
+    }
+    key(a) == key(b)
+}
+
 /// The Namespace `flux-system`.
 pub fn namespace() -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
@@ -133,6 +145,26 @@ fn sorted(v: Value) -> Value {
 mod tests {
     use super::*;
     use crate::config::parse_flux;
+
+    #[test]
+    fn repository_urls_compare_without_case_and_dot_git() {
+        assert!(same_repo_url(
+            "ssh://git@github.com/Username/Manifests.git",
+            "ssh://git@github.com/username/manifests"
+        ));
+        assert!(same_repo_url(
+            "https://github.com/o/r/",
+            "https://github.com/o/r.git"
+        ));
+        assert!(!same_repo_url(
+            "ssh://git@github.com/o/r.git",
+            "ssh://git@github.com/o/other.git"
+        ));
+        assert!(!same_repo_url(
+            "ssh://git@github.com/o/r.git",
+            "https://github.com/o/r.git"
+        ));
+    }
 
     #[test]
     fn secrets_hold_base64_data() {

@@ -5,9 +5,12 @@
 //! against the keys `GET /meta` gave over HTTPS (never trust on first use), and reads the commit
 //! the branch points at, which the bootstrap later expects Flux to report.
 //!
-//! git2 is blocking: call [`prove_key`] from `tokio::task::spawn_blocking`.
+//! git2 is blocking: call [`prove_key`] from `tokio::task::spawn_blocking`, under
+//! [`PROOF_DEADLINE`] (libgit2's own socket timeouts are process-wide settings behind `unsafe`,
+//! and do not reach libssh2's reads, so the deadline is kept by the caller).
 
 use std::cell::Cell;
+use std::time::Duration;
 
 use git2::{
     CertificateCheckStatus, Cred, Direction, ErrorClass, ErrorCode, Remote, RemoteCallbacks,
@@ -17,6 +20,10 @@ use secrecy::{ExposeSecret, SecretString};
 use ssh_key::sha2::{Digest, Sha256};
 
 use crate::keys;
+
+/// How long the proof may take: a server that accepts TCP and never answers fails the proof
+/// after this, rather than holding the run (and the new key on GitHub) forever.
+pub const PROOF_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What can go wrong proving a key.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +72,17 @@ pub enum Error {
         url: String,
         /// The branch asked for.
         branch: String,
+    },
+    /// The server did not finish answering within [`PROOF_DEADLINE`].
+    #[error(
+        "the SSH server of {url} did not answer within {} s; is the SSH endpoint reachable (a firewall that drops rather than refuses)?",
+        .after.as_secs()
+    )]
+    TimedOut {
+        /// The SSH URL.
+        url: String,
+        /// The deadline that passed.
+        after: Duration,
     },
     /// Any other failure (connection refused, DNS, protocol).
     #[error("could not list the refs of {url} over SSH")]

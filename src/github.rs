@@ -643,12 +643,15 @@ impl GitHub {
         decode(&format!("POST /repos/{owner}/{repo}/keys"), &answer.body)
     }
 
-    /// `DELETE /repos/{owner}/{repo}/keys/{id}`.
+    /// `DELETE /repos/{owner}/{repo}/keys/{id}`. A 404 is success: the key is gone already
+    /// (deleted by hand, or by an earlier attempt whose answer was lost to a timeout).
     pub async fn delete_deploy_key(&self, owner: &str, repo: &str, id: u64) -> Result<(), Error> {
         let id = id.to_string();
         let url = self.url(&["repos", owner, repo, "keys", &id]);
-        self.send(Method::DELETE, url, None).await?;
-        Ok(())
+        match self.send(Method::DELETE, url, None).await {
+            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /meta`: the SSH host keys of the git endpoint.

@@ -128,9 +128,72 @@ fn invalid_public(line: &str) -> Error {
     Error::InvalidPublicKey { line: shown }
 }
 
+/// The default title of a cluster's deploy key: `homelab-flux <context> <cluster id>`.
+///
+/// k3s names every context `default` (kind and minikube reuse fixed names too), so the context
+/// alone would give two clusters on one repository the same title, and each bootstrap would
+/// delete the other's key as stale. The id is [`cluster_id`]: distinct for clusters at distinct
+/// API server addresses, and the same after a rebuild at the same address, so that a rebuilt
+/// cluster still finds its own stale key.
+pub fn default_title(context: &str, server: &str) -> String {
+    format!("homelab-flux {context} {}", cluster_id(context, server))
+}
+
+/// The title homelab-flux gave keys before titles carried a cluster id. Such a key is this
+/// cluster's only when the cluster's Secret holds it; it is never deleted as stale.
+pub fn legacy_title(context: &str) -> String {
+    format!("homelab-flux {context}")
+}
+
+/// Eight hex digits of SHA-256 over the context name and the API server address (scheme, host
+/// in lower case, port with the scheme's default filled in, path without a trailing `/`).
+pub fn cluster_id(context: &str, server: &str) -> String {
+    use ssh_key::sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{context}\n{}", normalise_server(server)));
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `https://Host:443/` and `https://host` are one address.
+fn normalise_server(server: &str) -> String {
+    let Ok(url) = reqwest::Url::parse(server.trim()) else {
+        return server.trim().trim_end_matches('/').to_ascii_lowercase();
+    };
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let port = url.port_or_known_default().unwrap_or_default();
+    format!(
+        "{}://{host}:{port}{}",
+        url.scheme(),
+        url.path().trim_end_matches('/')
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn titles_tell_clusters_with_one_context_name_apart() {
+        // Two k3s clusters: both contexts are `default`, the addresses differ.
+        let a = default_title("default", "https://192.168.1.10:6443");
+        let b = default_title("default", "https://192.168.1.20:6443");
+        assert_ne!(a, b);
+        assert!(a.starts_with("homelab-flux default "), "{a}");
+        let id = a.rsplit(' ').next().unwrap();
+        assert_eq!(id.len(), 8);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        // A rebuild at the same address, however the kubeconfig spells it, keeps the title.
+        assert_eq!(a, default_title("default", "https://192.168.1.10:6443/"));
+        assert_eq!(
+            default_title("home", "https://K3S.lan"),
+            default_title("home", "https://k3s.lan:443")
+        );
+        // Another context name at the same address is another cluster entry.
+        assert_ne!(
+            default_title("a", "https://k3s.lan"),
+            default_title("b", "https://k3s.lan")
+        );
+        assert_eq!(legacy_title("default"), "homelab-flux default");
+    }
 
     #[test]
     fn generated_keys_are_ed25519_openssh() {

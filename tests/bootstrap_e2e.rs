@@ -20,7 +20,10 @@ use support::git_server::{
     GitRepo, HttpGitServer, SEED_CONFIG_MAP, SshGitServer, generate_ssh_key,
 };
 
-const TITLE: &str = "homelab-flux homelab-test";
+/// The deploy key's title: the context and the id of this API server's address (SPEC §3).
+fn title() -> String {
+    homelab_flux::keys::default_title(cluster::CONTEXT, cluster::cluster().server_url())
+}
 
 /// A fine-grained token shaped like GitHub's, unique per test. The tag is scrambled into letters
 /// that no hex SHA holds: spelled out, it would show in repository names and trip the leak check.
@@ -331,7 +334,7 @@ fn assert_converges(w: &World) -> Run {
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     assert_has(&r, &ready_line(w.repo.seeded_commit()));
-    assert_eq!(keys_titled(w, "manifests", TITLE).len(), 1);
+    assert_eq!(keys_titled(w, "manifests", &title()).len(), 1);
     r
 }
 
@@ -356,7 +359,7 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
     let keys = w.gh.deploy_keys("username", "manifests");
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert!(keys[0].read_only);
-    assert_eq!(keys[0].title, TITLE);
+    assert_eq!(keys[0].title, title());
     let sha = w.repo.seeded_commit().to_string();
     assert!(
         r.stderr.contains(&format!(
@@ -437,7 +440,7 @@ async fn a_rebuilt_cluster_gets_a_new_key_and_the_stale_one_goes_after_the_proof
     );
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.transcript());
-    let old = keys_titled(&w, "manifests", TITLE);
+    let old = keys_titled(&w, "manifests", &title());
     assert_eq!(old.len(), 1, "{old:?}");
 
     c.wipe();
@@ -447,7 +450,8 @@ async fn a_rebuilt_cluster_gets_a_new_key_and_the_stale_one_goes_after_the_proof
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     let deleted = format!(
-        "- deleted the stale deploy key `{TITLE}` (id {})",
+        "- deleted the stale deploy key `{}` (id {})",
+        title(),
         old[0].id
     );
     assert_has(&r, &deleted);
@@ -466,7 +470,7 @@ async fn a_rebuilt_cluster_gets_a_new_key_and_the_stale_one_goes_after_the_proof
         ],
         "the new key is created before the stale one is deleted"
     );
-    let now = keys_titled(&w, "manifests", TITLE);
+    let now = keys_titled(&w, "manifests", &title());
     assert_eq!(now.len(), 1, "one key per title: {now:?}");
     assert_ne!(now[0].id, old[0].id);
     assert_eq!(now[0].key, key_in_cluster().await, "the key in the cluster");
@@ -489,7 +493,7 @@ async fn a_deploy_key_deleted_on_github_is_replaced_and_flux_recovers() {
     let w = World::new("keygone", "./clusters/home");
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.transcript());
-    let old = keys_titled(&w, "manifests", TITLE);
+    let old = keys_titled(&w, "manifests", &title());
     assert_eq!(old.len(), 1);
     w.gh.remove_deploy_key(old[0].id);
     // Flux notices at its next fetch; ask for it now, as `flux reconcile source git` does.
@@ -516,11 +520,14 @@ async fn a_deploy_key_deleted_on_github_is_replaced_and_flux_recovers() {
 
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.transcript());
-    assert_has(&r, &format!("- created the read-only deploy key `{TITLE}`"));
+    assert_has(
+        &r,
+        &format!("- created the read-only deploy key `{}`", title()),
+    );
     assert_has(&r, "- Secret `flux-system/flux-system` updated");
     assert_has(&r, "- GitRepository `flux-system/flux-system` unchanged");
     assert_has(&r, &ready_line(w.repo.seeded_commit()));
-    let now = keys_titled(&w, "manifests", TITLE);
+    let now = keys_titled(&w, "manifests", &title());
     assert_eq!(now.len(), 1, "{now:?}");
     assert_eq!(now[0].key, key_in_cluster().await);
     let r = w.run(&["status"]);
@@ -687,7 +694,7 @@ async fn another_repository_or_path_is_refused_without_force_and_applied_with_it
         new_secret.metadata.uid, old_secret.metadata.uid,
         "the old Secret was replaced"
     );
-    let keys = keys_titled(&w, "manifests-two", TITLE);
+    let keys = keys_titled(&w, "manifests-two", &title());
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert_eq!(
         keys[0].key,
@@ -953,7 +960,10 @@ async fn a_dry_run_prints_the_plan_and_writes_nothing() {
     let r = w.bootstrap(&["--dry-run"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     for line in [
-        format!("- (dry run) would create the read-only deploy key `{TITLE}` on GitHub"),
+        format!(
+            "- (dry run) would create the read-only deploy key `{}` on GitHub",
+            title()
+        ),
         "- (dry run) Namespace `flux-system` unchanged".to_string(),
         "- (dry run) Secret `flux-system/flux-system` would be written with the new deploy key"
             .to_string(),
@@ -974,7 +984,10 @@ async fn a_dry_run_prints_the_plan_and_writes_nothing() {
     let r = w.bootstrap(&["--dry-run"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     for line in [
-        format!("- (dry run) would create the read-only deploy key `{TITLE}` on GitHub"),
+        format!(
+            "- (dry run) would create the read-only deploy key `{}` on GitHub",
+            title()
+        ),
         "- (dry run) Namespace `flux-system` would be created".to_string(),
         "- (dry run) Secret `flux-system/flux-system` would be written with the new deploy key"
             .to_string(),

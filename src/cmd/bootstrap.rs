@@ -14,12 +14,12 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::cli::{Global, parse_duration};
-use crate::cluster::{self, Applied, Cluster, Kind};
+use crate::cluster::{self, Applied, Cluster, Kind, LeaseState};
 use crate::config::{Auth, FluxConfig, Secrets};
-use crate::github::{GitHub, Repository};
+use crate::github::{DeployKey, GitHub, Repository};
 use crate::keys::KeyPair;
 use crate::output::{Format, Ui};
-use crate::{CheckFailed, Exit, flux, git_remote};
+use crate::{CheckFailed, Exit, flux, git_remote, keys};
 
 /// The Flux release whose `install.yaml` is applied when Flux is missing.
 pub const FLUX_VERSION: &str = "v2.9.0";
@@ -63,7 +63,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE|URL")]
     pub flux_manifests: Option<String>,
 
-    /// Title of the deploy key on GitHub (default: `homelab-flux <context>`).
+    /// Title of the deploy key on GitHub (default: `homelab-flux <context> <cluster id>`, the id
+    /// derived from the context and the API server's address).
     #[arg(long, value_name = "TITLE")]
     pub key_title: Option<String>,
 }
@@ -77,19 +78,24 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let lease = HeldLease::default();
     // Ctrl-C stops the run between two steps with a message rather than mid-line and silent.
     // Every step is safe to cut short: the next run repairs what this one left (a key that was
     // not yet in the cluster is deleted then as stale, and every apply is idempotent).
     let result = runtime.block_on(async {
-        tokio::select! {
-            result = bootstrap(args, global, ui) => result,
+        let result = tokio::select! {
+            result = bootstrap(args, global, ui, &lease) => result,
             _ = tokio::signal::ctrl_c() => {
                 ui.progress_done();
                 Err(anyhow::anyhow!(
                     "interrupted; run `homelab-flux bootstrap` again: it finishes what this run started"
                 ))
             }
-        }
+        };
+        // A run that stopped early gives the Lease back, so that the next one need not wait
+        // for it to expire.
+        lease.release(ui).await;
+        result
     });
     // An SSH proof still running on a blocking thread is abandoned, not waited for.
     runtime.shutdown_background();
@@ -143,7 +149,12 @@ impl Steps<'_> {
     }
 }
 
-async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
+async fn bootstrap(
+    args: &Args,
+    global: &Global,
+    ui: &Ui,
+    lease: &HeldLease,
+) -> anyhow::Result<Exit> {
     let mut steps = Steps {
         ui,
         last: Instant::now(),
@@ -187,7 +198,14 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
 
     // 2. The cluster: reachable, recent enough, Flux installed.
     let cluster = Cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-    ui.log(1, &format!("kubeconfig context `{}`", cluster.context()));
+    ui.log(
+        1,
+        &format!(
+            "kubeconfig context `{}`, API server {}",
+            cluster.context(),
+            cluster.server()
+        ),
+    );
     let (version, git_version) = cluster.version().await?;
     if version < cluster::MIN_VERSION {
         return Err(CheckFailed(format!(
@@ -204,55 +222,75 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
     // In a dry run Flux's CRDs are not installed for real, so nothing of theirs can be read or
     // dry-run applied yet.
     let mut crds_pending = false;
-    if !cluster.flux_installed().await? {
-        crds_pending = args.dry_run;
+    let missing = cluster.missing_flux_parts().await?;
+    if !missing.is_empty() {
+        ui.log(
+            1,
+            &format!("Flux is not fully installed: no {}", missing.join(", no ")),
+        );
+        crds_pending = args.dry_run
+            && missing
+                .iter()
+                .any(|m| m.starts_with(Kind::CustomResourceDefinition.name()));
         let source = args.flux_manifests.clone().unwrap_or_else(|| {
             format!("https://github.com/fluxcd/flux2/releases/download/{FLUX_VERSION}/install.yaml")
         });
         let documents = read_manifests(&source).await?;
-        let count = cluster
+        let (count, written) = cluster
             .install(&documents, args.dry_run, args.timeout)
             .await?;
+        ui.log(
+            1,
+            &format!(
+                "{written} of {count} objects written, {} already as wanted",
+                count - written
+            ),
+        );
         steps.done(&format!(
             "{prefix}installed Flux from `{source}` ({count} objects)"
         ));
     }
 
-    // 3. What is there now, and the guards against taking over someone else's set-up.
+    // 3. The Namespace, and in it the Lease that keeps a second run of this cluster from
+    //    changing credentials at the same time (it would delete this run's key as stale).
     let ns = flux::NAMESPACE;
-    let (live_ns, live_secret, live_repo, live_ks) = tokio::join!(
-        cluster.get(Kind::Namespace, None, ns),
+    let verb = |a: Applied| match (args.dry_run, a) {
+        (true, Applied::Created) => "would be created".to_string(),
+        (true, Applied::Updated) => "would be updated".to_string(),
+        (_, a) => a.to_string(),
+    };
+    let live_ns = cluster.get(Kind::Namespace, None, ns).await?;
+    let ns_applied = cluster
+        .apply(
+            Kind::Namespace,
+            &flux::namespace(),
+            live_ns.as_ref(),
+            args.dry_run,
+        )
+        .await?;
+    steps.done(&format!("{prefix}Namespace `{ns}` {}", verb(ns_applied)));
+    if !args.dry_run {
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        lease.acquire(&cluster, deadline, &mut steps).await?;
+    }
+
+    // 4. What is there now, and the guards against taking over someone else's set-up.
+    let (live_secret, live_repo, live_ks) = tokio::join!(
         cluster.get(Kind::Secret, Some(ns), flux::NAME),
         get_unless(&cluster, Kind::GitRepository, crds_pending),
         get_unless(&cluster, Kind::Kustomization, crds_pending),
     );
-    let (live_ns, live_secret, live_repo, live_ks) = (live_ns?, live_secret?, live_repo?, live_ks?);
-    let url = match cfg.auth {
-        Auth::DeployKey => git_remote::SshEndpoint::parse(&repo.ssh_url)?.url(),
-        Auth::Token => repo.clone_url.clone(),
-    };
+    let (live_secret, live_repo, live_ks) = (live_secret?, live_repo?, live_ks?);
+    let live_url = live_repo
+        .as_ref()
+        .and_then(|o| o.data["spec"]["url"].as_str());
+    let url = source_url(&cfg, &repo, live_url)?;
     let desired_repo = flux::git_repository(&url, &branch);
     let desired_ks = flux::kustomization(&cfg);
-    let mut taken_over = Vec::new();
-    if let Some(live) = &live_repo
-        && let Some(old) = live.data["spec"]["url"].as_str()
-        && old != url
-    {
-        taken_over.push(format!(
-            "GitRepository `{ns}/{}` follows `{old}`, not `{url}`",
-            flux::NAME
-        ));
-    }
-    if let Some(live) = &live_ks
-        && let Some(old) = live.data["spec"]["path"].as_str()
-        && old != cfg.path.as_str()
-    {
-        taken_over.push(format!(
-            "Kustomization `{ns}/{}` applies `{old}`, not `{}`",
-            flux::NAME,
-            cfg.path
-        ));
-    }
+    let live_path = live_ks
+        .as_ref()
+        .and_then(|o| o.data["spec"]["path"].as_str());
+    let taken_over = takeovers(live_url, &url, live_path, cfg.path.as_str());
     if !taken_over.is_empty() && !args.force {
         return Err(CheckFailed(format!(
             "{}; nothing was changed. Run again with `--force` to point Flux at the new repository or path",
@@ -260,20 +298,33 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
         ))
         .into());
     }
+    if !taken_over.is_empty() && live_ks.is_some() {
+        steps.ui.step(&format!(
+            "note: the Kustomization `{ns}/{}` has `prune: true`: Flux deletes what it applied from the old {} that the new one does not hold",
+            flux::NAME,
+            if live_url.is_some_and(|old| !flux::same_repo_url(old, &url)) {
+                "repository"
+            } else {
+                "path"
+            }
+        ));
+    }
 
-    // 4. Credentials, proven before the cluster is touched.
+    // 5. Credentials, proven before the cluster is touched.
     let title = args
         .key_title
         .clone()
-        .unwrap_or_else(|| format!("homelab-flux {}", cluster.context()));
-    let (secret, sha) = match cfg.auth {
+        .unwrap_or_else(|| keys::default_title(cluster.context(), cluster.server()));
+    let force_secret = args.force && !taken_over.is_empty();
+    let credentials = match cfg.auth {
         Auth::DeployKey => {
+            let in_cluster = live_secret.as_ref().filter(|_| !force_secret);
             deploy_key(
                 &gh,
                 &cfg,
                 &repo,
                 &branch,
-                live_secret.as_ref(),
+                in_cluster,
                 &title,
                 args.dry_run,
                 &mut steps,
@@ -286,12 +337,17 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
                 .await
                 .context("cannot read the branch with the token")?;
             steps.done(&format!("branch `{branch}` is at {}", short(&b.commit_sha)));
-            (Some(flux::token_secret(token.expose())), Some(b.commit_sha))
+            Credentials {
+                secret: Some(flux::token_secret(token.expose())),
+                sha: Some(b.commit_sha),
+                stale: Vec::new(),
+                ssh: None,
+            }
         }
     };
 
-    // 5. Apply, in order.
-    if args.force && !taken_over.is_empty() && live_secret.is_some() {
+    // 6. Apply, in order; stale keys go only once the Secret with the new key is in place.
+    if force_secret && live_secret.is_some() {
         cluster
             .delete(Kind::Secret, Some(ns), flux::NAME, args.dry_run)
             .await?;
@@ -300,31 +356,12 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
             flux::NAME
         ));
     }
-    let live_secret = if args.force && !taken_over.is_empty() {
-        None
-    } else {
-        live_secret
-    };
-    let mut changed = false;
+    let live_secret = if force_secret { None } else { live_secret };
+    let mut changed = ns_applied != Applied::Unchanged;
     let mut secret_changed = false;
     // A dry run cannot check objects in a Namespace that does not exist yet (nor Flux objects
     // without their CRDs): those are reported as to be created, unchecked.
     let ns_pending = args.dry_run && live_ns.is_none();
-    let verb = |a: Applied| match (args.dry_run, a) {
-        (true, Applied::Created) => "would be created".to_string(),
-        (true, Applied::Updated) => "would be updated".to_string(),
-        (_, a) => a.to_string(),
-    };
-    let ns_applied = cluster
-        .apply(
-            Kind::Namespace,
-            &flux::namespace(),
-            live_ns.as_ref(),
-            args.dry_run,
-        )
-        .await?;
-    changed |= ns_applied != Applied::Unchanged;
-    steps.done(&format!("{prefix}Namespace `{ns}` {}", verb(ns_applied)));
     let apply = |kind: Kind, desired: &Value, live: Option<&DynamicObject>, pending: bool| {
         let desired = desired.clone();
         let live = live.cloned();
@@ -338,7 +375,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
                 .await
         }
     };
-    match &secret {
+    match &credentials.secret {
         Some(s) => {
             let r = apply(Kind::Secret, s, live_secret.as_ref(), ns_pending).await?;
             changed |= r != Applied::Unchanged;
@@ -349,6 +386,9 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
             "{prefix}Secret `{ns}/{}` would be written with the new deploy key",
             flux::NAME
         )),
+    }
+    if !args.dry_run {
+        delete_stale_keys(&gh, &cfg, &credentials.stale, &mut steps).await?;
     }
     let pending = ns_pending || crds_pending;
     for desired in [&desired_repo, &desired_ks] {
@@ -380,17 +420,24 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
         verb(ks_applied)
     ));
     changed |= repo_applied != Applied::Unchanged || ks_applied != Applied::Unchanged;
+    // The credentials are settled: another run may go on while this one waits for Flux.
+    lease.release(ui).await;
 
     if args.dry_run || args.no_wait {
         return Ok(Exit::Ok);
     }
-    let Some(sha) = sha else { return Ok(Exit::Ok) };
-
-    // 6. Wait until Flux has synced the proven commit.
-    let synced = |o: &Option<DynamicObject>, f: fn(&Value, &str) -> bool| {
-        o.as_ref().is_some_and(|o| f(&o.data, &sha))
+    let Some(sha) = credentials.sha.clone() else {
+        return Ok(Exit::Ok);
     };
-    if !changed && synced(&live_repo, repo_ready_at) && synced(&live_ks, kustomization_ready_at) {
+
+    // 7. Wait until Flux has synced the proven commit, or a newer head of the branch.
+    let synced = |o: &Option<DynamicObject>, f: fn(&Value) -> Option<String>| {
+        o.as_ref().and_then(|o| f(&o.data)).as_deref() == Some(sha.as_str())
+    };
+    if !changed
+        && synced(&live_repo, repo_ready_revision)
+        && synced(&live_ks, kustomization_ready_revision)
+    {
         steps.done(&format!("Flux is synced at {}", short(&sha)));
         return Ok(Exit::Ok);
     }
@@ -399,7 +446,8 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
     // at the commit, ask it to fetch now, and wait until it has handled that very request, so
     // that Ready means the new credentials work.
     let mut requested = None;
-    if repo_applied == Applied::Unchanged && (secret_changed || !synced(&live_repo, repo_ready_at))
+    if repo_applied == Applied::Unchanged
+        && (secret_changed || !synced(&live_repo, repo_ready_revision))
     {
         let stamp = jiff::Timestamp::now().to_string();
         cluster
@@ -408,26 +456,227 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit
         requested = Some(stamp);
     }
     let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut heads = Heads {
+        gh: &gh,
+        cfg: &cfg,
+        branch: &branch,
+        ssh: credentials.ssh.as_ref(),
+        accepted: vec![sha.clone()],
+    };
     let repo_done = |data: &Value| {
-        repo_ready_at(data, &sha)
-            && requested
+        repo_ready_revision(data).filter(|_| {
+            requested
                 .as_deref()
                 .is_none_or(|s| data["status"]["lastHandledReconcileAt"] == s)
+        })
     };
-    wait_for(&cluster, Kind::GitRepository, deadline, ui, &repo_done).await?;
+    let at = wait_for(
+        &cluster,
+        Kind::GitRepository,
+        deadline,
+        ui,
+        &repo_done,
+        &mut heads,
+    )
+    .await?;
     steps.done(&format!(
-        "GitRepository `{ns}/{}` is Ready at {}",
+        "GitRepository `{ns}/{}` is Ready at {}{}",
         flux::NAME,
-        short(&sha)
+        short(&at),
+        moved_note(&branch, &sha, &at)
     ));
-    let ks_done = |data: &Value| kustomization_ready_at(data, &sha);
-    wait_for(&cluster, Kind::Kustomization, deadline, ui, &ks_done).await?;
+    let at = wait_for(
+        &cluster,
+        Kind::Kustomization,
+        deadline,
+        ui,
+        &kustomization_ready_revision,
+        &mut heads,
+    )
+    .await?;
     steps.done(&format!(
-        "Kustomization `{ns}/{}` is Ready at {}",
+        "Kustomization `{ns}/{}` is Ready at {}{}",
         flux::NAME,
-        short(&sha)
+        short(&at),
+        moved_note(&branch, &sha, &at)
     ));
     Ok(Exit::Ok)
+}
+
+/// What the step line adds when Flux synced a newer head than the one proven.
+fn moved_note(branch: &str, proven: &str, at: &str) -> String {
+    if at == proven {
+        String::new()
+    } else {
+        format!(
+            " (`{branch}` moved on from {} while bootstrap waited)",
+            short(proven)
+        )
+    }
+}
+
+/// The GitRepository's URL: the SSH endpoint GitHub gives (`ssh_url`), or the clone URL for
+/// `auth: token`. Spelled as `bootstrap --export` spells it when both name the same repository
+/// (GitHub's casing may differ from `flux.yaml`'s), and as the live object spells it when that
+/// names the same repository too, so that an exported copy committed to the repository, applied
+/// by Flux itself, and bootstrap never rewrite each other's URL.
+fn source_url(
+    cfg: &FluxConfig,
+    repo: &Repository,
+    live: Option<&str>,
+) -> Result<String, git_remote::Error> {
+    let from_github = match cfg.auth {
+        Auth::DeployKey => git_remote::SshEndpoint::parse(&repo.ssh_url)?.url(),
+        Auth::Token => repo.clone_url.clone(),
+    };
+    let exported = flux::source_url(cfg);
+    let url = if flux::same_repo_url(&from_github, &exported) {
+        exported
+    } else {
+        from_github
+    };
+    Ok(match live {
+        Some(live) if flux::same_repo_url(live, &url) => live.to_string(),
+        _ => url,
+    })
+}
+
+/// The guards' findings: the live GitRepository follows another repository, the live
+/// Kustomization applies another path.
+fn takeovers(
+    live_url: Option<&str>,
+    url: &str,
+    live_path: Option<&str>,
+    path: &str,
+) -> Vec<String> {
+    let (ns, name) = (flux::NAMESPACE, flux::NAME);
+    let mut found = Vec::new();
+    if let Some(old) = live_url
+        && !flux::same_repo_url(old, url)
+    {
+        found.push(format!(
+            "GitRepository `{ns}/{name}` follows `{old}`, not `{url}`"
+        ));
+    }
+    if let Some(old) = live_path
+        && old != path
+    {
+        found.push(format!(
+            "Kustomization `{ns}/{name}` applies `{old}`, not `{path}`"
+        ));
+    }
+    found
+}
+
+/// The bootstrap Lease of this run, once taken; renewed in the background until released.
+#[derive(Default)]
+struct HeldLease {
+    held: tokio::sync::Mutex<Option<(Cluster, String, tokio::task::JoinHandle<()>)>>,
+}
+
+impl HeldLease {
+    /// Takes the Lease, waiting (with a progress line) while another run holds it, until
+    /// `deadline`.
+    async fn acquire(
+        &self,
+        cluster: &Cluster,
+        deadline: tokio::time::Instant,
+        steps: &mut Steps<'_>,
+    ) -> anyhow::Result<()> {
+        let ns = flux::NAMESPACE;
+        let holder = holder_identity();
+        let mut changes = cluster.watch_lease(ns);
+        let mut waited = false;
+        loop {
+            let (other, expires) = match cluster.try_acquire_lease(ns, &holder).await? {
+                LeaseState::Acquired => break,
+                LeaseState::Held { holder, expires } => (holder, expires),
+            };
+            steps.ui.progress(&format!(
+                "  waiting for another bootstrap of this cluster to finish (Lease `{ns}/{}` held by `{other}`)",
+                cluster::LEASE_NAME
+            ));
+            waited = true;
+            // Wake when the Lease changes (released, renewed) or would expire unrenewed.
+            let left = (expires - jiff::Timestamp::now())
+                .try_into()
+                .unwrap_or(Duration::ZERO);
+            let wake =
+                (tokio::time::Instant::now() + left + Duration::from_millis(50)).min(deadline);
+            tokio::select! {
+                next = changes.next() => {
+                    if !matches!(next, Some(Ok(()))) {
+                        // The watch dropped: look again after a pause rather than spinning.
+                        tokio::time::sleep_until(wake.min(tokio::time::Instant::now() + Duration::from_secs(1))).await;
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                steps.ui.progress_done();
+                anyhow::bail!(
+                    "another bootstrap of this cluster (`{other}`) still holds the Lease `{ns}/{}`; nothing was changed. Run again once it has finished; a run that died releases it within {} s",
+                    cluster::LEASE_NAME,
+                    cluster::LEASE_DURATION.as_secs()
+                );
+            }
+        }
+        if waited {
+            steps.ui.progress_done();
+            steps.done("another bootstrap of this cluster finished; going on");
+        }
+        steps.ui.log(
+            1,
+            &format!(
+                "took the Lease `{ns}/{}` as `{holder}`",
+                cluster::LEASE_NAME
+            ),
+        );
+        let renewer = {
+            let (cluster, holder) = (cluster.clone(), holder.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(cluster::LEASE_DURATION / 3).await;
+                    // A failed renewal is tried again; the Lease only lapses if every try fails.
+                    let _ = cluster.renew_lease(ns, &holder).await;
+                }
+            })
+        };
+        *self.held.lock().await = Some((cluster.clone(), holder, renewer));
+        Ok(())
+    }
+
+    /// Gives the Lease back, if held. Failing to is no error: it expires on its own.
+    async fn release(&self, ui: &Ui) {
+        let Some((cluster, holder, renewer)) = self.held.lock().await.take() else {
+            return;
+        };
+        renewer.abort();
+        let release = cluster.release_lease(flux::NAMESPACE, &holder);
+        match tokio::time::timeout(Duration::from_secs(5), release).await {
+            Ok(Ok(())) => ui.log(1, "released the Lease"),
+            Ok(Err(e)) => ui.log(1, &format!("could not release the Lease: {e}")),
+            Err(_) => ui.log(
+                1,
+                "could not release the Lease in time; it expires on its own",
+            ),
+        }
+    }
+}
+
+/// Who holds the Lease, as `kubectl get lease` shows it: host, process and start time.
+fn holder_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_string());
+    format!(
+        "homelab-flux on {host}, pid {}, {}",
+        std::process::id(),
+        jiff::Timestamp::now()
+    )
 }
 
 /// Reads a Flux object, or assumes it absent when its CRD is not installed yet (a dry run).
@@ -446,10 +695,32 @@ fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
 
+/// What the credentials step settled.
+struct Credentials {
+    /// The Secret to apply (`None` in a dry run that would need a new key).
+    secret: Option<Value>,
+    /// The branch's commit, proven over SSH or read from GitHub.
+    sha: Option<String>,
+    /// Keys of this cluster's title that are not the key going into the cluster: deleted once
+    /// the Secret is applied.
+    stale: Vec<DeployKey>,
+    /// How to read the branch's head over SSH when the token cannot read it from the API.
+    ssh: Option<SshAccess>,
+}
+
+/// A deploy key and where it opens the repository.
+struct SshAccess {
+    ssh_url: String,
+    private: SecretString,
+    host_keys: Vec<String>,
+}
+
 /// Reuses the key in the cluster while GitHub still lists it; otherwise creates a new read-only
-/// key. Either way the key is proven over SSH, and only then are stale keys of the same title
-/// deleted. Returns the Secret to apply (`None` in a dry run that would need a new key) and the
-/// branch's commit.
+/// key and proves it over SSH (deleting it again if the proof fails). Keys of this cluster's
+/// title that are not the key going into the cluster come back as stale: they are deleted only
+/// once the Secret holding the new key is applied. Keys of other titles, and keys of the title
+/// homelab-flux used before titles carried a cluster id, are never stale: they may be another
+/// cluster's (the key in this cluster's Secret is recognised by its value, whatever its title).
 #[allow(clippy::too_many_arguments)]
 async fn deploy_key(
     gh: &GitHub,
@@ -460,7 +731,7 @@ async fn deploy_key(
     title: &str,
     dry_run: bool,
     steps: &mut Steps<'_>,
-) -> anyhow::Result<(Option<Value>, Option<String>)> {
+) -> anyhow::Result<Credentials> {
     let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
     // The branch's head comes along, so that a key GitHub still lists needs no SSH round trip.
     let (meta, keys, head) = tokio::join!(
@@ -501,7 +772,12 @@ async fn deploy_key(
             steps.done(&format!(
                 "(dry run) would create the read-only deploy key `{title}` on GitHub"
             ));
-            return Ok((None, None));
+            return Ok(Credentials {
+                secret: None,
+                sha: None,
+                stale: Vec::new(),
+                ssh: None,
+            });
         }
         None => {
             let k = KeyPair::generate(title)?;
@@ -516,6 +792,11 @@ async fn deploy_key(
             (k, Some(key.id))
         }
     };
+    let access = SshAccess {
+        ssh_url: repo.ssh_url.clone(),
+        private: pair.private_key_openssh().clone(),
+        host_keys: meta.ssh_keys.clone(),
+    };
 
     // A new key is proven over SSH before anything relies on it. A key GitHub still lists is
     // the one Flux already uses: the API's branch head is enough, unless the token cannot read
@@ -525,64 +806,143 @@ async fn deploy_key(
             steps.done(&format!("`{branch}` is at {}", short(&head.commit_sha)));
             head.commit_sha
         }
-        _ => {
-            let sha = match prove(repo, &pair, &meta.ssh_keys, branch).await? {
-                Ok(sha) => sha,
-                Err(e) => {
-                    if let Some(id) = created {
-                        // The key opens nothing: remove it, so that no unproven key is left behind.
-                        let _ = gh.delete_deploy_key(owner, name, id).await;
-                    }
-                    return Err(CheckFailed(format!("{e:#}; the cluster was not changed")).into());
-                }
-            };
-            steps.done(&format!(
-                "proved the deploy key over SSH: `{branch}` is at {}",
-                short(&sha)
-            ));
-            sha
-        }
+        _ => match prove(&access, branch).await {
+            Ok(sha) => {
+                steps.done(&format!(
+                    "proved the deploy key over SSH: `{branch}` is at {}",
+                    short(&sha)
+                ));
+                sha
+            }
+            Err(e) => {
+                // The key opens nothing: remove it, so that no unproven key is left behind.
+                let cleanup = match created {
+                    Some(id) => match gh.delete_deploy_key(owner, name, id).await {
+                        Ok(()) => String::new(),
+                        Err(d) => format!(
+                            "; the new deploy key `{title}` (id {id}) could not be deleted again ({d}): delete it under the repository's Settings → Deploy keys, or run `homelab-flux bootstrap` again, which deletes it as stale"
+                        ),
+                    },
+                    None => String::new(),
+                };
+                return Err(
+                    CheckFailed(format!("{e:#}; the cluster was not changed{cleanup}")).into(),
+                );
+            }
+        },
     };
 
-    if !dry_run {
-        for stale in keys
-            .iter()
-            .filter(|k| k.title == title && !k.matches_public_key(pair.public_key_openssh()))
-        {
-            gh.delete_deploy_key(owner, name, stale.id)
-                .await
-                .with_context(|| format!("cannot delete the stale deploy key {}", stale.id))?;
-            steps.done(&format!(
-                "deleted the stale deploy key `{title}` (id {})",
-                stale.id
-            ));
-        }
-    }
+    let stale = keys
+        .into_iter()
+        .filter(|k| k.title == title && !k.matches_public_key(pair.public_key_openssh()))
+        .collect();
     use secrecy::ExposeSecret;
     let secret = flux::deploy_key_secret(
         pair.private_key_openssh().expose_secret(),
         pair.public_key_openssh(),
         &known_hosts,
     );
-    Ok((Some(secret), Some(sha)))
+    Ok(Credentials {
+        secret: Some(secret),
+        sha: Some(sha),
+        stale,
+        ssh: Some(access),
+    })
+}
+
+/// Deletes the keys of this cluster's title that the cluster no longer holds.
+async fn delete_stale_keys(
+    gh: &GitHub,
+    cfg: &FluxConfig,
+    stale: &[DeployKey],
+    steps: &mut Steps<'_>,
+) -> anyhow::Result<()> {
+    for key in stale {
+        gh.delete_deploy_key(&cfg.repo.owner, &cfg.repo.name, key.id)
+            .await
+            .with_context(|| {
+                format!(
+                    "the cluster holds its new deploy key, but the stale key `{}` (id {}) could not be deleted; run `homelab-flux bootstrap` again to delete it",
+                    key.title, key.id
+                )
+            })?;
+        steps.done(&format!(
+            "deleted the stale deploy key `{}` (id {})",
+            key.title, key.id
+        ));
+    }
+    Ok(())
 }
 
 /// Lists the remote's refs over SSH with the key, checking the host key; the branch's head.
-async fn prove(
-    repo: &Repository,
-    pair: &KeyPair,
-    host_keys: &[String],
-    branch: &str,
-) -> anyhow::Result<Result<String, git_remote::Error>> {
-    let ssh_url = repo.ssh_url.clone();
-    let private = pair.private_key_openssh().clone();
-    let host_keys = host_keys.to_vec();
+/// Gives up after [`git_remote::PROOF_DEADLINE`]; the blocking thread is then abandoned (git2
+/// cannot be interrupted) and ends with the process.
+async fn prove(access: &SshAccess, branch: &str) -> anyhow::Result<String> {
+    let ssh_url = access.ssh_url.clone();
+    let private = access.private.clone();
+    let host_keys = access.host_keys.clone();
     let branch = branch.to_string();
-    tokio::task::spawn_blocking(move || {
+    let proof = tokio::task::spawn_blocking(move || {
         git_remote::prove_key(&ssh_url, &private, &host_keys, &branch)
-    })
-    .await
-    .context("the SSH proof did not finish")
+    });
+    match tokio::time::timeout(git_remote::PROOF_DEADLINE, proof).await {
+        Ok(joined) => Ok(joined.context("the SSH proof did not finish")??),
+        Err(_) => {
+            let url = git_remote::SshEndpoint::parse(&access.ssh_url)
+                .map_or_else(|_| access.ssh_url.clone(), |e| e.url());
+            Err(git_remote::Error::TimedOut {
+                url,
+                after: git_remote::PROOF_DEADLINE,
+            }
+            .into())
+        }
+    }
+}
+
+/// Tells whether a commit Flux reports is one bootstrap can call synced: the proven commit, or
+/// the branch's current head (a commit landed while bootstrap waited, e.g. a Renovate merge).
+struct Heads<'a> {
+    gh: &'a GitHub,
+    cfg: &'a FluxConfig,
+    branch: &'a str,
+    ssh: Option<&'a SshAccess>,
+    /// Commits known good: the proven one, and heads seen since.
+    accepted: Vec<String>,
+}
+
+impl Heads<'_> {
+    async fn accepts(&mut self, sha: &str, ui: &Ui) -> bool {
+        if self.accepted.iter().any(|a| a == sha) {
+            return true;
+        }
+        let head = match self
+            .gh
+            .get_branch(&self.cfg.repo.owner, &self.cfg.repo.name, self.branch)
+            .await
+        {
+            Ok(b) => Some(b.commit_sha),
+            // A token without contents access (deploy-key set-ups): ask the SSH remote.
+            Err(_) => match self.ssh {
+                Some(access) => prove(access, self.branch).await.ok(),
+                None => None,
+            },
+        };
+        ui.log(
+            1,
+            &format!(
+                "Flux reports {}; `{}` is at {}",
+                short(sha),
+                self.branch,
+                head.as_deref().map_or("(unknown)", short)
+            ),
+        );
+        // Not remembered when it differs: GitHub's answer may lag behind a push Flux has seen.
+        let current = head.as_deref() == Some(sha);
+        if current {
+            self.accepted.push(sha.to_string());
+        }
+        current
+    }
 }
 
 /// A Secret's value, decoded.
@@ -602,55 +962,93 @@ fn ready(data: &Value) -> bool {
     cluster::condition(data, "Ready").is_some_and(|c| c.status == "True")
 }
 
-/// The GitRepository is Ready with an artifact of the commit.
-fn repo_ready_at(data: &Value, sha: &str) -> bool {
-    generation_observed(data)
-        && ready(data)
-        && data["status"]["artifact"]["revision"]
-            .as_str()
-            .is_some_and(|r| r.ends_with(sha))
+/// The commit of a Flux revision: `main@sha1:abc…` (Flux v1 APIs) or `main/abc…` (older).
+fn revision_sha(revision: &str) -> &str {
+    revision
+        .rsplit_once(':')
+        .or_else(|| revision.rsplit_once('/'))
+        .map_or(revision, |(_, sha)| sha)
 }
 
-/// The Kustomization is Ready and last applied the commit.
-fn kustomization_ready_at(data: &Value, sha: &str) -> bool {
-    generation_observed(data)
-        && ready(data)
-        && data["status"]["lastAppliedRevision"]
-            .as_str()
-            .is_some_and(|r| r.ends_with(sha))
+/// The commit of the GitRepository's artifact, when it is Ready at its current generation.
+fn repo_ready_revision(data: &Value) -> Option<String> {
+    (generation_observed(data) && ready(data))
+        .then(|| data["status"]["artifact"]["revision"].as_str())
+        .flatten()
+        .map(|r| revision_sha(r).to_string())
 }
 
-/// Watches one Flux object until `done`, showing its Ready condition as it changes.
+/// The commit the Kustomization last applied, when it is Ready at its current generation.
+fn kustomization_ready_revision(data: &Value) -> Option<String> {
+    (generation_observed(data) && ready(data))
+        .then(|| data["status"]["lastAppliedRevision"].as_str())
+        .flatten()
+        .map(|r| revision_sha(r).to_string())
+}
+
+/// Watches one Flux object until it is Ready at a commit `heads` accepts, showing its Ready
+/// condition as it changes; returns that commit. A watch that drops (an API server restart, a
+/// 410 Gone) is resumed until `deadline`; only an API server that keeps refusing (403, 404)
+/// ends the wait early.
 async fn wait_for(
     cluster: &Cluster,
     kind: Kind,
     deadline: tokio::time::Instant,
     ui: &Ui,
-    done: &(dyn Fn(&Value) -> bool + Sync),
-) -> anyhow::Result<()> {
+    ready_at: &(dyn Fn(&Value) -> Option<String> + Sync),
+    heads: &mut Heads<'_>,
+) -> anyhow::Result<String> {
+    /// A refusal seen this many times in a row is not passing.
+    const REFUSALS: u32 = 3;
     let mut stream = cluster.watch(kind, flux::NAMESPACE, flux::NAME);
     let mut last = None;
     let mut shown = String::new();
+    let mut failing: Option<cluster::Error> = None;
+    let (mut retries, mut refusals) = (0u32, 0u32);
     loop {
         let next = match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(next)) => next,
             Ok(None) => anyhow::bail!("the watch on {} ended unexpectedly", kind.name()),
             Err(_) => {
                 ui.progress_done();
-                return Err(not_ready(kind, last.as_ref()).into());
+                return Err(match failing {
+                    Some(e) => e.into(),
+                    None => not_ready(kind, last.as_ref()).into(),
+                });
             }
         };
         let object = match next {
-            Ok(object) => object,
+            Ok(object) => {
+                (retries, refusals, failing) = (0, 0, None);
+                object
+            }
             Err(e) => {
-                ui.progress_done();
-                return Err(cluster.watch_error(kind, flux::NAME, e).into());
+                let refused = cluster::is_refusal(&e);
+                let error = cluster.watch_error(kind, flux::NAME, e);
+                refusals = if refused { refusals + 1 } else { 0 };
+                if refusals >= REFUSALS {
+                    ui.progress_done();
+                    return Err(error.into());
+                }
+                ui.log(
+                    1,
+                    &format!("the watch on {} dropped ({error}); resuming", kind.name()),
+                );
+                failing = Some(error);
+                // 0.25 s, doubling to 5 s: quick after a blip, gentle on a restarting server.
+                let pause =
+                    Duration::from_millis(250 << retries.min(5)).min(Duration::from_secs(5));
+                retries += 1;
+                tokio::time::sleep_until((tokio::time::Instant::now() + pause).min(deadline)).await;
+                continue;
             }
         };
         let Some(object) = object else { continue };
-        if done(&object.data) {
+        if let Some(sha) = ready_at(&object.data)
+            && heads.accepts(&sha, ui).await
+        {
             ui.progress_done();
-            return Ok(());
+            return Ok(sha);
         }
         let condition = cluster::condition(&object.data, "Ready");
         let text = match &condition {
@@ -743,4 +1141,108 @@ pub(crate) fn deploy_public_key(secret: &DynamicObject) -> Option<String> {
 /// Public for `status`.
 pub(crate) fn is_ready(data: &Value) -> bool {
     generation_observed(data) && ready(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(ssh_url: &str, clone_url: &str) -> Repository {
+        serde_json::from_value(serde_json::json!({
+            "full_name": "username/manifests",
+            "default_branch": "main",
+            "ssh_url": ssh_url,
+            "clone_url": clone_url,
+            "private": true,
+        }))
+        .unwrap()
+    }
+
+    fn config(yaml: &str) -> FluxConfig {
+        crate::config::parse_flux(yaml, "flux.yaml").0.unwrap()
+    }
+
+    #[test]
+    fn bootstrap_spells_the_url_as_export_does_for_the_same_repository() {
+        // GitHub's `ssh_url` spells the names its own way; `flux.yaml` another.
+        let cfg = config("repo: https://github.com/Username/Manifests\n");
+        let gh = repo(
+            "git@github.com:username/manifests.git",
+            "https://github.com/username/manifests.git",
+        );
+        let exported = flux::source_url(&cfg);
+        assert_eq!(source_url(&cfg, &gh, None).unwrap(), exported);
+        // A live object that names the same repository keeps its spelling: no rewrite.
+        let live = "ssh://git@github.com/username/manifests";
+        assert_eq!(source_url(&cfg, &gh, Some(live)).unwrap(), live);
+        // Another SSH endpoint (Enterprise Server, a port, the test environment) is GitHub's.
+        let elsewhere = repo(
+            "ssh://git@127.0.0.1:2222/srv/git/manifests.git",
+            "https://github.com/username/manifests.git",
+        );
+        assert_eq!(
+            source_url(&cfg, &elsewhere, Some(&exported)).unwrap(),
+            "ssh://git@127.0.0.1:2222/srv/git/manifests.git"
+        );
+        let token = config("repo: https://github.com/Username/Manifests\nauth: token\n");
+        assert_eq!(
+            source_url(&token, &gh, None).unwrap(),
+            flux::source_url(&token)
+        );
+    }
+
+    #[test]
+    fn the_guard_ignores_case_and_dot_git_but_not_another_repository_or_path() {
+        // Regression: GitHub's `ssh_url` casing tripped the guard.
+        assert!(
+            takeovers(
+                Some("ssh://git@github.com/Username/Manifests"),
+                "ssh://git@github.com/username/manifests.git",
+                Some("./clusters/home"),
+                "./clusters/home",
+            )
+            .is_empty()
+        );
+        let found = takeovers(
+            Some("ssh://git@github.com/username/other.git"),
+            "ssh://git@github.com/username/manifests.git",
+            Some("./a"),
+            "./b",
+        );
+        assert_eq!(
+            found,
+            [
+                "GitRepository `flux-system/flux-system` follows `ssh://git@github.com/username/other.git`, not `ssh://git@github.com/username/manifests.git`",
+                "Kustomization `flux-system/flux-system` applies `./a`, not `./b`",
+            ]
+        );
+    }
+
+    #[test]
+    fn revisions_name_their_commit() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(revision_sha(&format!("main@sha1:{sha}")), sha);
+        assert_eq!(revision_sha(&format!("feature/x@sha1:{sha}")), sha);
+        assert_eq!(revision_sha(&format!("main/{sha}")), sha);
+        assert_eq!(revision_sha(sha), sha);
+        let ready = serde_json::json!({
+            "metadata": {"generation": 2},
+            "status": {
+                "observedGeneration": 2,
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": ""}],
+                "artifact": {"revision": format!("main@sha1:{sha}")},
+                "lastAppliedRevision": format!("main@sha1:{sha}"),
+            }
+        });
+        assert_eq!(repo_ready_revision(&ready).as_deref(), Some(sha));
+        assert_eq!(kustomization_ready_revision(&ready).as_deref(), Some(sha));
+        let mut stale = ready.clone();
+        stale["metadata"]["generation"] = 3.into();
+        assert_eq!(repo_ready_revision(&stale), None, "an older generation");
+        assert_eq!(
+            moved_note("main", "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"),
+            " (`main` moved on from aaaaaaaaaaaa while bootstrap waited)"
+        );
+        assert_eq!(moved_note("main", sha, sha), "");
+    }
 }

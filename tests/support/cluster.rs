@@ -336,8 +336,10 @@ impl Cluster {
     }
 
     /// Starts source-controller and kustomize-controller (no-op if they run) and waits until
-    /// both answer `/readyz`.
+    /// both answer `/readyz`. Their Deployments are applied too (see
+    /// [`Cluster::apply_flux_deployments`]).
     pub fn start_flux(&self) -> FluxAddresses {
+        self.apply_flux_deployments();
         let mut state = self.lock();
         if let Some(flux) = &state.flux {
             return flux.addresses.clone();
@@ -351,6 +353,52 @@ impl Cluster {
         let addresses = flux.addresses.clone();
         state.flux = Some(flux);
         addresses
+    }
+
+    /// Applies the Namespace `flux-system` and the Deployments `source-controller` and
+    /// `kustomize-controller` in it, as Flux's `install.yaml` holds them. A bare API server runs
+    /// no Pods, so the Deployments never become available: the controllers run as processes of
+    /// this support instead, and the Deployment objects stand for them, as on a cluster where
+    /// Flux is installed. [`Cluster::stop_flux`] leaves them (a controller scaled to zero).
+    pub fn apply_flux_deployments(&self) {
+        let kubeconfig = self.kubeconfig.clone();
+        block_on(async move {
+            let client = client_for(&kubeconfig).await?;
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}});
+            Api::<Namespace>::all(client.clone())
+                .patch("flux-system", &params, &Patch::Apply(&namespace))
+                .await
+                .context("applying the Namespace `flux-system`")?;
+            let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+                Api::namespaced(client, "flux-system");
+            for name in FLUX_DEPLOYMENTS {
+                deployments
+                    .patch(name, &params, &Patch::Apply(flux_deployment(name)))
+                    .await
+                    .with_context(|| format!("applying the Deployment `{name}`"))?;
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|err| panic!("applying the Flux Deployments failed: {err:#}"));
+    }
+
+    /// Deletes the controllers' Deployments (not the processes): a Flux install cut short
+    /// after its CRDs.
+    pub fn delete_flux_deployments(&self) {
+        let kubeconfig = self.kubeconfig.clone();
+        block_on(async move {
+            let client = client_for(&kubeconfig).await?;
+            let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+                Api::namespaced(client, "flux-system");
+            for name in FLUX_DEPLOYMENTS {
+                let _ = deployments.delete(name, &Default::default()).await;
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|err: anyhow::Error| {
+            panic!("deleting the Flux Deployments failed: {err:#}")
+        });
     }
 
     /// Stops both Flux controllers; no-op if they are not running.
@@ -634,6 +682,26 @@ current-context: {CONTEXT}
             },
         })
     }
+}
+
+/// The controllers whose Deployments mean "Flux is installed" to homelab-flux.
+pub const FLUX_DEPLOYMENTS: [&str; 2] = ["source-controller", "kustomize-controller"];
+
+/// A Deployment of a Flux controller, trimmed from Flux's `install.yaml`.
+pub fn flux_deployment(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "flux-system", "labels": {"app": name}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "manager", "image": format!("ghcr.io/fluxcd/{name}:v1.9.6")}]},
+            },
+        },
+    })
 }
 
 /// A client for the context [`CONTEXT`] of a kubeconfig file.
