@@ -222,7 +222,15 @@ impl Cluster {
             },
             e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => Error::Unreachable {
                 server: self.server.clone(),
-                cause: root_cause(&e),
+                cause: match root_cause(&e) {
+                    // hyper-timeout's words for a server that accepts and stays silent.
+                    c if c.contains("deadline has elapsed") => format!(
+                        "no answer within the {} s connect or {} s read timeout",
+                        CONNECT_TIMEOUT.as_secs(),
+                        READ_TIMEOUT.as_secs()
+                    ),
+                    c => c,
+                },
             },
             e => Error::Api {
                 what: what.to_string(),

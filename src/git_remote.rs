@@ -75,7 +75,7 @@ pub enum Error {
     },
     /// The server did not finish answering within [`PROOF_DEADLINE`].
     #[error(
-        "the SSH server of {url} did not answer within {} s; is the SSH endpoint reachable (a firewall that drops rather than refuses)?",
+        "the SSH server of {url} did not answer within {} s: check that the SSH endpoint is reachable (a firewall that drops packets rather than refusing them stalls like this)",
         .after.as_secs()
     )]
     TimedOut {

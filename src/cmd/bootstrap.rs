@@ -586,17 +586,20 @@ impl HeldLease {
         let ns = flux::NAMESPACE;
         let holder = holder_identity();
         let mut changes = cluster.watch_lease(ns);
-        let mut waited = false;
+        let mut shown = String::new();
         loop {
             let (other, expires) = match cluster.try_acquire_lease(ns, &holder).await? {
                 LeaseState::Acquired => break,
                 LeaseState::Held { holder, expires } => (holder, expires),
             };
-            steps.ui.progress(&format!(
+            let text = format!(
                 "  waiting for another bootstrap of this cluster to finish (Lease `{ns}/{}` held by `{other}`)",
                 cluster::LEASE_NAME
-            ));
-            waited = true;
+            );
+            if shown != text {
+                steps.ui.progress(&text);
+                shown = text;
+            }
             // Wake when the Lease changes (released, renewed) or would expire unrenewed.
             let left = (expires - jiff::Timestamp::now())
                 .try_into()
@@ -621,7 +624,7 @@ impl HeldLease {
                 );
             }
         }
-        if waited {
+        if !shown.is_empty() {
             steps.ui.progress_done();
             steps.done("another bootstrap of this cluster finished; going on");
         }

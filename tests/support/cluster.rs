@@ -96,6 +96,19 @@ pub fn cluster() -> &'static Cluster {
     }
 }
 
+static SECOND: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+/// A second, independent control plane (its own etcd, API server and, on demand, controllers),
+/// started on first use: two clusters on one repository. Its [`Cluster::kubeconfig_path`] uses
+/// [`CONTEXT`] too; [`Cluster::kubeconfig_with_context`] names the context otherwise.
+pub fn second_cluster() -> &'static Cluster {
+    let started = SECOND.get_or_init(|| Cluster::start().map_err(|err| format!("{err:#}")));
+    match started {
+        Ok(cluster) => cluster,
+        Err(err) => panic!("the second test cluster did not start: {err}"),
+    }
+}
+
 /// The control plane of one test binary. See the module docs.
 pub struct Cluster {
     dir: PathBuf,
@@ -493,36 +506,61 @@ impl Cluster {
         Ok(apiserver)
     }
 
+    /// Writes (once) and returns a kubeconfig for this cluster whose only context is `context`,
+    /// as k3s names every context `default`.
+    pub fn kubeconfig_with_context(&self, context: &str) -> PathBuf {
+        let path = self.dir.join(format!("kubeconfig-{context}"));
+        let text = self
+            .kubeconfig_text(context)
+            .unwrap_or_else(|err| panic!("writing a kubeconfig: {err:#}"));
+        fs::write(&path, text).unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
+        path
+    }
+
+    /// The pid of a running Flux controller (`source-controller`, `kustomize-controller`), for
+    /// pausing it with SIGSTOP.
+    pub fn flux_pid(&self, controller: &str) -> Option<u32> {
+        let state = self.lock();
+        let flux = state.flux.as_ref()?;
+        [&flux.source, &flux.kustomize]
+            .into_iter()
+            .find(|p| p.name() == controller)
+            .map(Process::pid)
+    }
+
     fn write_kubeconfig(&self) -> Result<()> {
+        fs::write(&self.kubeconfig, self.kubeconfig_text(CONTEXT)?)?;
+        Ok(())
+    }
+
+    fn kubeconfig_text(&self, context: &str) -> Result<String> {
         // The API server made a self-signed CA and serving certificate (for 127.0.0.1) in
         // --cert-dir; the file holds the serving certificate followed by the CA.
         let cert = self.dir.join("certs/apiserver.crt");
         let ca = fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
         let ca = serde_json::to_value(k8s_openapi::ByteString(ca))?;
         let ca = ca.as_str().context("base64 of the CA")?;
-        let kubeconfig = format!(
+        Ok(format!(
             "apiVersion: v1
 kind: Config
 clusters:
-- name: {CONTEXT}
+- name: {context}
   cluster:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: {CONTEXT}-admin
+- name: {context}-admin
   user:
     token: {ADMIN_TOKEN}
 contexts:
-- name: {CONTEXT}
+- name: {context}
   context:
-    cluster: {CONTEXT}
-    user: {CONTEXT}-admin
-current-context: {CONTEXT}
+    cluster: {context}
+    user: {context}-admin
+current-context: {context}
 ",
             server = self.server
-        );
-        fs::write(&self.kubeconfig, kubeconfig)?;
-        Ok(())
+        ))
     }
 
     /// Waits until the API server serves reads from etcd and has made the `default` namespace.

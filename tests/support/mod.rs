@@ -5,3 +5,4 @@ pub mod cli;
 pub mod cluster;
 pub mod fake_github;
 pub mod git_server;
+pub mod world;

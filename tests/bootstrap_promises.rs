@@ -1,0 +1,662 @@
+//! `bootstrap` keeps its promises on clusters as homelabs have them (issue 9): two clusters
+//! whose contexts are both `default` on one repository, runs that fail half-way or overlap, a
+//! branch that moves while bootstrap waits, servers that stall, an API server that restarts, and
+//! a Flux install cut short. The real binary, at `-vv` with the token checked in every output,
+//! against real kube-apiservers with the real Flux controllers, a real sshd and the fake GitHub.
+//!
+//! Each test takes the cluster exclusively and starts from `world::reset` ("Flux installed,
+//! nothing bootstrapped"); every wait is for an observable event (a line the run printed, an
+//! object's state in the API), never a fixed sleep.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use support::cluster;
+use support::fake_github::RepoSpec;
+use support::world::{
+    self, SilentServer, World, condition_status, flux_api, key_in_cluster,
+    reconcile_git_repository, signal,
+};
+
+fn title_of(c: &cluster::Cluster, context: &str) -> String {
+    homelab_flux::keys::default_title(context, c.server_url())
+}
+
+fn assert_has(r: &support::cli::Run, what: &str) {
+    assert!(
+        r.stderr.contains(what),
+        "missing `{what}` in:\n{}",
+        r.transcript()
+    );
+}
+
+fn ready_line(sha: &str) -> String {
+    format!(
+        "Kustomization `flux-system/flux-system` is Ready at {}",
+        &sha[..12]
+    )
+}
+
+/// Defect 1: k3s names every context `default`. Two clusters on one repository (paths `./a`
+/// and `./b`), both `default`: each run used to delete the other cluster's key as "stale".
+/// Now each title carries the cluster's id: after a, b, a, b both clusters still fetch, and
+/// GitHub lists one key per cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_clusters_whose_contexts_are_both_default_keep_their_own_keys() {
+    let a = cluster::cluster();
+    let _exclusive = a.exclusive().await;
+    world::reset(a).await;
+    let b = cluster::second_cluster();
+    world::reset(b).await;
+    let (ka, kb) = (
+        a.kubeconfig_with_context("default"),
+        b.kubeconfig_with_context("default"),
+    );
+    let w = World::new("twoclusters", "./a", &ka);
+    let sha = w.repo.commit(
+        &[
+            (
+                "a/namespace.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: cluster-a\n",
+            ),
+            (
+                "b/namespace.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: cluster-b\n",
+            ),
+        ],
+        "one folder per cluster",
+    );
+    w.gh.set_branch("username", "manifests", "main", &sha);
+    let (title_a, title_b) = (title_of(a, "default"), title_of(b, "default"));
+    assert_ne!(title_a, title_b);
+
+    for round in 0..2 {
+        for (kubeconfig, path, title) in [(&ka, "./a", &title_a), (&kb, "./b", &title_b)] {
+            w.set_path(path);
+            w.gh.clear_log();
+            let r = w.bootstrap_on(kubeconfig, &[]);
+            assert_eq!(r.code, 0, "round {round}, {path}: {}", r.transcript());
+            if round == 0 {
+                assert_has(&r, &format!("- created the read-only deploy key `{title}`"));
+                assert_has(&r, &ready_line(&sha));
+            } else {
+                // The second round finds everything as the first left it.
+                assert_has(
+                    &r,
+                    "the deploy key in the cluster is still registered on GitHub",
+                );
+                assert_has(&r, &format!("- Flux is synced at {}", &sha[..12]));
+                assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
+            }
+            assert!(
+                !r.stderr.contains("deleted the stale deploy key"),
+                "no key of the other cluster is stale: {}",
+                r.stderr
+            );
+        }
+    }
+    let keys = w.gh.deploy_keys("username", "manifests");
+    assert_eq!(keys.len(), 2, "one key per cluster: {keys:?}");
+    for (c, title) in [(a, &title_a), (b, &title_b)] {
+        let client = c.client().await;
+        let mine = w.keys_titled(title);
+        assert_eq!(mine.len(), 1, "{title}: {keys:?}");
+        assert_eq!(mine[0].key, key_in_cluster(client.clone()).await);
+        // The cluster still fetches with its key when asked to.
+        let handled = reconcile_git_repository(client).await;
+        assert_eq!(
+            condition_status(&handled, "Ready").as_deref(),
+            Some("True"),
+            "{title}: {:?}",
+            handled.data["status"]
+        );
+    }
+    b.stop_flux();
+}
+
+/// Existing keys titled the old way (`homelab-flux <context>`) are this cluster's when its
+/// Secret holds them: reused, not replaced; an old-style key the Secret does not hold may be
+/// another cluster's and is never deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_titled_the_old_way_is_reused_and_never_deleted_as_stale() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    world::reset(c).await;
+    let w = World::new("legacy", "./clusters/home", c.kubeconfig_path());
+    // What an earlier version left: the key in the Secret, titled after the context alone.
+    let r = w.bootstrap(&["--key-title", "homelab-flux homelab-test"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let other = support::git_server::generate_ssh_key("another cluster, same context");
+    let other_id = w.gh.add_deploy_key(
+        "username",
+        "manifests",
+        "homelab-flux homelab-test",
+        &other.public_key,
+        true,
+    );
+    w.gh.clear_log();
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        "the deploy key in the cluster is still registered on GitHub",
+    );
+    assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
+    let legacy = w.keys_titled("homelab-flux homelab-test");
+    assert_eq!(legacy.len(), 2, "{legacy:?}");
+    assert!(legacy.iter().any(|k| k.id == other_id));
+}
+
+/// Defect 2: a rebuilt cluster needs a new key, and the Secret's apply is refused (an admission
+/// policy here; RBAC, a webhook or the network in life). The old key must stay on GitHub
+/// until the Secret holding the new key is applied; the next run converges to one key.
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_keys_stay_on_github_until_the_secret_with_the_new_key_is_applied() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    world::reset(c).await;
+    let w = World::new("applyfails", "./clusters/home", c.kubeconfig_path());
+    let title = title_of(c, cluster::CONTEXT);
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let old = w.keys_titled(&title);
+    assert_eq!(old.len(), 1);
+
+    c.wipe();
+    let client = c.client().await;
+    let policy = DenySecretPolicy::install(client.clone()).await;
+    w.gh.clear_log();
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    assert_has(&r, "the API server refused applying Secret `flux-system`");
+    assert_has(&r, "- proved the deploy key over SSH");
+    assert!(
+        !r.stderr.contains("deleted the stale deploy key"),
+        "{}",
+        r.stderr
+    );
+    let writes: Vec<String> =
+        w.gh.writes()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+    assert_eq!(writes, ["POST /repos/username/manifests/keys"], "no DELETE");
+    assert!(
+        w.keys_titled(&title).iter().any(|k| k.id == old[0].id),
+        "the old key is still on GitHub"
+    );
+
+    policy.remove().await;
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    let now = w.keys_titled(&title);
+    assert_eq!(now.len(), 1, "one key per title: {now:?}");
+    assert_eq!(now[0].key, key_in_cluster(client).await);
+}
+
+/// A ValidatingAdmissionPolicy that refuses writes of the Secret `flux-system`.
+struct DenySecretPolicy {
+    client: kube::Client,
+}
+
+impl DenySecretPolicy {
+    async fn install(client: kube::Client) -> DenySecretPolicy {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let params = kube::api::PatchParams::apply("homelab-flux-test").force();
+        let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": "deny-flux-secret"},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["secrets"],
+                }]},
+                "validations": [{
+                    "expression": "object.metadata.name != 'flux-system'",
+                    "message": "test policy: the Secret flux-system is refused",
+                }],
+            },
+        }))
+        .unwrap();
+        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": "deny-flux-secret"},
+            "spec": {"policyName": "deny-flux-secret", "validationActions": ["Deny"]},
+        }))
+        .unwrap();
+        Api::<ValidatingAdmissionPolicy>::all(client.clone())
+            .patch(
+                "deny-flux-secret",
+                &params,
+                &kube::api::Patch::Apply(&policy),
+            )
+            .await
+            .unwrap();
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+            .patch(
+                "deny-flux-secret",
+                &params,
+                &kube::api::Patch::Apply(&binding),
+            )
+            .await
+            .unwrap();
+        // The API server enforces a new policy once its informer has it: wait until a dry-run
+        // write of the Secret is refused.
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(client.clone(), "flux-system");
+        let probe: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "flux-system", "namespace": "flux-system"}}),
+        )
+        .unwrap();
+        let dry = kube::api::PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while secrets.create(&dry, &probe).await.is_ok() {
+            assert!(Instant::now() < deadline, "the policy never took effect");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        DenySecretPolicy { client }
+    }
+
+    async fn remove(self) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
+            .delete("deny-flux-secret", &Default::default())
+            .await;
+        let _ = Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
+            .delete("deny-flux-secret", &Default::default())
+            .await;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), "flux-system");
+        let probe: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "flux-system", "namespace": "flux-system"}}),
+        )
+        .unwrap();
+        let dry = kube::api::PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while secrets.create(&dry, &probe).await.is_err() {
+            assert!(Instant::now() < deadline, "the policy never went away");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Defect 3, the Lease: while another run holds `flux-system/homelab-flux-bootstrap`, a
+/// bootstrap says it waits, and goes on once the Lease is released; a Lease that stays held
+/// past `--timeout` stops the run with a clear message before anything changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_bootstrap_waits_for_the_lease_or_stops_with_a_clear_message() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    world::reset(c).await;
+    let w = World::new("lease", "./clusters/home", c.kubeconfig_path());
+    let client = c.client().await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "flux-system");
+    let hold = |seconds: i32| {
+        // A MicroTime: microseconds, as the API server parses it.
+        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ");
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "homelab-flux-bootstrap", "namespace": "flux-system"},
+            "spec": {"holderIdentity": "another run", "leaseDurationSeconds": seconds,
+                     "acquireTime": now.to_string(), "renewTime": now.to_string()},
+        })
+    };
+    let params = kube::api::PatchParams::apply("homelab-flux-test").force();
+
+    // Held for an hour: the run gives up at its timeout, having changed nothing.
+    leases
+        .patch(
+            "homelab-flux-bootstrap",
+            &params,
+            &kube::api::Patch::Apply(hold(3600)),
+        )
+        .await
+        .unwrap();
+    let r = w.bootstrap(&["--timeout", "3s"]);
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    assert!(
+        r.stderr.ends_with("error: another bootstrap of this cluster (`another run`) still holds the Lease `flux-system/homelab-flux-bootstrap`; nothing was changed. Run again once it has finished; a run that died releases it within 30 s\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
+    assert!(
+        flux_api(client.clone(), "Secret")
+            .get_opt("flux-system")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Released while the run waits: it goes on and converges.
+    let run = w.spawn_bootstrap(&[]);
+    run.wait_for(
+        "waiting for another bootstrap of this cluster to finish (Lease `flux-system/homelab-flux-bootstrap` held by `another run`)",
+        Duration::from_secs(60),
+    );
+    leases
+        .delete("homelab-flux-bootstrap", &Default::default())
+        .await
+        .unwrap();
+    let r = run.finish(Duration::from_secs(300));
+    w.check(&r, "bootstrap after the Lease was released");
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "- another bootstrap of this cluster finished; going on");
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    // The run gave its Lease back.
+    assert!(
+        leases
+            .get_opt("homelab-flux-bootstrap")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Defect 3, two runs at once on a cluster that needs a new key: both finish, and GitHub ends
+/// with one key for the cluster, the one in its Secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_bootstraps_at_once_end_with_one_key() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    world::reset(c).await;
+    let w = World::new("together", "./clusters/home", c.kubeconfig_path());
+    let title = title_of(c, cluster::CONTEXT);
+    let first = w.spawn_bootstrap(&[]);
+    let second = w.spawn_bootstrap(&[]);
+    for (n, run) in [first, second].into_iter().enumerate() {
+        let r = run.finish(Duration::from_secs(300));
+        w.check(&r, &format!("concurrent bootstrap {n}"));
+        assert_eq!(r.code, 0, "run {n}: {}", r.transcript());
+        assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    }
+    let keys = w.keys_titled(&title);
+    assert_eq!(keys.len(), 1, "never two keys for one cluster: {keys:?}");
+    assert_eq!(keys[0].key, key_in_cluster(c.client().await).await);
+}
+
+/// SIGCONTs a paused controller even when the test fails half-way.
+struct Paused(u32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+/// Defect 4: a commit lands (a Renovate merge) while bootstrap waits. source-controller is
+/// paused until the commit is pushed, so that Flux first fetches the new head: Ready at a newer
+/// head of the branch is synced, not a timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_landing_during_the_wait_counts_as_synced() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    world::reset(c).await;
+    let w = World::new("moving", "./clusters/home", c.kubeconfig_path());
+    let source = c
+        .flux_pid("source-controller")
+        .expect("source-controller runs");
+    signal(source, "STOP");
+    let paused = Paused(source);
+    let run = w.spawn_bootstrap(&[]);
+    run.wait_for(
+        "- Kustomization `flux-system/flux-system` created",
+        Duration::from_secs(120),
+    );
+    let proven = w.repo.seeded_commit().to_string();
+    let newer = w.repo.commit_config_map_revision("2");
+    w.gh.set_branch("username", "manifests", "main", &newer);
+    drop(paused);
+    let r = run.finish(Duration::from_secs(300));
+    w.check(&r, "bootstrap while the branch moves");
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        &format!(
+            "- GitRepository `flux-system/flux-system` is Ready at {} (`main` moved on from {} while bootstrap waited)",
+            &newer[..12],
+            &proven[..12]
+        ),
+    );
+    assert_has(
+        &r,
+        &format!(
+            "- Kustomization `flux-system/flux-system` is Ready at {} (`main` moved on from {} while bootstrap waited)",
+            &newer[..12],
+            &proven[..12]
+        ),
+    );
+}
+
+/// Defect 5, SSH: a server that accepts TCP and never answers kept the run going forever with
+/// the unproven key on GitHub. The proof gives up at its 30 s deadline, deletes the new key
+/// and leaves the cluster untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_ssh_server_fails_the_proof_at_its_deadline() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    world::reset(c).await;
+    let w = World::new("stalledssh", "./clusters/home", c.kubeconfig_path());
+    let silent = SilentServer::start();
+    let url = format!(
+        "ssh://git@127.0.0.1:{}/srv/git/manifests.git",
+        silent.port()
+    );
+    w.gh.add_repo(
+        RepoSpec::new("username", "manifests")
+            .branch("main", w.repo.seeded_commit())
+            .ssh_url(&url),
+    );
+    let begin = Instant::now();
+    let r = w.bootstrap(&["--timeout", "2m"]);
+    let took = begin.elapsed();
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert!(
+        r.stderr.ends_with(&format!(
+            "error: the SSH server of {url} did not answer within 30 s: check that the SSH endpoint is reachable (a firewall that drops packets rather than refusing them stalls like this); the cluster was not changed\n"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(silent.connections() >= 1, "the proof reached the server");
+    assert!(took >= Duration::from_secs(30), "gave up early: {took:?}");
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+    eprintln!("gave up on the stalled SSH server after {took:?}");
+    assert_eq!(w.gh.deploy_keys("username", "manifests"), []);
+    let writes: Vec<String> = w.gh.writes().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(writes, ["POST", "DELETE"]);
+    let client = c.client().await;
+    for kind in ["Secret", "GitRepository", "Kustomization"] {
+        assert!(
+            flux_api(client.clone(), kind)
+                .get_opt("flux-system")
+                .await
+                .unwrap()
+                .is_none(),
+            "{kind} was created"
+        );
+    }
+}
+
+/// Defect 5, API server: a server that accepts TCP and never answers (the TLS handshake never
+/// completes) ends `bootstrap` and `status` with "cannot reach" (exit 2) after the connect
+/// timeout, with nothing written to GitHub.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_api_server_ends_the_run_at_the_request_timeout() {
+    let c = cluster::cluster();
+    let _shared = c.shared().await;
+    let silent = SilentServer::start();
+    let w = World::new("stalledapi", "./clusters/home", c.kubeconfig_path());
+    let kubeconfig = w.dir.path().join("stalled.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stalled\n  cluster:\n    server: https://127.0.0.1:{}\n    insecure-skip-tls-verify: true\nusers:\n- name: stalled\n  user:\n    token: not-a-real-token\ncontexts:\n- name: stalled\n  context:\n    cluster: stalled\n    user: stalled\ncurrent-context: stalled\n",
+            silent.port()
+        ),
+    )
+    .unwrap();
+    for args in [vec!["bootstrap", "--timeout", "2m"], vec!["status"]] {
+        let begin = Instant::now();
+        let r = support::cli::run_with_limit(
+            w.command_with(&kubeconfig, &args),
+            Duration::from_secs(120),
+        );
+        let took = begin.elapsed();
+        w.check(&r, &args.join(" "));
+        assert_eq!(r.code, 2, "{}", r.transcript());
+        assert!(
+            r.stderr.contains(&format!(
+                "cannot reach the Kubernetes API server at https://127.0.0.1:{}/",
+                silent.port()
+            )),
+            "{}",
+            r.stderr
+        );
+        assert!(took >= Duration::from_secs(10), "gave up early: {took:?}");
+        assert!(took < Duration::from_secs(60), "took {took:?}");
+        eprintln!(
+            "{}: gave up on the stalled API server after {took:?}",
+            args[0]
+        );
+    }
+    assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
+}
+
+/// Defect 6: the API server restarts while bootstrap waits. The watch drops, is resumed, and
+/// the run ends Ready (exit 0) once Flux syncs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wait_survives_an_api_server_restart() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    world::reset(c).await;
+    c.stop_flux(); // so that the wait cannot end before the restart
+    let w = World::new("restart", "./clusters/home", c.kubeconfig_path());
+    let run = w.spawn_bootstrap(&[]);
+    run.wait_for(
+        "- Kustomization `flux-system/flux-system` created",
+        Duration::from_secs(120),
+    );
+    run.wait_for(
+        "GitRepository `flux-system`: waiting for the controller",
+        Duration::from_secs(60),
+    );
+    c.restart_api_server();
+    c.start_flux();
+    let r = run.finish(Duration::from_secs(300));
+    w.check(&r, "bootstrap across an API server restart");
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "the watch on GitRepository dropped");
+    assert_has(&r, "; resuming");
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+}
+
+/// Defect 7: a Flux install cut short after its CRDs (the controllers' Deployments missing)
+/// used to count as installed, and bootstrap waited for controllers that did not exist. Now
+/// the manifests are applied again, writing only what differs (the CRDs are not rewritten).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flux_install_cut_short_is_finished() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    world::reset(c).await;
+    c.delete_flux_deployments();
+    let w = World::new("halfinstalled", "./clusters/home", c.kubeconfig_path());
+    let mut manifests =
+        String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flux-system\n");
+    let mut files: Vec<_> = std::fs::read_dir(cluster::testenv_dir().join("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in &files {
+        manifests.push_str("---\n");
+        manifests.push_str(&std::fs::read_to_string(f).unwrap());
+    }
+    for name in cluster::FLUX_DEPLOYMENTS {
+        manifests.push_str("---\n");
+        manifests.push_str(&serde_yaml::to_string(&cluster::flux_deployment(name)).unwrap());
+    }
+    let file = w.dir.path().join("install.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    let file = file.to_str().unwrap();
+    let client = c.client().await;
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(client.clone());
+    let versions = || async {
+        let mut v = Vec::new();
+        for name in cluster::FLUX_CRDS {
+            v.push(crds.get(name).await.unwrap().metadata.resource_version);
+        }
+        v
+    };
+    let before = versions().await;
+
+    let r = w.bootstrap(&["--flux-manifests", file]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        "Flux is not fully installed: no Deployment `flux-system/source-controller`, no Deployment `flux-system/kustomize-controller`",
+    );
+    let count = files.len() + 3;
+    assert_has(
+        &r,
+        &format!("- installed Flux from `{file}` ({count} objects)"),
+    );
+    assert_has(
+        &r,
+        &format!(
+            "2 of {count} objects written, {} already as wanted",
+            count - 2
+        ),
+    );
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    assert_eq!(versions().await, before, "the CRDs were not rewritten");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client, "flux-system");
+    for name in cluster::FLUX_DEPLOYMENTS {
+        assert!(deployments.get_opt(name).await.unwrap().is_some(), "{name}");
+    }
+    let r = w.bootstrap(&["--flux-manifests", file]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert!(!r.stderr.contains("installed Flux"), "installed once");
+}
+
+/// Defect 8: `--force` onto another path says that `prune: true` makes Flux delete what the
+/// old path applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn force_onto_another_path_warns_about_prune() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    world::reset(c).await;
+    let w = World::new("prune", "./clusters/home", c.kubeconfig_path());
+    let r = w.bootstrap(&["--no-wait"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    w.set_path("./clusters/other");
+    let r = w.bootstrap(&["--no-wait"]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert!(!r.stderr.contains("prune"), "{}", r.stderr);
+    let r = w.bootstrap(&["--no-wait", "--force"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        "note: the Kustomization `flux-system/flux-system` has `prune: true`: Flux deletes what it applied from the old path that the new one does not hold",
+    );
+}

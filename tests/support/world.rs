@@ -1,0 +1,433 @@
+//! One bootstrap scenario for the end-to-end tests: a repository served over SSH, the fake
+//! GitHub that describes it (its deploy keys are the SSH server's authorized keys, its `/meta`
+//! lists the server's host key), a config directory, and the real binary pointed at a cluster's
+//! kubeconfig. Every run is at `-vv` and checked for every token the world used (the canary
+//! check). Also: a run followed line by line while it goes, and a TCP listener that accepts and
+//! stays silent (a stalled server).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::cli::{Run, assert_no_leak, command, run_with_limit};
+use super::fake_github::{FakeGitHub, FakeKey, RepoSpec, TokenSpec};
+use super::git_server::{GitRepo, SshGitServer};
+
+/// A fine-grained token shaped like GitHub's, unique per tag. The tag is scrambled into letters
+/// that no hex SHA holds: spelled out, it would show in repository names and trip the leak check.
+pub fn token(tag: &str) -> String {
+    let scrambled: String = super::fake_github::fake_sha(tag)[..16]
+        .bytes()
+        .map(|b| char::from(b'G' + (b as char).to_digit(16).unwrap() as u8))
+        .collect();
+    let mut t = format!("github_pat_11E2E{scrambled}");
+    let fill = "Qz9yX8wV7uT6s5R4q3P2o1N0mL9kJ8iH7gF6eD5cB4aZ3yX2wV1uT0sR9qP8oN7mL6kJ5iQ4hG3fE2dC1bA0zYxWvUtSr";
+    t.push_str(&fill[..93 - t.len()]);
+    t
+}
+
+/// A GitHub repository `username/manifests` served over SSH, and a config directory for it.
+pub struct World {
+    pub gh: FakeGitHub,
+    pub ssh: SshGitServer,
+    pub repo: GitRepo,
+    pub dir: tempfile::TempDir,
+    pub token: String,
+    kubeconfig: PathBuf,
+}
+
+impl World {
+    /// A world whose runs use `kubeconfig`, with `path:` in `flux.yaml`.
+    pub fn new(tag: &str, path: &str, kubeconfig: &Path) -> World {
+        let ssh = SshGitServer::start();
+        let repo = ssh.create_repo(&format!("manifests-{tag}"));
+        let gh = FakeGitHub::start();
+        let token = token(tag);
+        gh.add_token(&token, TokenSpec::fine_grained("username"));
+        gh.add_repo(
+            RepoSpec::new("username", "manifests")
+                .branch("main", repo.seeded_commit())
+                .ssh_url(&ssh.url(&repo)),
+        );
+        gh.set_host_keys(&[ssh.host_key()]);
+        gh.set_authorized_keys_file(ssh.authorized_keys_path());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        let w = World {
+            gh,
+            ssh,
+            repo,
+            dir,
+            token,
+            kubeconfig: kubeconfig.to_path_buf(),
+        };
+        w.set_path(path);
+        std::fs::write(
+            w.dir.path().join("config/secrets-flux.yaml"),
+            format!("token: {}\n", w.token),
+        )
+        .unwrap();
+        w
+    }
+
+    /// Rewrites `flux.yaml` with another `path:`.
+    pub fn set_path(&self, path: &str) {
+        std::fs::write(
+            self.dir.path().join("config/flux.yaml"),
+            format!(
+                "repo: https://github.com/username/manifests.git\nbranch: main\npath: {path}\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    /// `homelab-flux -vv ARGS --kubeconfig KUBECONFIG` against this world's fake GitHub.
+    pub fn command_with<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        kubeconfig: &Path,
+        args: &[S],
+    ) -> Command {
+        let mut cmd = command(self.dir.path());
+        cmd.arg("-vv")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env("HOMELAB_FLUX_GITHUB_API_URL", self.gh.url());
+        cmd
+    }
+
+    /// Fails if the token shows in the run's output; prints the run.
+    pub fn check(&self, r: &Run, what: &str) {
+        assert_no_leak(&self.token, &r.transcript(), what);
+        eprintln!("{}", r.transcript());
+    }
+
+    /// `bootstrap EXTRA` on the world's cluster (see [`bootstrap_args`]).
+    pub fn bootstrap(&self, extra: &[&str]) -> Run {
+        self.bootstrap_on(&self.kubeconfig, extra)
+    }
+
+    /// `bootstrap --timeout 150s EXTRA` on the cluster of `kubeconfig`.
+    pub fn bootstrap_on(&self, kubeconfig: &Path, extra: &[&str]) -> Run {
+        let args = bootstrap_args(extra);
+        let r = run_with_limit(
+            self.command_with(kubeconfig, &args),
+            Duration::from_secs(300),
+        );
+        self.check(&r, &args.join(" "));
+        r
+    }
+
+    /// Starts `bootstrap --timeout 150s EXTRA` and returns at once; see [`Spawned`].
+    pub fn spawn_bootstrap(&self, extra: &[&str]) -> Spawned {
+        let args = bootstrap_args(extra);
+        Spawned::start(self.command_with(&self.kubeconfig, &args))
+    }
+
+    /// The keys GitHub lists on `username/manifests` with this title.
+    pub fn keys_titled(&self, title: &str) -> Vec<FakeKey> {
+        self.gh
+            .deploy_keys("username", "manifests")
+            .into_iter()
+            .filter(|k| k.title == title)
+            .collect()
+    }
+}
+
+/// `bootstrap EXTRA`, with `--timeout 150s` unless EXTRA sets one.
+fn bootstrap_args(extra: &[&str]) -> Vec<String> {
+    let timeout: &[&str] = if extra.contains(&"--timeout") {
+        &[]
+    } else {
+        &["--timeout", "150s"]
+    };
+    std::iter::once(&"bootstrap")
+        .chain(timeout)
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// A run of the binary followed while it goes: its stderr is collected line by line, so that a
+/// test can wait for the step the run has reached (an observable event, never a sleep).
+pub struct Spawned {
+    child: Child,
+    stderr: Arc<(Mutex<(String, bool)>, Condvar)>,
+    stdout: std::thread::JoinHandle<String>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Spawned {
+    pub fn start(mut cmd: Command) -> Spawned {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("failed to start homelab-flux");
+        let stderr = Arc::new((Mutex::new((String::new(), false)), Condvar::new()));
+        let pipe = child.stderr.take().unwrap();
+        let shared = Arc::clone(&stderr);
+        let reader = std::thread::spawn(move || {
+            let mut lines = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                // A progress line ends with `\r`, not `\n`: read up to either.
+                let n = read_until_eol(&mut lines, &mut buf);
+                let (lock, cv) = &*shared;
+                let mut state = lock.lock().unwrap();
+                state.0.push_str(&String::from_utf8_lossy(&buf));
+                if n == 0 {
+                    state.1 = true;
+                }
+                cv.notify_all();
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        Spawned {
+            child,
+            stderr,
+            stdout,
+            reader,
+        }
+    }
+
+    /// Waits until stderr holds `text`; panics with what it holds after `limit`, or when the
+    /// run ended without printing it.
+    pub fn wait_for(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let (lock, cv) = &*self.stderr;
+        let mut state = lock.lock().unwrap();
+        loop {
+            if state.0.contains(text) {
+                return;
+            }
+            let now = Instant::now();
+            assert!(
+                !state.1 && now < deadline,
+                "`{text}` not printed (run ended: {}):\n{}",
+                state.1,
+                state.0
+            );
+            state = cv.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    /// The pid, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the end of the run (killing it after `limit`, a hang guard).
+    pub fn finish(mut self, limit: Duration) -> Run {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("homelab-flux did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        self.reader.join().unwrap();
+        let stdout = self.stdout.join().unwrap();
+        let stderr = self.stderr.0.lock().unwrap().0.clone();
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+fn read_until_eol(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> usize {
+    let mut n = 0;
+    loop {
+        let (done, used) = match reader.fill_buf() {
+            Ok([]) | Err(_) => return n,
+            Ok(available) => match available.iter().position(|b| *b == b'\n' || *b == b'\r') {
+                Some(i) => {
+                    buf.extend_from_slice(&available[..=i]);
+                    (true, i + 1)
+                }
+                None => {
+                    buf.extend_from_slice(available);
+                    (false, available.len())
+                }
+            },
+        };
+        reader.consume(used);
+        n += used;
+        if done {
+            return n;
+        }
+    }
+}
+
+/// A TCP listener on 127.0.0.1 that accepts every connection and never sends a byte: a server
+/// that hangs (an overloaded host, a half-dead tunnel). Connections are held until it drops.
+pub struct SilentServer {
+    port: u16,
+    accepted: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl SilentServer {
+    pub fn start() -> SilentServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let held = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+        SilentServer { port, accepted }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How many connections it has taken so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+}
+
+/// The Flux objects' API in `flux-system` (`Secret`, `GitRepository`, `Kustomization`).
+pub fn flux_api(client: kube::Client, kind: &str) -> kube::Api<kube::api::DynamicObject> {
+    let (group, plural) = match kind {
+        "GitRepository" => ("source.toolkit.fluxcd.io", "gitrepositories"),
+        "Kustomization" => ("kustomize.toolkit.fluxcd.io", "kustomizations"),
+        _ => ("", "secrets"),
+    };
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(group, "v1", kind),
+        plural,
+    );
+    kube::Api::namespaced_with(client, "flux-system", &ar)
+}
+
+/// Puts a cluster back to "Flux installed and running, nothing bootstrapped": the API server
+/// and controllers up, the CRDs and Deployments in place, no Lease, Kustomization, GitRepository
+/// or Secret. Objects are deleted while the controllers run, so that they remove their
+/// finalizers; one a controller never got to loses its finalizer after 30 s.
+pub async fn reset(c: &super::cluster::Cluster) {
+    use kube::runtime::wait::await_condition;
+    c.start_api_server();
+    c.install_crds();
+    c.start_flux();
+    let client = c.client().await;
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), "flux-system");
+    let _ = leases
+        .delete("homelab-flux-bootstrap", &Default::default())
+        .await;
+    for kind in ["Kustomization", "GitRepository", "Secret"] {
+        let api = flux_api(client.clone(), kind);
+        let _ = api.delete("flux-system", &Default::default()).await;
+        let gone = |o: Option<&kube::api::DynamicObject>| o.is_none();
+        let wait = await_condition(api.clone(), "flux-system", gone);
+        if tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .is_err()
+        {
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            let _ = api
+                .patch(
+                    "flux-system",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await;
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                await_condition(api, "flux-system", gone),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{kind} flux-system is not deleted"))
+            .unwrap();
+        }
+    }
+}
+
+/// Asks source-controller to fetch now (as `flux reconcile source git` does) and waits, with a
+/// watch, until it has handled that request; returns the GitRepository then.
+pub async fn reconcile_git_repository(client: kube::Client) -> kube::api::DynamicObject {
+    let api = flux_api(client, "GitRepository");
+    let stamp = jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": stamp}}});
+    api.patch(
+        "flux-system",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    let handled = move |o: Option<&kube::api::DynamicObject>| {
+        o.is_some_and(|o| o.data["status"]["lastHandledReconcileAt"] == stamp.as_str())
+    };
+    let wait = kube::runtime::wait::await_condition(api, "flux-system", handled);
+    tokio::time::timeout(Duration::from_secs(90), wait)
+        .await
+        .expect("source-controller handled the request")
+        .unwrap()
+        .expect("the GitRepository")
+}
+
+/// The status of a condition of an object (`"True"`, `"False"`), if it has one.
+pub fn condition_status(o: &kube::api::DynamicObject, type_: &str) -> Option<String> {
+    o.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+/// A value of the `flux-system` Secret, decoded.
+pub async fn secret_value(client: kube::Client, key: &str) -> Option<String> {
+    let s = flux_api(client, "Secret")
+        .get_opt("flux-system")
+        .await
+        .unwrap()?;
+    let encoded = s.data["data"][key].as_str()?.to_string();
+    let bytes: k8s_openapi::ByteString =
+        serde_json::from_value(serde_json::Value::String(encoded)).ok()?;
+    String::from_utf8(bytes.0).ok()
+}
+
+/// `type base64` of the public key in a cluster's Secret (GitHub keeps no comment).
+pub async fn key_in_cluster(client: kube::Client) -> String {
+    let public = secret_value(client, "identity.pub")
+        .await
+        .expect("identity.pub in the Secret");
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Sends a signal (`STOP`, `CONT`, `INT`) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
