@@ -976,14 +976,21 @@ async fn a_dry_run_prints_the_plan_and_writes_nothing() {
     assert_eq!(w.gh.deploy_keys("username", "manifests"), []);
     assert_eq!(flux_state().await, before, "no object created");
 
-    // A rebuilt cluster, not even the Namespace left. Regression: the dry-run applies of the
+    // A rebuilt cluster, not even the Namespace left, and so no Flux (its Deployments live in
+    // that Namespace): the plan installs Flux too. Regression: the dry-run applies of the
     // objects in it failed on the Namespace that the dry run had not really created.
+    c.stop_flux();
     c.wipe();
     let before = flux_state().await;
     assert_eq!(before, [None, None, None, None]);
-    let r = w.bootstrap(&["--dry-run"]);
+    let manifests = w.dir.path().join("install.yaml");
+    let (text, count) = cluster::flux_manifests();
+    std::fs::write(&manifests, text).unwrap();
+    let manifests = manifests.to_str().unwrap();
+    let r = w.bootstrap(&["--dry-run", "--flux-manifests", manifests]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     for line in [
+        format!("- (dry run) installed Flux from `{manifests}` ({count} objects)"),
         format!(
             "- (dry run) would create the read-only deploy key `{}` on GitHub",
             title()

@@ -251,8 +251,7 @@ async fn bootstrap(
         ));
     }
 
-    // 3. The Namespace, and in it the Lease that keeps a second run of this cluster from
-    //    changing credentials at the same time (it would delete this run's key as stale).
+    // 3. The Namespace (the Lease of step 5 lives in it).
     let ns = flux::NAMESPACE;
     let verb = |a: Applied| match (args.dry_run, a) {
         (true, Applied::Created) => "would be created".to_string(),
@@ -269,10 +268,6 @@ async fn bootstrap(
         )
         .await?;
     steps.done(&format!("{prefix}Namespace `{ns}` {}", verb(ns_applied)));
-    if !args.dry_run {
-        let deadline = tokio::time::Instant::now() + args.timeout;
-        lease.acquire(&cluster, deadline, &mut steps).await?;
-    }
 
     // 4. What is there now, and the guards against taking over someone else's set-up.
     let (live_secret, live_repo, live_ks) = tokio::join!(
@@ -310,7 +305,10 @@ async fn bootstrap(
         ));
     }
 
-    // 5. Credentials, proven before the cluster is touched.
+    // 5. Credentials, proven before the cluster is touched. Making a new key takes the Lease
+    //    that keeps a second run of this cluster from doing the same at once (each would delete
+    //    the other's key as stale); a run that reuses the key in the cluster writes nothing
+    //    and needs no Lease, so a re-run stays free of writes.
     let title = args
         .key_title
         .clone()
@@ -318,6 +316,12 @@ async fn bootstrap(
     let force_secret = args.force && !taken_over.is_empty();
     let credentials = match cfg.auth {
         Auth::DeployKey => {
+            let serialise = Serialise {
+                cluster: &cluster,
+                lease,
+                deadline: tokio::time::Instant::now() + args.timeout,
+                force_secret,
+            };
             let in_cluster = live_secret.as_ref().filter(|_| !force_secret);
             deploy_key(
                 &gh,
@@ -326,7 +330,7 @@ async fn bootstrap(
                 &branch,
                 in_cluster,
                 &title,
-                args.dry_run,
+                (!args.dry_run).then_some(&serialise),
                 &mut steps,
             )
             .await?
@@ -342,6 +346,7 @@ async fn bootstrap(
                 sha: Some(b.commit_sha),
                 stale: Vec::new(),
                 ssh: None,
+                live_secret: None,
             }
         }
     };
@@ -356,7 +361,11 @@ async fn bootstrap(
             flux::NAME
         ));
     }
-    let live_secret = if force_secret { None } else { live_secret };
+    let live_secret = match (force_secret, credentials.live_secret.clone()) {
+        (true, _) => None,
+        (false, Some(fresh)) => fresh,
+        (false, None) => live_secret,
+    };
     let mut changed = ns_applied != Applied::Unchanged;
     let mut secret_changed = false;
     // A dry run cannot check objects in a Namespace that does not exist yet (nor Flux objects
@@ -709,6 +718,17 @@ struct Credentials {
     stale: Vec<DeployKey>,
     /// How to read the branch's head over SSH when the token cannot read it from the API.
     ssh: Option<SshAccess>,
+    /// The Secret as read again under the Lease, when it was (another run may have changed it).
+    live_secret: Option<Option<DynamicObject>>,
+}
+
+/// What a run that needs a new key takes the Lease with.
+struct Serialise<'a> {
+    cluster: &'a Cluster,
+    lease: &'a HeldLease,
+    deadline: tokio::time::Instant,
+    /// `--force` onto another repository: the Secret in the cluster is not reused.
+    force_secret: bool,
 }
 
 /// A deploy key and where it opens the repository.
@@ -732,9 +752,10 @@ async fn deploy_key(
     branch: &str,
     live_secret: Option<&DynamicObject>,
     title: &str,
-    dry_run: bool,
+    serialise: Option<&Serialise<'_>>,
     steps: &mut Steps<'_>,
 ) -> anyhow::Result<Credentials> {
+    let dry_run = serialise.is_none();
     let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
     // The branch's head comes along, so that a key GitHub still lists needs no SSH round trip.
     let (meta, keys, head) = tokio::join!(
@@ -742,7 +763,7 @@ async fn deploy_key(
         gh.list_deploy_keys(owner, name),
         gh.get_branch(owner, name, branch)
     );
-    let (meta, keys) = (meta?, keys?);
+    let (meta, mut keys) = (meta?, keys?);
     steps.ui.log(
         1,
         &format!(
@@ -756,13 +777,33 @@ async fn deploy_key(
     steps.ui.log(2, &format!("SSH endpoint {}", endpoint.url()));
     let known_hosts = git_remote::known_hosts(&endpoint, &meta.ssh_keys);
 
-    let in_cluster = live_secret
-        .and_then(|s| secret_value(s, "identity"))
-        .and_then(|pem| KeyPair::from_private_openssh(&SecretString::from(pem)).ok());
-    let reusable = in_cluster.filter(|k| {
-        keys.iter()
-            .any(|d| d.matches_public_key(k.public_key_openssh()))
-    });
+    let reusable = |secret: Option<&DynamicObject>, keys: &[DeployKey]| {
+        secret
+            .and_then(|s| secret_value(s, "identity"))
+            .and_then(|pem| KeyPair::from_private_openssh(&SecretString::from(pem)).ok())
+            .filter(|k| {
+                keys.iter()
+                    .any(|d| d.matches_public_key(k.public_key_openssh()))
+            })
+    };
+    let mut found = reusable(live_secret, &keys);
+    let mut fresh_secret = None;
+    if found.is_none()
+        && let Some(s) = serialise
+    {
+        s.lease.acquire(s.cluster, s.deadline, steps).await?;
+        // Another run may have put a working key in place while this one waited.
+        let (secret, listed) = tokio::join!(
+            s.cluster
+                .get(Kind::Secret, Some(flux::NAMESPACE), flux::NAME),
+            gh.list_deploy_keys(owner, name)
+        );
+        let secret = secret?.filter(|_| !s.force_secret);
+        keys = listed?;
+        found = reusable(secret.as_ref(), &keys);
+        fresh_secret = Some(secret);
+    }
+    let reusable = found;
     let (pair, created) = match reusable {
         Some(k) => {
             steps.done(&format!(
@@ -780,6 +821,7 @@ async fn deploy_key(
                 sha: None,
                 stale: Vec::new(),
                 ssh: None,
+                live_secret: None,
             });
         }
         None => {
@@ -809,7 +851,7 @@ async fn deploy_key(
             steps.done(&format!("`{branch}` is at {}", short(&head.commit_sha)));
             head.commit_sha
         }
-        _ => match prove(&access, branch).await {
+        _ => match prove(&access, branch).await? {
             Ok(sha) => {
                 steps.done(&format!(
                     "proved the deploy key over SSH: `{branch}` is at {}",
@@ -850,6 +892,7 @@ async fn deploy_key(
         sha: Some(sha),
         stale,
         ssh: Some(access),
+        live_secret: fresh_secret,
     })
 }
 
@@ -880,7 +923,10 @@ async fn delete_stale_keys(
 /// Lists the remote's refs over SSH with the key, checking the host key; the branch's head.
 /// Gives up after [`git_remote::PROOF_DEADLINE`]; the blocking thread is then abandoned (git2
 /// cannot be interrupted) and ends with the process.
-async fn prove(access: &SshAccess, branch: &str) -> anyhow::Result<String> {
+async fn prove(
+    access: &SshAccess,
+    branch: &str,
+) -> anyhow::Result<Result<String, git_remote::Error>> {
     let ssh_url = access.ssh_url.clone();
     let private = access.private.clone();
     let host_keys = access.host_keys.clone();
@@ -889,15 +935,14 @@ async fn prove(access: &SshAccess, branch: &str) -> anyhow::Result<String> {
         git_remote::prove_key(&ssh_url, &private, &host_keys, &branch)
     });
     match tokio::time::timeout(git_remote::PROOF_DEADLINE, proof).await {
-        Ok(joined) => Ok(joined.context("the SSH proof did not finish")??),
+        Ok(joined) => joined.context("the SSH proof did not finish"),
         Err(_) => {
             let url = git_remote::SshEndpoint::parse(&access.ssh_url)
                 .map_or_else(|_| access.ssh_url.clone(), |e| e.url());
-            Err(git_remote::Error::TimedOut {
+            Ok(Err(git_remote::Error::TimedOut {
                 url,
                 after: git_remote::PROOF_DEADLINE,
-            }
-            .into())
+            }))
         }
     }
 }
@@ -926,7 +971,7 @@ impl Heads<'_> {
             Ok(b) => Some(b.commit_sha),
             // A token without contents access (deploy-key set-ups): ask the SSH remote.
             Err(_) => match self.ssh {
-                Some(access) => prove(access, self.branch).await.ok(),
+                Some(access) => prove(access, self.branch).await.ok().and_then(Result::ok),
                 None => None,
             },
         };

@@ -742,6 +742,28 @@ pub fn flux_deployment(name: &str) -> serde_json::Value {
     })
 }
 
+/// Flux's install manifests as this environment has them: the Namespace `flux-system`, the
+/// seven CRDs `tests/env/setup` extracted (in file order) and the two Deployments. Returns the
+/// YAML stream and how many objects it holds.
+pub fn flux_manifests() -> (String, usize) {
+    let mut manifests =
+        String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flux-system\n");
+    let mut files: Vec<_> = fs::read_dir(testenv_dir().join("crds"))
+        .expect("the CRDs of tests/env/setup")
+        .map(|e| e.expect("a CRD file").path())
+        .collect();
+    files.sort();
+    for f in &files {
+        manifests.push_str("---\n");
+        manifests.push_str(&fs::read_to_string(f).expect("a CRD file"));
+    }
+    for name in FLUX_DEPLOYMENTS {
+        manifests.push_str("---\n");
+        manifests.push_str(&serde_yaml::to_string(&flux_deployment(name)).expect("YAML"));
+    }
+    (manifests, files.len() + 1 + FLUX_DEPLOYMENTS.len())
+}
+
 /// A client for the context [`CONTEXT`] of a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
     let file = Kubeconfig::read_from(kubeconfig)
