@@ -32,6 +32,14 @@ fn assert_has(r: &support::cli::Run, what: &str) {
     );
 }
 
+/// Waits until the run prints `text`; fails if it ended without.
+fn wait_for(run: &support::cli::Spawned, text: &str, limit: Duration) {
+    assert!(
+        run.wait_for_stderr(text, limit),
+        "the run ended without printing `{text}`"
+    );
+}
+
 fn ready_line(sha: &str) -> String {
     format!(
         "Kustomization `flux-system/flux-system` is Ready at {}",
@@ -347,7 +355,8 @@ async fn a_second_bootstrap_waits_for_the_lease_or_stops_with_a_clear_message() 
 
     // Released while the run waits: it goes on and converges.
     let run = w.spawn_bootstrap(&[]);
-    run.wait_for(
+    wait_for(
+        &run,
         "waiting for another bootstrap of this cluster to finish (Lease `flux-system/homelab-flux-bootstrap` held by `another run`)",
         Duration::from_secs(60),
     );
@@ -416,7 +425,8 @@ async fn a_commit_landing_during_the_wait_counts_as_synced() {
     signal(source, "STOP");
     let paused = Paused(source);
     let run = w.spawn_bootstrap(&[]);
-    run.wait_for(
+    wait_for(
+        &run,
         "- Kustomization `flux-system/flux-system` created",
         Duration::from_secs(120),
     );
@@ -550,11 +560,13 @@ async fn the_wait_survives_an_api_server_restart() {
     c.stop_flux(); // so that the wait cannot end before the restart
     let w = World::new("restart", "./clusters/home", c.kubeconfig_path());
     let run = w.spawn_bootstrap(&[]);
-    run.wait_for(
+    wait_for(
+        &run,
         "- Kustomization `flux-system/flux-system` created",
         Duration::from_secs(120),
     );
-    run.wait_for(
+    wait_for(
+        &run,
         "GitRepository `flux-system`: waiting for the controller",
         Duration::from_secs(60),
     );

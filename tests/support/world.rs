@@ -1,18 +1,17 @@
 //! One bootstrap scenario for the end-to-end tests: a repository served over SSH, the fake
 //! GitHub that describes it (its deploy keys are the SSH server's authorized keys, its `/meta`
 //! lists the server's host key), a config directory, and the real binary pointed at a cluster's
-//! kubeconfig. Every run is at `-vv` and checked for every token the world used (the canary
-//! check). Also: a run followed line by line while it goes, and a TCP listener that accepts and
-//! stays silent (a stalled server).
+//! kubeconfig. Every run is at `-vv` and checked for the world's token (the canary check). Also
+//! a TCP listener that accepts and stays silent (a stalled server), and helpers that read and
+//! reset the Flux objects of any test cluster.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use super::cli::{Run, assert_no_leak, command, run_with_limit};
+use super::cli::{Run, Spawned, assert_no_leak, command, run_with_limit};
 use super::fake_github::{FakeGitHub, FakeKey, RepoSpec, TokenSpec};
 use super::git_server::{GitRepo, SshGitServer};
 
@@ -121,7 +120,7 @@ impl World {
         r
     }
 
-    /// Starts `bootstrap --timeout 150s EXTRA` and returns at once; see [`Spawned`].
+    /// Starts `bootstrap EXTRA` and returns at once, to act on what the run announces.
     pub fn spawn_bootstrap(&self, extra: &[&str]) -> Spawned {
         let args = bootstrap_args(extra);
         Spawned::start(self.command_with(&self.kubeconfig, &args))
@@ -149,132 +148,6 @@ fn bootstrap_args(extra: &[&str]) -> Vec<String> {
         .chain(extra)
         .map(|a| a.to_string())
         .collect()
-}
-
-/// A run of the binary followed while it goes: its stderr is collected line by line, so that a
-/// test can wait for the step the run has reached (an observable event, never a sleep).
-pub struct Spawned {
-    child: Child,
-    stderr: Arc<(Mutex<(String, bool)>, Condvar)>,
-    stdout: std::thread::JoinHandle<String>,
-    reader: std::thread::JoinHandle<()>,
-}
-
-impl Spawned {
-    pub fn start(mut cmd: Command) -> Spawned {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("failed to start homelab-flux");
-        let stderr = Arc::new((Mutex::new((String::new(), false)), Condvar::new()));
-        let pipe = child.stderr.take().unwrap();
-        let shared = Arc::clone(&stderr);
-        let reader = std::thread::spawn(move || {
-            let mut lines = BufReader::new(pipe);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                // A progress line ends with `\r`, not `\n`: read up to either.
-                let n = read_until_eol(&mut lines, &mut buf);
-                let (lock, cv) = &*shared;
-                let mut state = lock.lock().unwrap();
-                state.0.push_str(&String::from_utf8_lossy(&buf));
-                if n == 0 {
-                    state.1 = true;
-                }
-                cv.notify_all();
-                if n == 0 {
-                    return;
-                }
-            }
-        });
-        let mut out = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        Spawned {
-            child,
-            stderr,
-            stdout,
-            reader,
-        }
-    }
-
-    /// Waits until stderr holds `text`; panics with what it holds after `limit`, or when the
-    /// run ended without printing it.
-    pub fn wait_for(&self, text: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        let (lock, cv) = &*self.stderr;
-        let mut state = lock.lock().unwrap();
-        loop {
-            if state.0.contains(text) {
-                return;
-            }
-            let now = Instant::now();
-            assert!(
-                !state.1 && now < deadline,
-                "`{text}` not printed (run ended: {}):\n{}",
-                state.1,
-                state.0
-            );
-            state = cv.wait_timeout(state, deadline - now).unwrap().0;
-        }
-    }
-
-    /// The pid, for signals.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the end of the run (killing it after `limit`, a hang guard).
-    pub fn finish(mut self, limit: Duration) -> Run {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("homelab-flux did not finish within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        self.reader.join().unwrap();
-        let stdout = self.stdout.join().unwrap();
-        let stderr = self.stderr.0.lock().unwrap().0.clone();
-        Run {
-            code: status.code().unwrap_or(-1),
-            stdout,
-            stderr,
-        }
-    }
-}
-
-fn read_until_eol(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> usize {
-    let mut n = 0;
-    loop {
-        let (done, used) = match reader.fill_buf() {
-            Ok([]) | Err(_) => return n,
-            Ok(available) => match available.iter().position(|b| *b == b'\n' || *b == b'\r') {
-                Some(i) => {
-                    buf.extend_from_slice(&available[..=i]);
-                    (true, i + 1)
-                }
-                None => {
-                    buf.extend_from_slice(available);
-                    (false, available.len())
-                }
-            },
-        };
-        reader.consume(used);
-        n += used;
-        if done {
-            return n;
-        }
-    }
 }
 
 /// A TCP listener on 127.0.0.1 that accepts every connection and never sends a byte: a server
