@@ -10,7 +10,7 @@ mod support;
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::api::{Api, DynamicObject};
 use support::cli::{Run, Spawned, assert_no_leak, command, run_with_limit};
@@ -19,6 +19,7 @@ use support::fake_github::{FakeGitHub, RepoSpec, TokenSpec};
 use support::git_server::{
     GitRepo, HttpGitServer, SEED_CONFIG_MAP, SshGitServer, generate_ssh_key,
 };
+use support::world::token;
 
 /// The deploy key's title: the context and the id of this API server's address (SPEC §3).
 fn title() -> String {
@@ -28,19 +29,6 @@ fn title() -> String {
 /// The progress line a run prints once its watch on the GitRepository has delivered the object
 /// and no controller has reported on it yet: the run is in its wait.
 const WAITING_LINE: &str = "  GitRepository `flux-system`: waiting for the controller";
-
-/// A fine-grained token shaped like GitHub's, unique per test. The tag is scrambled into letters
-/// that no hex SHA holds: spelled out, it would show in repository names and trip the leak check.
-fn token(tag: &str) -> String {
-    let scrambled: String = support::fake_github::fake_sha(tag)[..16]
-        .bytes()
-        .map(|b| char::from(b'G' + (b as char).to_digit(16).unwrap() as u8))
-        .collect();
-    let mut t = format!("github_pat_11E2E{scrambled}");
-    let fill = "Qz9yX8wV7uT6s5R4q3P2o1N0mL9kJ8iH7gF6eD5cB4aZ3yX2wV1uT0sR9qP8oN7mL6kJ5iQ4hG3fE2dC1bA0zYxWvUtSr";
-    t.push_str(&fill[..93 - t.len()]);
-    t
-}
 
 /// One scenario: a GitHub repository served over SSH, a config directory, the binary.
 struct World {
@@ -57,16 +45,8 @@ impl World {
     fn new(tag: &str, path: &str) -> World {
         let ssh = SshGitServer::start();
         let repo = ssh.create_repo(&format!("manifests-{tag}"));
-        let gh = FakeGitHub::start();
         let token = token(tag);
-        gh.add_token(&token, TokenSpec::fine_grained("username"));
-        gh.add_repo(
-            RepoSpec::new("username", "manifests")
-                .branch("main", repo.seeded_commit())
-                .ssh_url(&ssh.url(&repo)),
-        );
-        gh.set_host_keys(&[ssh.host_key()]);
-        gh.set_authorized_keys_file(ssh.authorized_keys_path());
+        let gh = support::world::github_serving(&ssh, &repo, &token);
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("config")).unwrap();
         write_flux(dir.path(), &format!("branch: main\npath: {path}\n"));
@@ -191,66 +171,12 @@ async fn seeded_config_map(namespace: &str) -> Option<k8s_openapi::api::core::v1
     api.get_opt(SEED_CONFIG_MAP).await.unwrap()
 }
 
-fn flux_api(client: kube::Client, kind: &str, plural: &str, group: &str) -> Api<DynamicObject> {
-    let ar = kube::api::ApiResource::from_gvk_with_plural(
-        &kube::api::GroupVersionKind::gvk(group, "v1", kind),
-        plural,
-    );
-    Api::namespaced_with(client, "flux-system", &ar)
-}
-
 /// Puts the cluster back to "Flux installed and running, nothing bootstrapped", whatever the
 /// previous scenario left (a stopped API server, missing CRDs, stopped controllers, a wiped
 /// etcd). Objects are deleted while the controllers run, so that they remove their finalizers;
 /// the Namespace stays (the API server has no namespace controller to finish deleting it).
 async fn reset_cluster() {
-    let c = cluster::cluster();
-    c.start_api_server();
-    c.install_crds();
-    c.start_flux();
-    let client = c.client().await;
-    // Installed Flux has its Namespace (install.yaml holds it).
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}});
-    namespaces
-        .patch(
-            "flux-system",
-            &kube::api::PatchParams::apply("homelab-flux-testenv"),
-            &kube::api::Patch::Apply(&namespace),
-        )
-        .await
-        .unwrap();
-    for (kind, plural, group) in [
-        (
-            "Kustomization",
-            "kustomizations",
-            "kustomize.toolkit.fluxcd.io",
-        ),
-        (
-            "GitRepository",
-            "gitrepositories",
-            "source.toolkit.fluxcd.io",
-        ),
-        ("Secret", "secrets", ""),
-    ] {
-        let api = flux_api(client.clone(), kind, plural, group);
-        let _ = api.delete("flux-system", &Default::default()).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while api.get_opt("flux-system").await.unwrap().is_some() {
-            if Instant::now() > deadline {
-                // A controller that never got to it: drop its finalizer.
-                let patch = serde_json::json!({"metadata": {"finalizers": null}});
-                let _ = api
-                    .patch(
-                        "flux-system",
-                        &kube::api::PatchParams::default(),
-                        &kube::api::Patch::Merge(&patch),
-                    )
-                    .await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    support::world::reset(cluster::cluster()).await;
 }
 
 /// resourceVersions of the Namespace, Secret, GitRepository and Kustomization (`None`: absent).
@@ -302,23 +228,12 @@ async fn git_repository() -> Option<DynamicObject> {
 
 /// A value of the `flux-system` Secret, decoded.
 async fn secret_value(key: &str) -> Option<String> {
-    let s = secret().await?;
-    let encoded = s.data["data"][key].as_str()?.to_string();
-    let bytes: k8s_openapi::ByteString =
-        serde_json::from_value(serde_json::Value::String(encoded)).ok()?;
-    String::from_utf8(bytes.0).ok()
+    support::world::secret_value(cluster::cluster().client().await, key).await
 }
 
 /// `type base64` of the public key in the cluster's Secret (GitHub keeps no comment).
 async fn key_in_cluster() -> String {
-    let public = secret_value("identity.pub")
-        .await
-        .expect("identity.pub in the Secret");
-    public
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
+    support::world::key_in_cluster(cluster::cluster().client().await).await
 }
 
 fn keys_titled(w: &World, repo: &str, title: &str) -> Vec<support::fake_github::FakeKey> {
@@ -555,38 +470,13 @@ async fn a_deploy_key_deleted_on_github_is_replaced_and_flux_recovers() {
 /// GitRepository as it was then.
 async fn reconcile_git_repository() -> Option<Box<DynamicObject>> {
     let client = cluster::cluster().client().await;
-    let api = flux_api(
-        client,
-        "GitRepository",
-        "gitrepositories",
-        "source.toolkit.fluxcd.io",
-    );
-    let stamp = format!("{:?}", std::time::SystemTime::now());
-    let patch = serde_json::json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": stamp}}});
-    api.patch(
-        "flux-system",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let o = api.get("flux-system").await.unwrap();
-        if o.data["status"]["lastHandledReconcileAt"] == stamp.as_str() {
-            return Some(Box::new(o));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
+    Some(Box::new(
+        support::world::reconcile_git_repository(client).await,
+    ))
 }
 
 fn ready_status(o: &DynamicObject) -> Option<String> {
-    o.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .and_then(|c| c["status"].as_str().map(str::to_string))
+    support::world::condition_status(o, "Ready")
 }
 
 /// Scenario 5: `auth: token` over HTTPS, where the token itself is the password (GitHub accepts a

@@ -20,6 +20,25 @@ use support::world::{
     reconcile_git_repository, signal,
 };
 
+/// The cluster of this binary, taken exclusively and reset, and a world on it whose path is
+/// `./clusters/home`.
+async fn fresh(
+    tag: &str,
+) -> (
+    &'static cluster::Cluster,
+    tokio::sync::RwLockWriteGuard<'static, ()>,
+    World,
+) {
+    let c = cluster::cluster();
+    let exclusive = c.exclusive().await;
+    world::reset(c).await;
+    (
+        c,
+        exclusive,
+        World::new(tag, "./clusters/home", c.kubeconfig_path()),
+    )
+}
+
 fn title_of(c: &cluster::Cluster, context: &str) -> String {
     homelab_flux::keys::default_title(context, c.server_url())
 }
@@ -129,10 +148,7 @@ async fn two_clusters_whose_contexts_are_both_default_keep_their_own_keys() {
 /// another cluster's and is never deleted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_titled_the_old_way_is_reused_and_never_deleted_as_stale() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
-    let w = World::new("legacy", "./clusters/home", c.kubeconfig_path());
+    let (_, _exclusive, w) = fresh("legacy").await;
     // What an earlier version left: the key in the Secret, titled after the context alone.
     let r = w.bootstrap(&["--key-title", "homelab-flux homelab-test"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
@@ -162,10 +178,7 @@ async fn a_key_titled_the_old_way_is_reused_and_never_deleted_as_stale() {
 /// until the Secret holding the new key is applied; the next run converges to one key.
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_keys_stay_on_github_until_the_secret_with_the_new_key_is_applied() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
-    let w = World::new("applyfails", "./clusters/home", c.kubeconfig_path());
+    let (c, _exclusive, w) = fresh("applyfails").await;
     let title = title_of(c, cluster::CONTEXT);
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.transcript());
@@ -256,23 +269,8 @@ impl DenySecretPolicy {
             )
             .await
             .unwrap();
-        // The API server enforces a new policy once its informer has it: wait until a dry-run
-        // write of the Secret is refused.
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-            Api::namespaced(client.clone(), "flux-system");
-        let probe: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
-            serde_json::json!({"metadata": {"name": "flux-system", "namespace": "flux-system"}}),
-        )
-        .unwrap();
-        let dry = kube::api::PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while secrets.create(&dry, &probe).await.is_ok() {
-            assert!(Instant::now() < deadline, "the policy never took effect");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // The API server enforces a new policy once its informer has it.
+        wait_until_secret_writes_are_refused(&client, true).await;
         DenySecretPolicy { client }
     }
 
@@ -286,21 +284,30 @@ impl DenySecretPolicy {
         let _ = Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
             .delete("deny-flux-secret", &Default::default())
             .await;
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-            Api::namespaced(self.client.clone(), "flux-system");
-        let probe: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
-            serde_json::json!({"metadata": {"name": "flux-system", "namespace": "flux-system"}}),
-        )
-        .unwrap();
-        let dry = kube::api::PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while secrets.create(&dry, &probe).await.is_err() {
-            assert!(Instant::now() < deadline, "the policy never went away");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_secret_writes_are_refused(&self.client, false).await;
+    }
+}
+
+/// Waits until a dry-run create of the Secret `flux-system` is refused (or, with `refused`
+/// false, accepted): the API server's view of the policy, observed.
+async fn wait_until_secret_writes_are_refused(client: &kube::Client, refused: bool) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "flux-system");
+    let probe: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "flux-system", "namespace": "flux-system"}}),
+    )
+    .unwrap();
+    let dry = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while secrets.create(&dry, &probe).await.is_err() != refused {
+        assert!(
+            Instant::now() < deadline,
+            "the policy did not take effect (refused: {refused})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -309,10 +316,7 @@ impl DenySecretPolicy {
 /// past `--timeout` stops the run with a clear message before anything changed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_bootstrap_waits_for_the_lease_or_stops_with_a_clear_message() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
-    let w = World::new("lease", "./clusters/home", c.kubeconfig_path());
+    let (c, _exclusive, w) = fresh("lease").await;
     let client = c.client().await;
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), "flux-system");
@@ -383,10 +387,7 @@ async fn a_second_bootstrap_waits_for_the_lease_or_stops_with_a_clear_message() 
 /// with one key for the cluster, the one in its Secret.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_bootstraps_at_once_end_with_one_key() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
-    let w = World::new("together", "./clusters/home", c.kubeconfig_path());
+    let (c, _exclusive, w) = fresh("together").await;
     let title = title_of(c, cluster::CONTEXT);
     let first = w.spawn_bootstrap(&[]);
     let second = w.spawn_bootstrap(&[]);
@@ -415,10 +416,7 @@ impl Drop for Paused {
 /// head of the branch is synced, not a timeout.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_landing_during_the_wait_counts_as_synced() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
-    let w = World::new("moving", "./clusters/home", c.kubeconfig_path());
+    let (c, _exclusive, w) = fresh("moving").await;
     let source = c
         .flux_pid("source-controller")
         .expect("source-controller runs");
@@ -460,10 +458,7 @@ async fn a_commit_landing_during_the_wait_counts_as_synced() {
 /// and leaves the cluster untouched.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_ssh_server_fails_the_proof_at_its_deadline() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
-    let w = World::new("stalledssh", "./clusters/home", c.kubeconfig_path());
+    let (c, _exclusive, w) = fresh("stalledssh").await;
     let silent = SilentServer::start();
     let url = format!(
         "ssh://git@127.0.0.1:{}/srv/git/manifests.git",
@@ -554,11 +549,8 @@ async fn a_stalled_api_server_ends_the_run_at_the_request_timeout() {
 /// the run ends Ready (exit 0) once Flux syncs.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_wait_survives_an_api_server_restart() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
+    let (c, _exclusive, w) = fresh("restart").await;
     c.stop_flux(); // so that the wait cannot end before the restart
-    let w = World::new("restart", "./clusters/home", c.kubeconfig_path());
     let run = w.spawn_bootstrap(&[]);
     wait_for(
         &run,
@@ -585,11 +577,8 @@ async fn the_wait_survives_an_api_server_restart() {
 /// the manifests are applied again, writing only what differs (the CRDs are not rewritten).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flux_install_cut_short_is_finished() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
+    let (c, _exclusive, w) = fresh("halfinstalled").await;
     c.delete_flux_deployments();
-    let w = World::new("halfinstalled", "./clusters/home", c.kubeconfig_path());
     let (manifests, count) = cluster::flux_manifests();
     let file = w.dir.path().join("install.yaml");
     std::fs::write(&file, manifests).unwrap();
@@ -640,10 +629,7 @@ async fn a_flux_install_cut_short_is_finished() {
 /// old path applied.
 #[tokio::test(flavor = "multi_thread")]
 async fn force_onto_another_path_warns_about_prune() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
-    let w = World::new("prune", "./clusters/home", c.kubeconfig_path());
+    let (_, _exclusive, w) = fresh("prune").await;
     let r = w.bootstrap(&["--no-wait"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     w.set_path("./clusters/other");

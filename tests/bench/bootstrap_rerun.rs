@@ -25,7 +25,7 @@ use futures::StreamExt;
 use kube::api::{Api, DynamicObject};
 use support::cli::assert_no_leak;
 use support::cluster;
-use support::fake_github::{FakeGitHub, RepoSpec, TokenSpec};
+use support::fake_github::FakeGitHub;
 use support::git_server::SshGitServer;
 
 const TOKEN: &str = "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3fE2d";
@@ -118,15 +118,7 @@ struct Setup {
 fn setup() -> Setup {
     let ssh = SshGitServer::start();
     let repo = ssh.create_repo("manifests-bench");
-    let gh = FakeGitHub::start();
-    gh.add_token(TOKEN, TokenSpec::fine_grained("username"));
-    gh.add_repo(
-        RepoSpec::new("username", "manifests")
-            .branch("main", repo.seeded_commit())
-            .ssh_url(&ssh.url(&repo)),
-    );
-    gh.set_host_keys(&[ssh.host_key()]);
-    gh.set_authorized_keys_file(ssh.authorized_keys_path());
+    let gh = support::world::github_serving(&ssh, &repo, TOKEN);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("config")).unwrap();
     std::fs::write(

@@ -28,6 +28,22 @@ pub fn token(tag: &str) -> String {
     t
 }
 
+/// A fake GitHub where `username/manifests` is `repo` on `ssh` (branch `main` at the seeded
+/// commit), `token` a fine-grained token of `username`, deploy keys the server's authorized keys
+/// and `/meta` its host key.
+pub fn github_serving(ssh: &SshGitServer, repo: &GitRepo, token: &str) -> FakeGitHub {
+    let gh = FakeGitHub::start();
+    gh.add_token(token, TokenSpec::fine_grained("username"));
+    gh.add_repo(
+        RepoSpec::new("username", "manifests")
+            .branch("main", repo.seeded_commit())
+            .ssh_url(&ssh.url(repo)),
+    );
+    gh.set_host_keys(&[ssh.host_key()]);
+    gh.set_authorized_keys_file(ssh.authorized_keys_path());
+    gh
+}
+
 /// A GitHub repository `username/manifests` served over SSH, and a config directory for it.
 pub struct World {
     pub gh: FakeGitHub,
@@ -43,16 +59,8 @@ impl World {
     pub fn new(tag: &str, path: &str, kubeconfig: &Path) -> World {
         let ssh = SshGitServer::start();
         let repo = ssh.create_repo(&format!("manifests-{tag}"));
-        let gh = FakeGitHub::start();
         let token = token(tag);
-        gh.add_token(&token, TokenSpec::fine_grained("username"));
-        gh.add_repo(
-            RepoSpec::new("username", "manifests")
-                .branch("main", repo.seeded_commit())
-                .ssh_url(&ssh.url(&repo)),
-        );
-        gh.set_host_keys(&[ssh.host_key()]);
-        gh.set_authorized_keys_file(ssh.authorized_keys_path());
+        let gh = github_serving(&ssh, &repo, &token);
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("config")).unwrap();
         let w = World {
