@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kube::Api;
 use support::cluster;
-use support::fake_github::RepoSpec;
+use support::fake_github::{Access, RepoSpec, TokenSpec};
 use support::world::{
     self, SilentServer, World, condition_status, flux_api, key_in_cluster,
     reconcile_git_repository, signal,
@@ -413,10 +413,26 @@ impl Drop for Paused {
 
 /// Defect 4: a commit lands (a Renovate merge) while bootstrap waits. source-controller is
 /// paused until the commit is pushed, so that Flux first fetches the new head: Ready at a newer
-/// head of the branch is synced, not a timeout.
+/// head of the branch is synced, not a timeout. The head is read from GitHub's API.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_landing_during_the_wait_counts_as_synced() {
-    let (c, _exclusive, w) = fresh("moving").await;
+    the_branch_moves_while_bootstrap_waits("moving", Access::Read).await;
+}
+
+/// Defect 4 with a token that cannot read contents (Metadata and Administration only, a
+/// private repository): GitHub answers 403 for the branch, so the new head is read over SSH
+/// with the deploy key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_landing_during_the_wait_counts_as_synced_without_contents_access() {
+    the_branch_moves_while_bootstrap_waits("movingssh", Access::None).await;
+}
+
+async fn the_branch_moves_while_bootstrap_waits(tag: &str, contents: Access) {
+    let (c, _exclusive, w) = fresh(tag).await;
+    w.gh.add_token(
+        &w.token,
+        TokenSpec::fine_grained("username").contents(contents),
+    );
     let source = c
         .flux_pid("source-controller")
         .expect("source-controller runs");
@@ -437,20 +453,31 @@ async fn a_commit_landing_during_the_wait_counts_as_synced() {
     assert_eq!(r.code, 0, "{}", r.transcript());
     assert_has(
         &r,
-        &format!(
-            "- GitRepository `flux-system/flux-system` is Ready at {} (`main` moved on from {} while bootstrap waited)",
-            &newer[..12],
-            &proven[..12]
-        ),
+        &format!("debug: Flux reports {0}; `main` is at {0}", &newer[..12]),
     );
-    assert_has(
-        &r,
-        &format!(
-            "- Kustomization `flux-system/flux-system` is Ready at {} (`main` moved on from {} while bootstrap waited)",
-            &newer[..12],
-            &proven[..12]
-        ),
-    );
+    if contents == Access::None {
+        // GitHub refused every branch read, so the head the run names came over SSH.
+        let branch_reads: Vec<u16> =
+            w.gh.requests()
+                .iter()
+                .filter(|q| q.path.ends_with("/branches/main"))
+                .map(|q| q.status)
+                .collect();
+        assert!(
+            !branch_reads.is_empty() && branch_reads.iter().all(|s| *s == 403),
+            "{branch_reads:?}"
+        );
+    }
+    for kind in ["GitRepository", "Kustomization"] {
+        assert_has(
+            &r,
+            &format!(
+                "- {kind} `flux-system/flux-system` is Ready at {} (`main` moved on from {} while bootstrap waited)",
+                &newer[..12],
+                &proven[..12]
+            ),
+        );
+    }
 }
 
 /// Defect 5, SSH: a server that accepts TCP and never answers kept the run going forever with
