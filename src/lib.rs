@@ -8,7 +8,8 @@
 //! - [`cluster`]: the Kubernetes API server, through kube-rs.
 //!
 //! Pure logic beside them: [`repo_url`], [`branch`], [`repo_path`], [`token`] check and normalise
-//! values; [`keys`] makes deploy keys in memory; [`flux`] builds the Flux objects; [`online`]
+//! values; [`token_host`] keeps the token to its own host; [`keys`] makes deploy keys in
+//! memory; [`flux`] builds the Flux objects; [`online`]
 //! turns GitHub's answers into findings; [`diag`] holds findings. [`cmd`] has one module per
 //! subcommand; [`output`] is the only module that prints.
 
@@ -28,6 +29,7 @@ pub mod output;
 pub mod repo_path;
 pub mod repo_url;
 pub mod token;
+pub mod token_host;
 
 use std::process::ExitCode;
 
