@@ -482,7 +482,8 @@ struct BasicError {
     errors: Vec<ValidationError>,
 }
 
-fn install_crypto_provider() {
+/// rustls needs one process-wide crypto provider (ring) before the first client is built.
+pub(crate) fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if rustls::crypto::CryptoProvider::get_default().is_none() {

@@ -5,7 +5,9 @@
 //! - [`git`] and [`git_remote`]: git2, for the local repository (secrets hygiene) and for the
 //!   remote one (the deploy key's proof over SSH);
 //! - [`github`]: GitHub's REST API, through reqwest;
-//! - [`cluster`]: the Kubernetes API server, through kube-rs.
+//! - [`cluster`]: the Kubernetes API server, through kube-rs;
+//! - [`manifests`]: Flux's install manifests, from a file or an `https://` URL, size-capped and
+//!   hashed.
 //!
 //! Pure logic beside them: [`repo_url`], [`branch`], [`repo_path`], [`token`] check and normalise
 //! values; [`token_host`] keeps the token to its own host; [`keys`] makes deploy keys in
@@ -24,6 +26,7 @@ pub mod git;
 pub mod git_remote;
 pub mod github;
 pub mod keys;
+pub mod manifests;
 pub mod online;
 pub mod output;
 pub mod repo_path;

@@ -78,6 +78,11 @@ impl TokenHost {
         let distance = crate::config::levenshtein(&repo_host, &self.0);
         Some(if (1..=2).contains(&distance) {
             d.with_hint(format!("did you mean `{}`?", self.0))
+        } else if repo_host == DEFAULT_HOST {
+            d.with_hint(format!(
+                "point `repo` at `{}`, or change {host_setting} (without it, the token is for `{DEFAULT_HOST}`)",
+                self.0
+            ))
         } else {
             d.with_hint(format!(
                 "if `{repo_host}` is your GitHub Enterprise Server, set {host_setting} to `{repo_host}`"

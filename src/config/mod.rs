@@ -204,23 +204,30 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
     }
 
     // The token's host, and `repo` checked against it (no request is made before this).
+    // An invalid host was reported already; `repo` is not checked against a stand-in.
+    let mut host_ok = true;
     let mut token_host = TokenHost::default();
     let setting = match file_host {
         Some(host) => {
-            token_host = host.unwrap_or_default();
+            host_ok = host.is_ok();
+            token_host = host.ok().flatten().unwrap_or_default();
             format!("`host:` in `{}`", secrets_path.display())
         }
         None => {
             if let Some(value) = &env.host {
                 match TokenHost::parse(value) {
                     Ok(h) => token_host = h,
-                    Err(d) => report.push(d.in_file(format!("${HOST_ENV}"))),
+                    Err(d) => {
+                        host_ok = false;
+                        report.push(d.in_file(format!("${HOST_ENV}")));
+                    }
                 }
             }
-            format!("`{HOST_ENV}` beside `{TOKEN_ENV}`")
+            format!("`{HOST_ENV}` (beside `{TOKEN_ENV}`)")
         }
     };
     if secrets != Secrets::Ignored
+        && host_ok
         && let Some((repo, pos)) = &repo_at
         && let Some(d) = token_host.check_repo(repo, &setting)
     {
@@ -401,14 +408,15 @@ fn parse_secrets_bytes(
     name: &str,
     auth: Auth,
     report: &mut Report,
-) -> (Option<Token>, Source, Option<TokenHost>) {
-    let mut host = None;
+) -> (Option<Token>, Source, Result<Option<TokenHost>, ()>) {
+    // `Ok(None)`: no `host:`; `Err`: an invalid one (reported).
+    let mut host = Ok(None);
     let (token, source) = with_fields(bytes, name, true, SECRETS_KEYS, report, |ctx| {
         if let Some((value, node)) = ctx.string("host", false) {
             let pos = ctx.value_position(&node, &value);
             host = TokenHost::parse(&value)
-                .map_err(|d| ctx.report.push(d.at(name, pos)))
-                .ok();
+                .map(Some)
+                .map_err(|d| ctx.report.push(d.at(name, pos)));
         }
         ctx.string("token", true).map(|(value, node)| {
             let pos = ctx.value_position(&node, &value);
