@@ -232,6 +232,21 @@ fn the_canary_token_never_appears() {
             Some(format!("token: {token}\n")),
         ),
         (
+            "repo on another host than the token's",
+            "repo: https://githb.com/username/manifests.git\nbranch: main\n".into(),
+            Some(format!("token: {token}\n")),
+        ),
+        (
+            "token pasted as the host",
+            good_flux.into(),
+            Some(format!("token: {token}\nhost: {token}\n")),
+        ),
+        (
+            "token behind a terminal escape",
+            format!("repo: https://github.com/o/r\nbranch: \"\\e[2J{token}\"\n"),
+            Some(format!("token: {token}\n")),
+        ),
+        (
             "installation token for auth token",
             format!("{good_flux}auth: token\n"),
             Some(format!("token: ghs_{}\n", &token[4..])),
