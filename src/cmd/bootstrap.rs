@@ -744,9 +744,9 @@ async fn read_manifests(
     pinned: Option<&str>,
     ui: &Ui,
 ) -> anyhow::Result<Vec<Value>> {
-    let fetched = manifests::fetch(source, pinned).await.context(
-        "cannot read the Flux manifests; pass `--flux-manifests FILE` or an `https://` URL",
-    )?;
+    let fetched = manifests::fetch(source, pinned)
+        .await
+        .context("cannot use the Flux manifests")?;
     ui.step(&format!(
         "- the Flux manifests `{source}` have SHA-256 {}{}",
         fetched.sha256,
