@@ -550,14 +550,7 @@ fn read_document(
             let d = match e {
                 YamlError::Syntax { message, pos } => {
                     Diagnostic::error(Code::YamlSyntax, format!("invalid YAML: {message}"))
-                        .at(
-                            name,
-                            Position {
-                                line: pos.line,
-                                column: pos.column,
-                                width: 1,
-                            },
-                        )
+                        .at(name, mark(pos, 1))
                         .with_hint(
                             "check the indentation and quoting on this line and the one before",
                         )
@@ -566,27 +559,13 @@ fn read_document(
                     Code::MultipleDocuments,
                     "the file holds more than one YAML document",
                 )
-                .at(
-                    name,
-                    Position {
-                        line: pos.line,
-                        column: pos.column,
-                        width: 3,
-                    },
-                )
+                .at(name, mark(pos, 3))
                 .with_hint("keep one document: remove this `---` and what follows, or merge it"),
                 YamlError::Alias { pos } => Diagnostic::error(
                     Code::AliasNotAllowed,
                     "YAML aliases (`*name`) are not allowed in configuration files",
                 )
-                .at(
-                    name,
-                    Position {
-                        line: pos.line,
-                        column: pos.column,
-                        width: 1,
-                    },
-                )
+                .at(name, mark(pos, 1))
                 .with_hint("write the value out"),
                 YamlError::TooDeep { pos } => Diagnostic::error(
                     Code::TooDeep,
@@ -595,14 +574,7 @@ fn read_document(
                         yaml::MAX_DEPTH
                     ),
                 )
-                .at(
-                    name,
-                    Position {
-                        line: pos.line,
-                        column: pos.column,
-                        width: 1,
-                    },
-                )
+                .at(name, mark(pos, 1))
                 .with_hint("every value of this file is one line: `key: value`"),
             };
             report.push(d);
@@ -622,21 +594,11 @@ fn read_document(
                     format!("the file holds {what}, not a mapping of keys to values"),
                 )
             };
-            report.push(
-                d.at(
-                    name,
-                    Position {
-                        line: doc.pos.line,
-                        column: doc.pos.column,
-                        width: 1,
-                    },
-                )
-                .with_hint(if secret {
-                    "the file is `token: \"github_pat_...\"`"
-                } else {
-                    "the file is `key: value` lines, like `repo: https://github.com/owner/repo.git`"
-                }),
-            );
+            report.push(d.at(name, mark(doc.pos, 1)).with_hint(if secret {
+                "the file is `token: \"github_pat_...\"`"
+            } else {
+                "the file is `key: value` lines, like `repo: https://github.com/owner/repo.git`"
+            }));
             return Err(source);
         }
     };
@@ -651,14 +613,7 @@ fn read_document(
                         Code::WrongType,
                         format!("a key is {}, not a name", key.describe()),
                     )
-                    .at(
-                        name,
-                        Position {
-                            line: key.pos.line,
-                            column: key.pos.column,
-                            width: 1,
-                        },
-                    )
+                    .at(name, mark(key.pos, 1))
                     .with_hint(format!("keys are names: {}", list(known))),
                 );
                 continue;
@@ -669,11 +624,7 @@ fn read_document(
         } else {
             format!("`{key_name}`")
         };
-        let key_pos = Position {
-            line: key.pos.line,
-            column: key.pos.column,
-            width: key_name.chars().count().max(1),
-        };
+        let key_pos = mark(key.pos, key_name.chars().count().max(1));
         if let Some((_, first, _)) = fields.iter().find(|(k, _, _)| *k == key_name) {
             report.push(
                 Diagnostic::error(Code::DuplicateKey, format!("duplicate key {shown}"))
@@ -781,11 +732,7 @@ impl Fields<'_> {
                 None
             }
             _ => {
-                let pos = Position {
-                    line: value.pos.line,
-                    column: value.pos.column,
-                    width: 1,
-                };
+                let pos = mark(value.pos, 1);
                 self.report.push(
                     Diagnostic::error(
                         Code::WrongType,
@@ -803,11 +750,7 @@ impl Fields<'_> {
     fn value_position(&self, node: &Node, value: &str) -> Position {
         let first_line = value.lines().next().unwrap_or("");
         let width = first_line.chars().count() + 2 * quote_len(node);
-        Position {
-            line: node.pos.line,
-            column: node.pos.column,
-            width: width.max(1),
-        }
+        mark(node.pos, width.max(1))
     }
 
     /// `apiVersion` / `kind`: optional, but only with the one accepted value.
@@ -827,6 +770,15 @@ impl Fields<'_> {
                 );
             }
         }
+    }
+}
+
+/// A finding's position at a YAML node's position, marking `width` characters.
+fn mark(pos: yaml::Pos, width: usize) -> Position {
+    Position {
+        line: pos.line,
+        column: pos.column,
+        width,
     }
 }
 
