@@ -121,10 +121,19 @@ pub enum Secrets {
 
 /// What the environment holds for the configuration (`HOMELAB_FLUX_TOKEN`,
 /// `HOMELAB_FLUX_GITHUB_HOST`), read by the caller so that tests pass literals.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Env {
     pub token: Option<String>,
     pub host: Option<String>,
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Env")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("host", &self.host)
+            .finish()
+    }
 }
 
 impl Env {
@@ -881,6 +890,19 @@ mod tests {
         assert!(report.is_empty(), "{report:?}");
         let shown = format!("{token:?} {:?}", Source::secret("s", TOKEN));
         assert!(!shown.contains(&TOKEN[4..]), "{shown}");
+    }
+
+    #[test]
+    fn debug_of_the_environment_never_shows_the_token() {
+        let env = Env {
+            token: Some(TOKEN.to_string()),
+            host: Some("github.com".into()),
+        };
+        let shown = format!("{env:?}");
+        assert!(
+            !shown.contains(&TOKEN[4..]) && shown.contains("github.com"),
+            "{shown}"
+        );
     }
 
     /// Found by the fuzzer: a duplicate or unknown key was reported, yet the value came back.
