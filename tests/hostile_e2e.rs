@@ -1,10 +1,15 @@
-//! `bootstrap --flux-manifests URL` through the real binary on a cluster without Flux (the test
-//! environment with its CRDs deleted), against a manifest server on loopback, over https (a CA
-//! made with `openssl` for the test, trusted through `SSL_CERT_FILE`) and plain http:
-//! redirects only to https, the size cap with and without a `Content-Length`, the SHA-256 printed
-//! and pinned. Every refusal happens before anything is applied: the cluster stays without Flux.
+//! Hostile input that needs the real cluster, through the real binary.
 //!
-//! The cluster is taken exclusively for the whole binary (it deletes the CRDs).
+//! `bootstrap --flux-manifests URL` on a cluster without Flux (the test environment with its CRDs
+//! deleted), against a manifest server on loopback, over https (a CA made with `openssl` for the
+//! test, trusted through `SSL_CERT_FILE`) and plain http: redirects only to https, the size cap
+//! with and without a `Content-Length`, the SHA-256 printed and pinned. Every refusal happens
+//! before anything is applied: the cluster stays without Flux.
+//!
+//! `status` with Flux conditions whose reason and message carry terminal escapes (they are
+//! written by whoever controls the repository's content): shown escaped, in text and JSON.
+//!
+//! Both tests take the cluster exclusively (one deletes the CRDs); each sets up what it needs.
 
 mod support;
 
@@ -21,13 +26,16 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use support::cli::{Run, assert_no_leak, command, run_with_limit};
 use support::cluster;
 use support::fake_github::{FakeGitHub, RepoSpec, TokenSpec, fake_sha};
 
-/// The manifest served at `/install.yaml`.
-const MANIFEST: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flux-system\n";
+/// The manifest served at `/install.yaml`: a Namespace that nothing else creates, so that its
+/// absence proves nothing of the manifest was applied.
+const PROBE: &str = "homelab-flux-manifest-probe";
+const MANIFEST: &str =
+    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: homelab-flux-manifest-probe\n";
 /// One byte over the binary's cap (16 MiB).
 const HUGE: usize = 16 * 1024 * 1024 + 1;
 
@@ -199,7 +207,7 @@ fn error_line(r: &Run, ports: &[(u16, &str)]) -> String {
     line
 }
 
-/// Flux is still not installed: no Namespace `flux-system`, no Flux CRD.
+/// Flux is still not installed: no Namespace from the manifest, no Flux CRD.
 fn assert_nothing_applied(context: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -208,7 +216,7 @@ fn assert_nothing_applied(context: &str) {
     let (ns, crd) = runtime.block_on(async {
         let client = cluster::cluster().client().await;
         let ns = Api::<Namespace>::all(client.clone())
-            .get_opt("flux-system")
+            .get_opt(PROBE)
             .await
             .unwrap();
         let crd = Api::<CustomResourceDefinition>::all(client)
@@ -308,4 +316,91 @@ fn flux_manifests_come_over_https_within_the_cap_and_as_pinned() {
     assert_nothing_applied("dry run");
 
     c.install_crds();
+}
+
+/// The reason and message of a Flux condition come from the controllers, and so, in parts, from
+/// the repository's content (a path, an error of kustomize): `status` shows them escaped.
+#[test]
+fn status_shows_flux_messages_escaped() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive_blocking();
+    c.install_crds();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let message = "kustomization path not found: ./\u{1b}]52;c;cm0gLXJmIH4=\u{7}\nok: all Ready \u{1b}[2J\u{202e}\u{9b}";
+    runtime.block_on(async {
+        let client = c.client().await;
+        let ns: Api<Namespace> = Api::all(client.clone());
+        let ssa = PatchParams::apply("homelab-flux-test").force();
+        ns.patch(
+            "flux-system",
+            &ssa,
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}
+            })),
+        )
+        .await
+        .unwrap();
+        for (group, kind, plural, spec) in [
+            (
+                "source.toolkit.fluxcd.io",
+                "GitRepository",
+                "gitrepositories",
+                serde_json::json!({"interval": "1m0s", "url": "ssh://git@github.com/o/r.git", "ref": {"branch": "main"}}),
+            ),
+            (
+                "kustomize.toolkit.fluxcd.io",
+                "Kustomization",
+                "kustomizations",
+                serde_json::json!({"interval": "10m0s", "path": "./", "prune": true,
+                    "sourceRef": {"kind": "GitRepository", "name": "flux-system"}}),
+            ),
+        ] {
+            let ar = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(group, "v1", kind),
+                plural,
+            );
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "flux-system", &ar);
+            let object = serde_json::json!({
+                "apiVersion": format!("{group}/v1"), "kind": kind,
+                "metadata": {"name": "flux-system", "namespace": "flux-system"},
+                "spec": spec,
+            });
+            api.patch("flux-system", &ssa, &Patch::Apply(object))
+                .await
+                .unwrap();
+            let status = serde_json::json!({"status": {"observedGeneration": 1, "conditions": [{
+                "type": "Ready", "status": "False", "reason": "BuildFailed",
+                "message": message, "lastTransitionTime": "2026-12-01T00:00:00Z",
+                "observedGeneration": 1,
+            }]}});
+            api.patch_status("flux-system", &PatchParams::default(), &Patch::Merge(status))
+                .await
+                .unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut transcript = String::new();
+    for format in ["text", "json"] {
+        let mut cmd = command(dir.path());
+        cmd.args(["status", "--format", format, "--kubeconfig"])
+            .arg(c.kubeconfig_path());
+        let r = run_with_limit(cmd, Duration::from_secs(60));
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(
+            !r.stdout
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{format}: {}",
+            r.stdout
+        );
+        if format == "json" {
+            let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+            assert_eq!(doc["objects"][0]["message"], message);
+        }
+        transcript.push_str(&format!("$ status --format {format}\n{}\n", r.transcript()));
+    }
+    insta::assert_snapshot!("status_escapes", transcript);
 }
