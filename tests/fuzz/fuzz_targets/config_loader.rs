@@ -94,9 +94,14 @@ fn deep_yaml(program: &[u8]) -> String {
     let mut out = String::from("repo: https://github.com/o/r\nx:");
     let mut indent = 0usize;
     let mut closers = String::new();
-    for &b in program.iter().take(400) {
+    // Capped like a real file (indented maps grow quadratically otherwise): a few bytes more
+    // than the 64 KiB the loader refuses anyway.
+    'program: for &b in program {
         let run = usize::from(b >> 2) + 1;
         for _ in 0..run {
+            if out.len() > 70_000 {
+                break 'program;
+            }
             match b & 0b11 {
                 0 => out.push_str(" -"),
                 1 => {
