@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject};
-use support::cli::{Run, assert_no_leak, command, run_with_limit};
+use support::cli::{Run, Spawned, assert_no_leak, command, run_with_limit};
 use support::cluster;
 use support::fake_github::{FakeGitHub, RepoSpec, TokenSpec};
 use support::git_server::{
@@ -21,6 +21,10 @@ use support::git_server::{
 };
 
 const TITLE: &str = "homelab-flux homelab-test";
+
+/// The progress line a run prints once its watch on the GitRepository has delivered the object
+/// and no controller has reported on it yet: the run is in its wait.
+const WAITING_LINE: &str = "  GitRepository `flux-system`: waiting for the controller";
 
 /// A fine-grained token shaped like GitHub's, unique per test. The tag is scrambled into letters
 /// that no hex SHA holds: spelled out, it would show in repository names and trip the leak check.
@@ -110,6 +114,18 @@ impl World {
 
     fn run(&self, args: &[&str]) -> Run {
         let r = run_with_limit(self.command(args), Duration::from_secs(300));
+        self.check(&r, args);
+        r
+    }
+
+    /// Starts a run whose output the test can wait on; [`World::finish`] ends it.
+    fn spawn(&self, args: &[&str]) -> Spawned {
+        Spawned::start(self.command(args))
+    }
+
+    /// Waits for a spawned run (a hang guard of 300 s) and checks it like [`World::run`].
+    fn finish(&self, run: Spawned, args: &[&str]) -> Run {
+        let r = run.finish(Duration::from_secs(300));
         self.check(&r, args);
         r
     }
@@ -729,31 +745,18 @@ async fn the_api_server_stopped_before_or_during_a_bootstrap() {
     assert_has(&r, &unreachable);
     c.start_api_server();
 
-    // Stopped during the wait: the controllers are stopped so that the wait cannot end first.
+    // Stopped during the wait: the controllers are stopped so that the wait cannot end first,
+    // and the server is stopped once the run says it is waiting (its first progress line comes
+    // from the watch it opened), not when the objects merely show up in the API: the run may
+    // not have read the answer to its own apply by then.
     c.stop_flux();
-    let stopper = std::thread::spawn(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while object(
-                "Kustomization",
-                "kustomizations",
-                "kustomize.toolkit.fluxcd.io",
-            )
-            .await
-            .is_none()
-            {
-                assert!(Instant::now() < deadline, "bootstrap never applied");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        cluster::cluster().stop_api_server();
-    });
-    let r = w.bootstrap(&[]);
-    stopper.join().unwrap();
+    let run = w.spawn(&["bootstrap", "--timeout", "150s"]);
+    assert!(
+        run.wait_for_stderr(WAITING_LINE, Duration::from_secs(240)),
+        "the run ended before it waited"
+    );
+    c.stop_api_server();
+    let r = w.finish(run, &["bootstrap"]);
     assert_eq!(r.code, 2, "{}", r.transcript());
     assert_has(&r, "- Kustomization `flux-system/flux-system` created");
     assert!(r.stderr.contains(&unreachable_prefix), "{}", r.stderr);
@@ -999,42 +1002,18 @@ async fn an_interrupted_bootstrap_says_so_and_the_next_run_converges() {
     c.stop_flux(); // so that the wait cannot end before the interrupt
     let w = World::new("interrupted", "./clusters/home");
     let args = ["bootstrap", "--timeout", "150s"];
-    let mut child = w
-        .command(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while object(
-        "Kustomization",
-        "kustomizations",
-        "kustomize.toolkit.fluxcd.io",
-    )
-    .await
-    .is_none()
-    {
-        assert!(Instant::now() < deadline, "bootstrap never applied");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await; // into the wait
+    let run = w.spawn(&args);
+    // Into the wait: its first progress line comes from the watch it opened.
+    assert!(
+        run.wait_for_stderr(WAITING_LINE, Duration::from_secs(240)),
+        "the run ended before it waited"
+    );
     let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &run.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "bootstrap ignored Ctrl-C");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let out = child.wait_with_output().unwrap();
-    let r = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    w.check(&r, &args);
+    let r = w.finish(run, &args);
     assert_eq!(r.code, 2, "{}", r.transcript());
     assert!(
         r.stderr.ends_with("\nerror: interrupted; run `homelab-flux bootstrap` again: it finishes what this run started\n"),

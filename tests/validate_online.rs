@@ -104,7 +104,8 @@ fn the_requests_are_in_flight_together() {
         TokenSpec::fine_grained("username"),
         "branch: main\n",
     );
-    c.gh.set_delay(Duration::from_millis(100));
+    // Answers are held until all four requests are in flight: a sequential client would show 1.
+    c.gh.hold_until_in_flight(4, Duration::from_secs(20));
     let r = c.validate(&[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(c.gh.requests().len(), 4);

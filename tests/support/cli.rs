@@ -1,7 +1,9 @@
 //! Running the real `homelab-flux` binary in a scratch directory, and the canary-token check.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -53,33 +55,136 @@ impl Run {
 }
 
 /// Runs a command, killing it if it takes longer than `limit` (a hang guard, not a speed test).
-pub fn run_with_limit(mut cmd: Command, limit: Duration) -> Run {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("failed to start homelab-flux");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait failed").is_some() {
-            break;
+/// Its output is read while it runs, so a chatty run never blocks on a full pipe.
+pub fn run_with_limit(cmd: Command, limit: Duration) -> Run {
+    Spawned::start(cmd).finish(limit)
+}
+
+/// A running `homelab-flux` whose output is collected as it is printed, so that a test can act
+/// at a point the run itself announces (a step line on stderr) rather than at a guessed moment.
+pub struct Spawned {
+    child: std::process::Child,
+    output: Arc<(Mutex<Collected>, Condvar)>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Collected {
+    stdout: String,
+    stderr: String,
+    /// Both pipes reached end of file (the process exited, or closed them).
+    closed: usize,
+}
+
+impl Spawned {
+    pub fn start(mut cmd: Command) -> Spawned {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("failed to start homelab-flux");
+        let output = Arc::new((Mutex::new(Collected::default()), Condvar::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let readers = vec![
+            collect(stdout, output.clone(), |c| &mut c.stdout),
+            collect(stderr, output.clone(), |c| &mut c.stderr),
+        ];
+        Spawned {
+            child,
+            output,
+            readers,
         }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("homelab-flux did not finish within {limit:?}");
+    }
+
+    /// The process id, to send it a signal.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Blocks until stderr holds `needle` (true), or the run closed its output without printing
+    /// it (false). `limit` is a hang guard: past it the test fails with what was printed.
+    pub fn wait_for_stderr(&self, needle: &str, limit: Duration) -> bool {
+        let (lock, changed) = &*self.output;
+        let deadline = Instant::now() + limit;
+        let mut collected = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if collected.stderr.contains(needle) {
+                return true;
+            }
+            if collected.closed == 2 {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "homelab-flux printed no `{needle}` within {limit:?}; stderr so far:\n{}",
+                collected.stderr
+            );
+            collected = changed
+                .wait_timeout(collected, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().expect("wait failed");
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+
+    /// Waits for the exit (killing the run past `limit`, a hang guard) and returns the run.
+    pub fn finish(mut self, limit: Duration) -> Run {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait failed") {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("homelab-flux did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().expect("output reader");
+        }
+        let collected =
+            std::mem::take(&mut *self.output.0.lock().unwrap_or_else(|e| e.into_inner()));
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: collected.stdout,
+            stderr: collected.stderr,
+        }
     }
+}
+
+/// Copies a pipe into the collected output as it arrives, waking waiters on every chunk.
+fn collect(
+    mut pipe: impl Read + Send + 'static,
+    output: Arc<(Mutex<Collected>, Condvar)>,
+    field: fn(&mut Collected) -> &mut String,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 8192];
+        let mut pending = Vec::new();
+        loop {
+            let n = pipe.read(&mut buffer).unwrap_or(0);
+            let (lock, changed) = &*output;
+            let mut collected = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if n == 0 {
+                field(&mut collected).push_str(&String::from_utf8_lossy(&pending));
+                collected.closed += 1;
+                changed.notify_all();
+                return;
+            }
+            pending.extend_from_slice(&buffer[..n]);
+            // Only whole UTF-8 sequences are appended; a split one waits for its rest.
+            let valid = match std::str::from_utf8(&pending) {
+                Ok(_) => pending.len(),
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                Err(_) => pending.len(),
+            };
+            let text: Vec<u8> = pending.drain(..valid).collect();
+            field(&mut collected).push_str(&String::from_utf8_lossy(&text));
+            changed.notify_all();
+        }
+    })
 }
 
 /// Runs with a generous hang guard.

@@ -47,6 +47,8 @@ const ETCD_READY: Duration = Duration::from_secs(30);
 const APISERVER_READY: Duration = Duration::from_secs(90);
 const CRDS_ESTABLISHED: Duration = Duration::from_secs(60);
 const CONTROLLER_READY: Duration = Duration::from_secs(60);
+/// A hang guard for CRD deletion once no object of the CRD is left (seconds when idle).
+const CRDS_DELETED: Duration = Duration::from_secs(180);
 
 /// The Flux CRDs `tests/env/setup` extracts, all of which the environment installs.
 pub const FLUX_CRDS: [&str; 7] = [
@@ -313,19 +315,42 @@ impl Cluster {
 
     /// Deletes the seven Flux CRDs (and so every Flux object) and waits until they are gone: a
     /// cluster where Flux was never installed. [`Cluster::install_crds`] undoes it.
+    ///
+    /// The Flux objects go first, their finalizers removed: the controllers may not be running
+    /// to remove them, and the API server's CRD finalizer would otherwise wait on every such
+    /// object (a minute at a time) before it lets the CRD go.
     pub fn delete_crds(&self) {
         let kubeconfig = self.kubeconfig.clone();
         block_on(async move {
             let client = client_for(&kubeconfig).await?;
-            let api: Api<CustomResourceDefinition> = Api::all(client);
+            let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+            for name in FLUX_CRDS {
+                if let Some(crd) = api.get_opt(name).await? {
+                    delete_all_instances(&client, &crd).await?;
+                }
+            }
             for name in FLUX_CRDS {
                 let _ = api.delete(name, &Default::default()).await;
             }
-            let deadline = Instant::now() + CRDS_ESTABLISHED;
+            let deadline = Instant::now() + CRDS_DELETED;
             for name in FLUX_CRDS {
-                while api.get_opt(name).await?.is_some() {
+                while let Some(crd) = api.get_opt(name).await? {
                     if Instant::now() > deadline {
-                        bail!("CRD `{name}` still there after {CRDS_ESTABLISHED:?}");
+                        let conditions = crd
+                            .status
+                            .and_then(|status| status.conditions)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| {
+                                format!(
+                                    "{}={} {}",
+                                    c.type_,
+                                    c.status,
+                                    c.message.as_deref().unwrap_or("")
+                                )
+                            })
+                            .collect::<Vec<_>>();
+                        bail!("CRD `{name}` still there after {CRDS_DELETED:?}: {conditions:?}");
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -636,6 +661,50 @@ current-context: {CONTEXT}
     }
 }
 
+/// Deletes every object of a CRD in every namespace, removing finalizers first (nobody may be
+/// running to honour them), and waits until none is left.
+async fn delete_all_instances(client: &kube::Client, crd: &CustomResourceDefinition) -> Result<()> {
+    let version = crd
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.storage)
+        .map_or("v1", |v| v.name.as_str());
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(&crd.spec.group, version, &crd.spec.names.kind),
+        &crd.spec.names.plural,
+    );
+    let all: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+    let deadline = Instant::now() + CRDS_DELETED;
+    loop {
+        let left = all.list(&Default::default()).await?.items;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} objects of `{}` still there after {CRDS_DELETED:?}",
+                left.len(),
+                crd.spec.names.plural
+            );
+        }
+        for object in &left {
+            let (Some(name), Some(namespace)) = (&object.metadata.name, &object.metadata.namespace)
+            else {
+                continue;
+            };
+            let api: Api<kube::api::DynamicObject> =
+                Api::namespaced_with(client.clone(), namespace, &resource);
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            let _ = api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            let _ = api.delete(name, &Default::default()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A client for the context [`CONTEXT`] of a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
     let file = Kubeconfig::read_from(kubeconfig)
@@ -853,9 +922,10 @@ impl Process {
         // test binary would leave the program running. Wait for the exec (a few ms).
         let exe = Path::new("/proc").join(child.id().to_string()).join("exe");
         let start = Instant::now();
-        while fs::read_link(&exe).is_ok_and(|path| path.ends_with("setpriv"))
-            && start.elapsed() < Duration::from_secs(5)
-        {
+        while fs::read_link(&exe).is_ok_and(|path| path.ends_with("setpriv")) {
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("{name} was not exec'd by setpriv within 60 s");
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(Process {

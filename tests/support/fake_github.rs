@@ -358,12 +358,17 @@ struct State {
     log: Vec<LoggedRequest>,
     in_flight: usize,
     max_in_flight: usize,
+    /// Answers are held until this many requests are in flight (or the deadline passes).
+    gate: Option<(usize, Duration)>,
 }
 
 struct App {
     base: String,
     refs: References,
     state: Mutex<State>,
+    /// The high-water mark of requests in flight, for [`FakeGitHub::hold_until_in_flight`]: it
+    /// only grows, so a waiter woken late (after the first answers went out) still sees it.
+    most_in_flight: tokio::sync::watch::Sender<usize>,
 }
 
 /// The running fake. Dropping it stops the server.
@@ -410,6 +415,7 @@ impl FakeGitHub {
                 host_keys,
                 ..State::default()
             }),
+            most_in_flight: tokio::sync::watch::Sender::new(0),
         });
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let served = app.clone();
@@ -563,6 +569,14 @@ impl FakeGitHub {
         self.state().delay = delay;
     }
 
+    /// Holds every answer until `count` requests are in flight at once, or until `limit` has
+    /// passed since the request arrived. A client that really sends them together is answered
+    /// as soon as the last one arrives, on a loaded machine too; one that sends them one after
+    /// another waits out `limit` on each and shows a high-water mark of 1.
+    pub fn hold_until_in_flight(&self, count: usize, limit: Duration) {
+        self.state().gate = Some((count, limit));
+    }
+
     /// The next `count` requests fail with `status` (a 5xx) and errors.json `server-error-500`'s
     /// body (GitHub docs "Timeouts": "Server Error"; the spec's `internal_error` response).
     pub fn fail_next(&self, count: usize, status: u16) {
@@ -613,6 +627,7 @@ impl FakeGitHub {
         let mut state = self.state();
         state.log.clear();
         state.max_in_flight = 0;
+        self.app.most_in_flight.send_replace(0);
     }
 }
 
@@ -785,12 +800,17 @@ impl App {
                     .or_else(|| v.strip_prefix("token "))
             })
             .map(str::to_owned);
-        let delay = {
+        let (delay, gate) = {
             let mut state = self.state();
             state.in_flight += 1;
             state.max_in_flight = state.max_in_flight.max(state.in_flight);
-            state.delay
+            self.most_in_flight.send_replace(state.max_in_flight);
+            (state.delay, state.gate)
         };
+        if let Some((count, limit)) = gate {
+            let mut most = self.most_in_flight.subscribe();
+            let _ = tokio::time::timeout(limit, most.wait_for(|n| *n >= count)).await;
+        }
         let body = req
             .into_body()
             .collect()

@@ -23,7 +23,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::cluster::{Process, free_port, run, scratch_dir, tail};
 
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// A hang guard for a server to start listening (well under a second when idle).
+const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Name of the ConfigMap in every seeded repository's `clusters/home`.
 pub const SEED_CONFIG_MAP: &str = "homelab-seed";
