@@ -157,6 +157,31 @@ pub struct Cluster {
     server: String,
 }
 
+/// Credential plugins of the kubeconfig (an `exec` command, an auth provider's `cmd-path`)
+/// inherit this process's environment: `HOMELAB_FLUX_TOKEN` is removed from theirs, since a
+/// cluster's credential helper has no business with the GitHub token.
+fn keep_token_from_plugins(kc: &mut Kubeconfig) {
+    let token_env = crate::config::TOKEN_ENV;
+    for named in &mut kc.auth_infos {
+        let Some(info) = named.auth_info.as_mut() else {
+            continue;
+        };
+        if let Some(exec) = info.exec.as_mut() {
+            exec.drop_env
+                .get_or_insert_with(Vec::new)
+                .push(token_env.to_string());
+        }
+        if let Some(provider) = info.auth_provider.as_mut() {
+            let drop = provider
+                .config
+                .entry("cmd-drop-env".to_string())
+                .or_default();
+            drop.push(' ');
+            drop.push_str(token_env);
+        }
+    }
+}
+
 impl Cluster {
     /// Connects with `--kubeconfig`, else `KUBECONFIG`, else `~/.kube/config`; `--context`, else
     /// the current context. Nothing is sent yet.
@@ -169,6 +194,8 @@ impl Cluster {
             None => Kubeconfig::read(),
         }
         .map_err(Error::Kubeconfig)?;
+        let mut kc = kc;
+        keep_token_from_plugins(&mut kc);
         let name = match context {
             Some(c) => c.to_string(),
             None => kc.current_context.clone().unwrap_or_default(),

@@ -66,6 +66,7 @@ codes! {
     MissingKey = "HF010", "missing-key";
     AliasNotAllowed = "HF011", "alias-not-allowed";
     BadHeader = "HF012", "bad-header";
+    TooDeep = "HF013", "nesting-too-deep";
     RepoScheme = "HF020", "repo-scheme";
     RepoCredentials = "HF021", "repo-credentials";
     RepoQuery = "HF022", "repo-query-or-fragment";
@@ -75,6 +76,7 @@ codes! {
     RepoName = "HF026", "repo-name";
     RepoHost = "HF027", "repo-host";
     EnterpriseHost = "HF028", "enterprise-host";
+    RepoHostNotTokenHost = "HF029", "repo-host-not-token-host";
     BranchInvalid = "HF030", "branch-invalid";
     BranchFullRef = "HF031", "branch-full-ref";
     PathAbsolute = "HF035", "path-absolute";
@@ -93,6 +95,7 @@ codes! {
     TokenUnknownFormat = "HF049", "token-unknown-format";
     SecretsMissing = "HF050", "secrets-missing";
     TokenEmpty = "HF051", "token-empty";
+    TokenHostInvalid = "HF052", "token-host-invalid";
     SecretsTracked = "HF060", "secrets-tracked";
     SecretsNotIgnored = "HF061", "secrets-not-ignored";
     SecretsPermissions = "HF062", "secrets-permissions";
@@ -221,6 +224,11 @@ impl Report {
 
     pub fn extend(&mut self, diagnostics: impl IntoIterator<Item = Diagnostic>) {
         self.diagnostics.extend(diagnostics);
+    }
+
+    /// Drops every finding with this code (a note made moot by an error about the same value).
+    pub fn remove(&mut self, code: Code) {
+        self.diagnostics.retain(|d| d.code != code);
     }
 
     /// `--strict`: every warning becomes an error.

@@ -150,17 +150,18 @@ fn scan_tracked(
         if rel == secrets_rel {
             continue;
         }
-        let on_disk = std::fs::read(workdir.join(&rel))
-            .ok()
-            .filter(|b| b.len() <= MAX_SCAN_SIZE);
+        let on_disk = read_regular(&workdir.join(&rel));
+        // The size from the object's header first: a large blob is never loaded.
         let staged = repo
-            .find_blob(entry.id)
+            .odb()
             .ok()
-            .filter(|b| b.size() <= MAX_SCAN_SIZE)
-            .map(|b| b.content().to_vec());
+            .and_then(|odb| odb.read_header(entry.id).ok())
+            .filter(|&(size, _)| size <= MAX_SCAN_SIZE)
+            .and_then(|_| repo.find_blob(entry.id).ok());
+        let staged = staged.as_ref().map(git2::Blob::content);
         let shown = rel.display().to_string();
         if let Some(needle) = needle
-            && [&on_disk, &staged]
+            && [on_disk.as_deref(), staged]
                 .into_iter()
                 .flatten()
                 .any(|c| memchr::memmem::find(c, needle).is_some())
@@ -173,7 +174,7 @@ fn scan_tracked(
         }
         let is_yaml = rel.extension().is_some_and(|e| e == "yaml" || e == "yml");
         if is_yaml
-            && let Some(content) = on_disk.as_ref().or(staged.as_ref())
+            && let Some(content) = on_disk.as_deref().or(staged)
             && let Some(line) = plaintext_secret(&String::from_utf8_lossy(content))
         {
             {
@@ -199,6 +200,24 @@ fn scan_tracked(
             }
         }
     }
+}
+
+/// A work-tree file's content when it is a regular file (not followed through a symlink: git
+/// tracks a symlink's target path, not what it points to) of at most [`MAX_SCAN_SIZE`] bytes.
+/// A FIFO, a device or a symlink to `/dev/zero` is skipped, never opened.
+fn read_regular(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.file_type().is_file() || meta.len() > MAX_SCAN_SIZE as u64 {
+        return None;
+    }
+    let mut content = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_SCAN_SIZE as u64 + 1)
+        .read_to_end(&mut content)
+        .ok()?;
+    (content.len() <= MAX_SCAN_SIZE).then_some(content)
 }
 
 /// The line of `kind: Secret` of the first document that has data and no `sops:` key.

@@ -482,7 +482,8 @@ struct BasicError {
     errors: Vec<ValidationError>,
 }
 
-fn install_crypto_provider() {
+/// rustls needs one process-wide crypto provider (ring) before the first client is built.
+pub(crate) fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if rustls::crypto::CryptoProvider::get_default().is_none() {
@@ -531,14 +532,18 @@ impl GitHub {
         let web_roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
             .iter()
             .filter_map(|der| reqwest::Certificate::from_der(der).ok());
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .default_headers(default_headers)
             .connect_timeout(options.connect_timeout)
             .timeout(options.timeout)
-            .tls_certs_merge(web_roots)
-            .build()
-            .map_err(|source| Error::Client { source })?;
+            .tls_certs_merge(web_roots);
+        // A loopback base (the test override) is never sent through `HTTP_PROXY`: over plain
+        // http the proxy would see the `Authorization` header.
+        if is_loopback(&base) {
+            builder = builder.no_proxy();
+        }
+        let http = builder.build().map_err(|source| Error::Client { source })?;
         Ok(GitHub {
             http,
             base,

@@ -5,10 +5,13 @@
 //! - [`git`] and [`git_remote`]: git2, for the local repository (secrets hygiene) and for the
 //!   remote one (the deploy key's proof over SSH);
 //! - [`github`]: GitHub's REST API, through reqwest;
-//! - [`cluster`]: the Kubernetes API server, through kube-rs.
+//! - [`cluster`]: the Kubernetes API server, through kube-rs;
+//! - [`manifests`]: Flux's install manifests, from a file or an `https://` URL, size-capped and
+//!   hashed.
 //!
 //! Pure logic beside them: [`repo_url`], [`branch`], [`repo_path`], [`token`] check and normalise
-//! values; [`keys`] makes deploy keys in memory; [`flux`] builds the Flux objects; [`online`]
+//! values; [`token_host`] keeps the token to its own host; [`keys`] makes deploy keys in
+//! memory; [`flux`] builds the Flux objects; [`online`]
 //! turns GitHub's answers into findings; [`diag`] holds findings. [`cmd`] has one module per
 //! subcommand; [`output`] is the only module that prints.
 
@@ -23,11 +26,13 @@ pub mod git;
 pub mod git_remote;
 pub mod github;
 pub mod keys;
+pub mod manifests;
 pub mod online;
 pub mod output;
 pub mod repo_path;
 pub mod repo_url;
 pub mod token;
+pub mod token_host;
 
 use std::process::ExitCode;
 

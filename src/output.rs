@@ -19,10 +19,14 @@ use crate::diag::{Diagnostic, Report, Severity, Summary};
 /// Values that must never be printed, whatever prints them (the token, once it is read).
 static HIDDEN: Mutex<Vec<SecretString>> = Mutex::new(Vec::new());
 
-/// Registers a value that every later line of output will have masked.
+/// Registers a value that every later line of output will have masked, in its plain and its
+/// base64 form (the form a Kubernetes Secret's `data` holds it in).
 pub fn hide(secret: &SecretString) {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(secret.expose_secret());
     if let Ok(mut hidden) = HIDDEN.lock() {
         hidden.push(secret.clone());
+        hidden.push(SecretString::from(encoded));
     }
 }
 
@@ -79,9 +83,118 @@ pub fn install_panic_hook() {
         let _ = writeln!(
             io::stderr().lock(),
             "error: homelab-flux crashed{at}: {}\nThis is a bug; please report it.",
-            redact(&message)
+            escape(&redact(&message))
         );
+        // A crash is "could not run" (2), not Rust's 101; the hook runs before unwinding, so
+        // nothing half-printed follows.
+        std::process::exit(2);
     }));
+}
+
+/// Shows text safely on a terminal: C0 and C1 control characters (newlines and tabs included),
+/// DEL and the Unicode bidi controls become `\u{1b}`-style escapes, so that a value from a file,
+/// GitHub or Flux cannot move the cursor, set the clipboard (OSC 52), fake a line or reorder what
+/// is shown. Everything else is kept as it is.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        push_escaped(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+/// Characters a terminal may act on rather than show.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+                | '\u{2028}' | '\u{2029}'
+        )
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    if needs_escape(c) {
+        let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+    } else {
+        out.push(c);
+    }
+}
+
+/// JSON that is also safe on a terminal: serde_json escapes C0 controls already; DEL, C1 and
+/// bidi controls, which JSON allows raw, are escaped as `\uXXXX` too. They only ever occur
+/// inside strings, so replacing them in the finished document keeps it valid and equal.
+pub fn json_safe(json: &str) -> Cow<'_, str> {
+    // C0 controls outside strings are JSON's own whitespace; inside, serde_json escaped them.
+    let raw_in_json = |c: char| needs_escape(c) && c >= ' ';
+    if !json.chars().any(raw_in_json) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if raw_in_json(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// About how many characters of a source line are shown around the reported column.
+pub const LINE_WINDOW: usize = 120;
+/// Messages and hints longer than this (a value echoed from a huge line) are cut in the middle.
+const MAX_MESSAGE: usize = 240;
+
+/// A long message cut to its start and end, so a 60 KB value echoed in it stays readable.
+fn clip(text: &str) -> Cow<'_, str> {
+    let count = text.chars().count();
+    if count <= MAX_MESSAGE {
+        return Cow::Borrowed(text);
+    }
+    let head: String = text.chars().take(MAX_MESSAGE - 60).collect();
+    let tail: String = text.chars().skip(count - 59).collect();
+    Cow::Owned(format!("{head}…{tail}"))
+}
+
+/// A source line as shown under a diagnostic: at most about [`LINE_WINDOW`] characters around
+/// the column (`…` where it is cut), control characters escaped. Returns the text, and the
+/// 0-based display column and width of the marker.
+fn source_window(line: &str, column: usize, width: usize) -> (String, usize, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    let at = column.saturating_sub(1).min(chars.len());
+    let (start, end) = if chars.len() <= LINE_WINDOW {
+        (0, chars.len())
+    } else {
+        let start = at.saturating_sub(LINE_WINDOW / 3);
+        let end = (start + LINE_WINDOW).min(chars.len());
+        (end.saturating_sub(LINE_WINDOW).min(start), end)
+    };
+    let mut shown = String::new();
+    if start > 0 {
+        shown.push('…');
+    }
+    let mut marker_start = None;
+    let mut marker_end = None;
+    for (i, &c) in chars.iter().enumerate().take(end).skip(start) {
+        if i == at {
+            marker_start = Some(shown.chars().count());
+        }
+        if i == at + width.max(1) {
+            marker_end = Some(shown.chars().count());
+        }
+        push_escaped(&mut shown, c);
+    }
+    let text_end = shown.chars().count();
+    if end < chars.len() {
+        shown.push('…');
+    }
+    let marker_start = marker_start.unwrap_or(text_end);
+    let marker_width = marker_end.unwrap_or(text_end).saturating_sub(marker_start);
+    (shown, marker_start, marker_width.max(1))
 }
 
 /// Output format of `validate` and `status`.
@@ -111,11 +224,29 @@ impl Ui {
         }
     }
 
-    /// Writes a result to stdout.
+    /// Writes a result to stdout as it is (exported YAML, completions, the man page: text the
+    /// tool made from checked values). See [`Ui::out_lines`] and [`Ui::out_json`] for the rest.
     pub fn out(&self, text: &str) -> io::Result<()> {
         let mut stdout = io::stdout().lock();
         stdout.write_all(redact(text).as_bytes())?;
         stdout.flush()
+    }
+
+    /// Writes lines of text to stdout, every line escaped (see [`escape`]).
+    pub fn out_lines(&self, lines: &[String]) -> io::Result<()> {
+        let mut text = String::new();
+        for line in lines {
+            text.push_str(&escape(line));
+            text.push('\n');
+        }
+        self.out(&text)
+    }
+
+    /// Writes a value to stdout as one pretty JSON document, terminal-safe (see [`json_safe`]).
+    pub fn out_json(&self, value: &impl Serialize) -> io::Result<()> {
+        let mut json = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+        json.push('\n');
+        self.out(&json_safe(&json))
     }
 
     /// A step line on stderr (hidden by `--quiet`).
@@ -125,6 +256,13 @@ impl Ui {
         }
     }
 
+    /// A line that is printed even with `--quiet`, because it says where the token goes (a
+    /// non-default GitHub API base).
+    pub fn notice(&self, text: &str) {
+        let tag = self.paint("1;36", "note");
+        self.err_tagged(&tag, text);
+    }
+
     /// A live progress line: rewritten in place on a terminal, a new line on each change
     /// otherwise (hidden by `--quiet`).
     pub fn progress(&self, text: &str) {
@@ -132,7 +270,7 @@ impl Ui {
             return;
         }
         if self.color {
-            let _ = write!(io::stderr().lock(), "\r\x1b[2K{}", redact(text));
+            let _ = write!(io::stderr().lock(), "\r\x1b[2K{}", redact(&escape(text)));
         } else {
             self.err_line(text);
         }
@@ -149,19 +287,26 @@ impl Ui {
     pub fn log(&self, level: u8, text: &str) {
         if self.verbose >= level && !self.quiet {
             let tag = self.paint("2", if level == 1 { "debug" } else { "trace" });
-            self.err_line(&format!("{tag}: {text}"));
+            self.err_tagged(&tag, text);
         }
     }
 
     /// An error line: `error: ...`, shown even with `--quiet`.
     pub fn error(&self, text: &str) {
         let tag = self.paint("1;31", "error");
-        self.err_line(&format!("{tag}: {text}"));
+        self.err_tagged(&tag, text);
     }
 
+    /// One line on stderr: the text escaped (see [`escape`]) and redacted. Every caller's text
+    /// is one line; a newline inside it comes from a value and is shown escaped.
     fn err_line(&self, text: &str) {
         // A closed stderr is not worth failing over.
-        let _ = writeln!(io::stderr().lock(), "{}", redact(text));
+        let _ = writeln!(io::stderr().lock(), "{}", redact(&escape(text)));
+    }
+
+    /// [`Ui::err_line`] after a tag that may carry colours of our own.
+    fn err_tagged(&self, tag: &str, text: &str) {
+        let _ = writeln!(io::stderr().lock(), "{tag}: {}", redact(&escape(text)));
     }
 
     fn paint(&self, sgr: &str, text: &str) -> String {
@@ -249,7 +394,7 @@ impl Ui {
         let mut s = format!(
             "{}: {}\n",
             self.paint(sgr, &format!("{word}[{}]", d.code)),
-            d.message
+            escape(&clip(&d.message))
         );
         let pos = d.location.as_ref().and_then(|l| l.position);
         let line_text = match (&d.location, pos) {
@@ -264,29 +409,31 @@ impl Ui {
         let bar = self.paint("1;34", "|");
         if let Some(loc) = &d.location {
             let arrow = self.paint("1;34", "-->");
+            let file = escape(&loc.file);
             match pos {
                 Some(p) => {
-                    let _ = writeln!(s, "{pad}{arrow} {}:{}:{}", loc.file, p.line, p.column);
+                    let _ = writeln!(s, "{pad}{arrow} {file}:{}:{}", p.line, p.column);
                 }
                 None => {
-                    let _ = writeln!(s, "{pad}{arrow} {}", loc.file);
+                    let _ = writeln!(s, "{pad}{arrow} {file}");
                 }
             }
         }
         if let (Some(p), Some(text)) = (pos, line_text) {
             let number = self.paint("1;34", &p.line.to_string());
+            let (shown, at, width) = source_window(&text, p.column, p.width);
             let _ = writeln!(s, "{pad} {bar}");
-            let _ = writeln!(s, "{number} {bar} {text}");
-            let available = text.chars().count().saturating_sub(p.column - 1).max(1);
-            let marker = "^".repeat(p.width.clamp(1, available));
+            let _ = writeln!(s, "{number} {bar} {shown}");
             let _ = writeln!(
                 s,
                 "{pad} {bar} {}{}",
-                " ".repeat(p.column - 1),
-                self.paint(sgr, &marker)
+                " ".repeat(at),
+                self.paint(sgr, &"^".repeat(width))
             );
         }
         if let Some(hint) = &d.hint {
+            let hint = clip(hint);
+            let hint = escape(&hint);
             let _ = writeln!(s, "{pad} {} hint: {hint}", self.paint("1;34", "="));
         }
         s
@@ -308,6 +455,43 @@ mod tests {
         ));
         assert!(!redact("a 3f2a9c4e5b6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f b").contains("3f2a"));
         assert_eq!(redact("plain ghp_ text"), "plain ghp_ text");
+    }
+
+    /// The `auth: token` Secret's `data` holds the token in base64.
+    #[test]
+    fn the_base64_form_of_a_hidden_value_is_masked_too() {
+        hide(&SecretString::from(
+            "ghp_B64canaryQ9xLp4Tz7Wn3Bc6Hd1Jf5Gs0Ya".to_string(),
+        ));
+        let shown = redact("password: Z2hwX0I2NGNhbmFyeVE5eExwNFR6N1duM0JjNkhkMUpmNUdzMFlh");
+        assert!(!shown.contains("Z2hw"), "{shown}");
+    }
+
+    #[test]
+    fn controls_and_bidi_are_escaped_and_the_rest_kept() {
+        assert_eq!(
+            escape("a\x1b]52;c;SGVsbG8=\x07b\u{202e}c\u{9b}d\x7fe\nf"),
+            "a\\u{1b}]52;c;SGVsbG8=\\u{7}b\\u{202e}c\\u{9b}d\\u{7f}e\\u{a}f"
+        );
+        assert!(matches!(escape("é ✓ plain"), Cow::Borrowed("é ✓ plain")));
+        let json = json_safe("{\n\"m\": \"\\u001b x\u{7f}\u{202e}\"}");
+        assert_eq!(json, "{\n\"m\": \"\\u001b x\\u007f\\u202e\"}");
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["m"], "\u{1b} x\u{7f}\u{202e}");
+    }
+
+    #[test]
+    fn long_lines_are_shown_around_the_column() {
+        let line = format!("repo: {}X{}", "a".repeat(30_000), "b".repeat(30_000));
+        let (shown, at, width) = source_window(&line, 30_007, 1);
+        assert!(shown.chars().count() <= LINE_WINDOW + 2, "{}", shown.len());
+        assert!(shown.starts_with('…') && shown.ends_with('…'));
+        assert_eq!(shown.chars().nth(at), Some('X'));
+        assert_eq!(width, 1);
+        let (shown, at, width) = source_window("k: \x1b[2Jv", 4, 5);
+        assert_eq!(shown, "k: \\u{1b}[2Jv");
+        assert_eq!((at, width), (3, 10), "the marker covers the escape");
+        assert_eq!(source_window("short", 9, 3), ("short".into(), 5, 1));
     }
 }
 
@@ -354,5 +538,5 @@ pub fn report_json(report: &Report) -> String {
     };
     let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
     s.push('\n');
-    s
+    json_safe(&s).into_owned()
 }

@@ -117,12 +117,9 @@ fn an_unreadable_file_cannot_run() {
     std::fs::create_dir(dir.path().join("config/secrets-flux.yaml")).unwrap();
     let r = homelab_flux(dir.path(), &["validate", "--offline"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.starts_with(
-            "error: cannot load the configuration: failed to read `config/secrets-flux.yaml`: "
-        ),
-        "{}",
-        r.stderr
+    assert_eq!(
+        r.stderr,
+        "error: cannot load the configuration: `config/secrets-flux.yaml` is a directory, not a regular file; configuration files are read only from regular files (or symlinks to them)\n"
     );
 }
 
@@ -232,6 +229,21 @@ fn the_canary_token_never_appears() {
         (
             "token as the branch",
             format!("repo: https://github.com/o/r\nbranch: \"{token} \"\n"),
+            Some(format!("token: {token}\n")),
+        ),
+        (
+            "repo on another host than the token's",
+            "repo: https://githb.com/username/manifests.git\nbranch: main\n".into(),
+            Some(format!("token: {token}\n")),
+        ),
+        (
+            "token pasted as the host",
+            good_flux.into(),
+            Some(format!("token: {token}\nhost: {token}\n")),
+        ),
+        (
+            "token behind a terminal escape",
+            format!("repo: https://github.com/o/r\nbranch: \"\\e[2J{token}\"\n"),
             Some(format!("token: {token}\n")),
         ),
         (

@@ -19,7 +19,7 @@ use crate::config::{Auth, FluxConfig, Secrets};
 use crate::github::{DeployKey, GitHub, Repository};
 use crate::keys::KeyPair;
 use crate::output::{Format, Ui};
-use crate::{CheckFailed, Exit, flux, git_remote, keys};
+use crate::{CheckFailed, Exit, flux, git_remote, keys, manifests};
 
 /// The Flux release whose `install.yaml` is applied when Flux is missing.
 pub const FLUX_VERSION: &str = "v2.9.0";
@@ -47,8 +47,8 @@ pub struct Args {
     #[arg(long)]
     pub no_wait: bool,
 
-    /// How long to wait for Flux to sync, for example `90s` or `10m`.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    /// How long to wait for Flux to sync, for example `90s` or `10m` (at most `24h`).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`).
@@ -60,13 +60,31 @@ pub struct Args {
     pub context: Option<String>,
 
     /// Flux's install manifests, a file or an `https://` URL (default: the pinned Flux release).
-    #[arg(long, value_name = "FILE|URL")]
-    pub flux_manifests: Option<String>,
+    #[arg(long, value_name = "FILE|URL", value_parser = manifests::parse_source)]
+    pub flux_manifests: Option<manifests::Source>,
+
+    /// The SHA-256 the install manifests must have (as `sha256sum` prints it); the run stops
+    /// before applying anything else.
+    #[arg(long, value_name = "HEX", value_parser = manifests::parse_sha256)]
+    pub flux_manifests_sha256: Option<String>,
 
     /// Title of the deploy key on GitHub (default: `homelab-flux <context> <cluster id>`, the id
     /// derived from the context and the API server's address).
     #[arg(long, value_name = "TITLE")]
     pub key_title: Option<String>,
+}
+
+/// The longest `--timeout`: a day is more than any sync needs, and a deadline far beyond it would
+/// overflow `Instant` after the cluster was already written to.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// `--timeout`: a duration of at most [`MAX_TIMEOUT`], refused as a usage error otherwise.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_TIMEOUT {
+        return Err(format!("`{s}` is longer than the maximum, `24h`"));
+    }
+    Ok(d)
 }
 
 pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
@@ -232,10 +250,11 @@ async fn bootstrap(
             && missing
                 .iter()
                 .any(|m| m.starts_with(Kind::CustomResourceDefinition.name()));
-        let source = args.flux_manifests.clone().unwrap_or_else(|| {
-            format!("https://github.com/fluxcd/flux2/releases/download/{FLUX_VERSION}/install.yaml")
-        });
-        let documents = read_manifests(&source).await?;
+        let source = args
+            .flux_manifests
+            .clone()
+            .unwrap_or_else(default_manifests);
+        let documents = read_manifests(&source, args.flux_manifests_sha256.as_deref(), ui).await?;
         let (count, written) = cluster
             .install(&documents, args.dry_run, args.timeout)
             .await?;
@@ -1157,18 +1176,30 @@ fn not_ready(kind: Kind, condition: Option<&cluster::Condition>) -> CheckFailed 
     ))
 }
 
-/// Reads Flux's install manifests from a file or an `https://` URL into JSON documents.
-async fn read_manifests(source: &str) -> anyhow::Result<Vec<Value>> {
-    let text = if source.starts_with("https://") || source.starts_with("http://") {
-        crate::github::download_text(source)
-            .await
-            .context("cannot download the Flux manifests; pass `--flux-manifests FILE`")?
-    } else {
-        std::fs::read_to_string(source)
-            .with_context(|| format!("cannot read the Flux manifests `{source}`"))?
-    };
+/// The pinned Flux release's `install.yaml`.
+fn default_manifests() -> manifests::Source {
+    let url =
+        format!("https://github.com/fluxcd/flux2/releases/download/{FLUX_VERSION}/install.yaml");
+    manifests::parse_source(&url).expect("the pinned release URL is https")
+}
+
+/// Reads Flux's install manifests (see [`manifests`]) into JSON documents; says which SHA-256
+/// is applied.
+async fn read_manifests(
+    source: &manifests::Source,
+    pinned: Option<&str>,
+    ui: &Ui,
+) -> anyhow::Result<Vec<Value>> {
+    let fetched = manifests::fetch(source, pinned)
+        .await
+        .context("cannot use the Flux manifests")?;
+    ui.step(&format!(
+        "- the Flux manifests `{source}` have SHA-256 {}{}",
+        fetched.sha256,
+        if pinned.is_some() { " (as pinned)" } else { "" }
+    ));
     let mut documents = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml::Deserializer::from_str(&fetched.text) {
         let value: Value = serde::Deserialize::deserialize(doc)
             .with_context(|| format!("`{source}` is not valid YAML"))?;
         if value.is_object() {

@@ -15,10 +15,8 @@ use crate::output::{Format, Ui};
 
 /// Loads the configuration for a command; `HOMELAB_FLUX_TOKEN` replaces the secrets file.
 pub(crate) fn load_config(dir: &Path, secrets: Secrets) -> anyhow::Result<Loaded> {
-    let env_token = std::env::var(config::TOKEN_ENV)
-        .ok()
-        .filter(|v| !v.is_empty());
-    let loaded = config::load(dir, secrets, env_token).context("cannot load the configuration")?;
+    let loaded = config::load(dir, secrets, &config::Env::from_process())
+        .context("cannot load the configuration")?;
     if let Some(token) = &loaded.token {
         crate::output::hide(token.secret());
     }

@@ -103,6 +103,7 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
             .and_then(super::bootstrap::deploy_public_key)
     {
         let gh = super::validate::client(cfg, token)?;
+        super::validate::announce_api_base(&gh, cfg, ui);
         let keys = gh
             .list_deploy_keys(&cfg.repo.owner, &cfg.repo.name)
             .await
@@ -118,8 +119,8 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
         ready,
     };
     match args.format {
-        Format::Json => ui.out(&format!("{}\n", serde_json::to_string_pretty(&status)?))?,
-        Format::Text => ui.out(&render(&status))?,
+        Format::Json => ui.out_json(&status)?,
+        Format::Text => ui.out_lines(&render(&status))?,
     }
     Ok(if status.ready {
         Exit::Ok
@@ -128,18 +129,21 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
     })
 }
 
-fn render(s: &Status) -> String {
-    let mut out = format!("context: {}\n", s.context);
+/// The text report, one entry per line; [`crate::output::Ui::out_lines`] escapes each line, so a condition
+/// message (written by whoever controls the repository's content) cannot drive the terminal
+/// nor, with a newline of its own, fake a line.
+fn render(s: &Status) -> Vec<String> {
+    let mut out = vec![format!("context: {}", s.context)];
     for o in &s.objects {
         if !o.exists {
-            out.push_str(&format!(
-                "{} {}: missing (run `homelab-flux bootstrap`)\n",
+            out.push(format!(
+                "{} {}: missing (run `homelab-flux bootstrap`)",
                 o.kind, o.name
             ));
             continue;
         }
-        out.push_str(&format!(
-            "{} {}: {} ({}) revision {}\n",
+        out.push(format!(
+            "{} {}: {} ({}) revision {}",
             o.kind,
             o.name,
             if o.ready { "Ready" } else { "not Ready" },
@@ -147,13 +151,13 @@ fn render(s: &Status) -> String {
             o.revision.as_deref().unwrap_or("none"),
         ));
         if let Some(m) = o.message.as_deref().filter(|m| !m.is_empty()) {
-            out.push_str(&format!("  {m}\n"));
+            out.push(format!("  {m}"));
         }
     }
-    out.push_str(match s.deploy_key_registered {
-        Some(true) => "deploy key: registered on GitHub\n",
-        Some(false) => "deploy key: NOT registered on GitHub any more (deleted, or its token was deleted): run `homelab-flux bootstrap` to replace it\n",
-        None => "deploy key: not checked (no token, or `auth: token`)\n",
+    out.push(match s.deploy_key_registered {
+        Some(true) => "deploy key: registered on GitHub".to_string(),
+        Some(false) => "deploy key: NOT registered on GitHub any more (deleted, or its token was deleted): run `homelab-flux bootstrap` to replace it".to_string(),
+        None => "deploy key: not checked (no token, or `auth: token`)".to_string(),
     });
     out
 }

@@ -93,6 +93,7 @@ pub(crate) async fn check_github(
     ui: &Ui,
 ) -> anyhow::Result<(Vec<Diagnostic>, Option<Repository>)> {
     let client = client(cfg, token)?;
+    announce_api_base(&client, cfg, ui);
     ui.log(
         1,
         &format!(
@@ -121,11 +122,25 @@ pub(crate) async fn check_github(
     Ok((found, repository))
 }
 
-/// The client for the repository's host, or the `HOMELAB_FLUX_GITHUB_API_URL` override.
+/// The client for the repository's host (which loading the configuration proved to be the
+/// token's host), or the `HOMELAB_FLUX_GITHUB_API_URL` override.
 pub(crate) fn client(cfg: &FluxConfig, token: &Token) -> anyhow::Result<GitHub> {
     let env = std::env::var(github::API_URL_ENV).ok();
     let base = github::resolve_api_base(&cfg.repo.authority(), env.as_deref())?;
     Ok(GitHub::new(&base, token.secret())?)
+}
+
+/// Where the token goes is never a surprise: an API base other than the host's own (the
+/// `HOMELAB_FLUX_GITHUB_API_URL` override) is printed, `--quiet` or not.
+pub(crate) fn announce_api_base(client: &GitHub, cfg: &FluxConfig, ui: &Ui) {
+    let default = github::api_base_for_host(&cfg.repo.authority());
+    if client.api_base() != default {
+        ui.notice(&format!(
+            "the token goes to the GitHub API at `{}` (from `{}`), not `{default}`",
+            client.api_base(),
+            github::API_URL_ENV
+        ));
+    }
 }
 
 /// The requests of SPEC §3, all in flight together. Without a configured branch, the default

@@ -17,6 +17,7 @@ use crate::diag::{Code, Diagnostic, Position, Report, Severity};
 use crate::repo_path::RepoPath;
 use crate::repo_url::{self, RepoUrl};
 use crate::token::{self, Token};
+use crate::token_host::TokenHost;
 pub use source::Source;
 use yaml::{Node, NodeKind, Resolved, Style, YamlError};
 
@@ -26,6 +27,8 @@ pub const FLUX_FILE: &str = "flux.yaml";
 pub const SECRETS_FILE: &str = "secrets-flux.yaml";
 /// The environment variable that replaces the secrets file.
 pub const TOKEN_ENV: &str = "HOMELAB_FLUX_TOKEN";
+/// The host of the token in `HOMELAB_FLUX_TOKEN` (the secrets file's `host:`).
+pub const HOST_ENV: &str = "HOMELAB_FLUX_GITHUB_HOST";
 /// Files larger than this are refused before parsing.
 pub const MAX_FILE_SIZE: usize = 64 * 1024;
 
@@ -76,6 +79,9 @@ pub struct Loaded {
     /// Set when a token was found and had no errors.
     pub token: Option<Token>,
     pub token_origin: Option<TokenOrigin>,
+    /// The only host the token is sent to (`host:` or `HOMELAB_FLUX_GITHUB_HOST`, default
+    /// `github.com`); `flux` is set only when `repo` is on it.
+    pub token_host: TokenHost,
     /// The secrets file's path (whether or not it exists).
     pub secrets_path: PathBuf,
     pub report: Report,
@@ -90,6 +96,10 @@ pub enum LoadError {
         "`{path}` not found; create it (see `config/flux.yaml` in the homelab-flux README) or pass `--config-dir`"
     )]
     Missing { path: String },
+    #[error(
+        "`{path}` is {what}, not a regular file; configuration files are read only from regular files (or symlinks to them)"
+    )]
+    NotAFile { path: String, what: &'static str },
     #[error("failed to read `{path}`")]
     Read {
         path: String,
@@ -109,26 +119,56 @@ pub enum Secrets {
     Ignored,
 }
 
-/// Reads both files from `dir` (and `HOMELAB_FLUX_TOKEN`), collecting every finding.
-pub fn load(dir: &Path, secrets: Secrets, env_token: Option<String>) -> Result<Loaded, LoadError> {
+/// What the environment holds for the configuration (`HOMELAB_FLUX_TOKEN`,
+/// `HOMELAB_FLUX_GITHUB_HOST`), read by the caller so that tests pass literals.
+#[derive(Clone, Default)]
+pub struct Env {
+    pub token: Option<String>,
+    pub host: Option<String>,
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Env")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+impl Env {
+    /// The variables of this process; empty values count as unset.
+    pub fn from_process() -> Env {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Env {
+            token: var(TOKEN_ENV),
+            host: var(HOST_ENV),
+        }
+    }
+}
+
+/// Reads both files from `dir` (and the environment), collecting every finding.
+pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError> {
     let flux_path = dir.join(FLUX_FILE);
     let secrets_path = dir.join(SECRETS_FILE);
     let mut report = Report::default();
     let mut sources = Vec::new();
 
-    let flux_bytes = read(&flux_path)?.ok_or_else(|| LoadError::Missing {
+    let flux_file = read(&flux_path)?.ok_or_else(|| LoadError::Missing {
         path: flux_path.display().to_string(),
     })?;
-    let (flux, flux_source) =
-        parse_flux_bytes(&flux_bytes, &flux_path.display().to_string(), &mut report);
+    let flux_name = flux_path.display().to_string();
+    let (mut flux, flux_source, repo_at) = parse_flux_bytes(&flux_file, &flux_name, &mut report);
     sources.push(flux_source);
     let auth = flux.as_ref().map(|f| f.auth).unwrap_or_default();
 
     let mut token = None;
     let mut token_origin = None;
+    // From the secrets file, when it is read; else from the environment.
+    let mut file_host = None;
     if secrets != Secrets::Ignored {
-        if let Some(value) = env_token {
-            let found = token::check(&value, auth);
+        if let Some(value) = &env.token {
+            let found = token::check(value, auth);
             let ok = !found.iter().any(|d| d.severity == Severity::Error);
             report.extend(
                 found
@@ -136,15 +176,17 @@ pub fn load(dir: &Path, secrets: Secrets, env_token: Option<String>) -> Result<L
                     .map(|d| d.in_file(format!("${TOKEN_ENV}"))),
             );
             token_origin = Some(TokenOrigin::Env);
-            token = ok.then(|| Token::new(&value));
+            token = ok.then(|| Token::new(value));
         } else {
             match read(&secrets_path)? {
-                Some(bytes) => {
+                Some(contents) => {
                     let name = secrets_path.display().to_string();
-                    let (t, source) = parse_secrets_bytes(&bytes, &name, auth, &mut report);
+                    let (t, source, host) =
+                        parse_secrets_bytes(&contents, &name, auth, &mut report);
                     sources.push(source);
                     token = t;
                     token_origin = Some(TokenOrigin::File(secrets_path.clone()));
+                    file_host = Some(host);
                 }
                 None => {
                     let d = Diagnostic::new(
@@ -170,47 +212,144 @@ pub fn load(dir: &Path, secrets: Secrets, env_token: Option<String>) -> Result<L
         }
     }
 
+    // The token's host, and `repo` checked against it (no request is made before this).
+    // An invalid host was reported already; `repo` is not checked against a stand-in.
+    let mut host_ok = true;
+    let mut token_host = TokenHost::default();
+    let setting = match file_host {
+        Some(host) => {
+            host_ok = host.is_ok();
+            token_host = host.ok().flatten().unwrap_or_default();
+            format!("`host:` in `{}`", secrets_path.display())
+        }
+        None => {
+            if let Some(value) = &env.host {
+                match TokenHost::parse(value) {
+                    Ok(h) => token_host = h,
+                    Err(d) => {
+                        host_ok = false;
+                        report.push(d.in_file(format!("${HOST_ENV}")));
+                    }
+                }
+            }
+            format!("`{HOST_ENV}` (beside `{TOKEN_ENV}`)")
+        }
+    };
+    if secrets != Secrets::Ignored
+        && host_ok
+        && let Some((repo, pos)) = &repo_at
+        && let Some(d) = token_host.check_repo(repo, &setting)
+    {
+        // Not "treated as GitHub Enterprise Server" any more: the host is refused.
+        report.remove(Code::EnterpriseHost);
+        report.push(d.at(&flux_name, *pos));
+        flux = None;
+    }
+
     Ok(Loaded {
         flux,
         token,
         token_origin,
+        token_host,
         secrets_path,
         report,
         sources,
     })
 }
 
-/// Reads a file; `Ok(None)` when it does not exist.
-fn read(path: &Path) -> Result<Option<Vec<u8>>, LoadError> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(LoadError::Read {
-            path: path.display().to_string(),
-            source,
-        }),
+/// A file's first bytes (at most one more than [`MAX_FILE_SIZE`]) and its whole size.
+struct Contents {
+    bytes: Vec<u8>,
+    size: u64,
+}
+
+/// Reads a configuration file; `Ok(None)` when it does not exist. Only a regular file is read (a
+/// symlink to one is fine: dotfile managers do that), and never more than the size limit, so a
+/// FIFO or a symlink to `/dev/zero` is an error at once instead of a read that never ends.
+fn read(path: &Path) -> Result<Option<Contents>, LoadError> {
+    use std::io::Read;
+    let failed = |source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(failed(e)),
+    };
+    let not_regular = |meta: &std::fs::Metadata| LoadError::NotAFile {
+        path: path.display().to_string(),
+        what: file_kind(meta),
+    };
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let file = std::fs::File::open(path).map_err(failed)?;
+    // Checked again on the open file: the path may have been swapped in between.
+    let meta = file.metadata().map_err(failed)?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    let size = meta.len().max(bytes.len() as u64);
+    Ok(Some(Contents { bytes, size }))
+}
+
+/// What a path that is not a regular file is, for the message.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 
 /// Parses `flux.yaml` text. Findings go to `report`; the config is returned when there were no errors.
 pub fn parse_flux(text: &str, name: &str) -> (Option<FluxConfig>, Report) {
     let mut report = Report::default();
-    let (cfg, _) = parse_flux_bytes(text.as_bytes(), name, &mut report);
+    let (cfg, _, _) = parse_flux_bytes(&Contents::of(text), name, &mut report);
     (cfg, report)
 }
 
 /// Parses `secrets-flux.yaml` text for the given `auth`.
 pub fn parse_secrets(text: &str, name: &str, auth: Auth) -> (Option<Token>, Report) {
     let mut report = Report::default();
-    let (token, _) = parse_secrets_bytes(text.as_bytes(), name, auth, &mut report);
+    let (token, _, _) = parse_secrets_bytes(&Contents::of(text), name, auth, &mut report);
     (token, report)
 }
 
-const FLUX_KEYS: &[&str] = &["repo", "branch", "path", "auth", "apiVersion", "kind"];
-const SECRETS_KEYS: &[&str] = &["token", "apiVersion", "kind"];
+impl Contents {
+    fn of(text: &str) -> Contents {
+        Contents {
+            bytes: text.as_bytes().to_vec(),
+            size: text.len() as u64,
+        }
+    }
+}
 
-fn parse_flux_bytes(bytes: &[u8], name: &str, report: &mut Report) -> (Option<FluxConfig>, Source) {
-    with_fields(bytes, name, false, FLUX_KEYS, report, |ctx| {
+const FLUX_KEYS: &[&str] = &["repo", "branch", "path", "auth", "apiVersion", "kind"];
+const SECRETS_KEYS: &[&str] = &["token", "host", "apiVersion", "kind"];
+
+/// Also returns the repository and where its value stands whenever `repo` itself is valid (for
+/// the token-host check, which needs it even when other fields have errors).
+fn parse_flux_bytes(
+    bytes: &Contents,
+    name: &str,
+    report: &mut Report,
+) -> (Option<FluxConfig>, Source, Option<(RepoUrl, Position)>) {
+    let mut repo_at = None;
+    let (cfg, source) = with_fields(bytes, name, false, FLUX_KEYS, report, |ctx| {
         let repo = ctx.string("repo", true).and_then(|(value, node)| {
             let parsed = repo_url::parse(&value);
             let pos = ctx.value_position(&node, &value);
@@ -221,6 +360,7 @@ fn parse_flux_bytes(bytes: &[u8], name: &str, report: &mut Report) -> (Option<Fl
             }
             ctx.report
                 .extend(parsed.findings.into_iter().map(|d| d.at(name, pos)));
+            repo_at = parsed.url.clone().map(|u| (u, pos));
             parsed.url
         });
         let branch = ctx.string("branch", false).and_then(|(value, node)| {
@@ -268,16 +408,25 @@ fn parse_flux_bytes(bytes: &[u8], name: &str, report: &mut Report) -> (Option<Fl
             path: path?,
             auth: auth?,
         })
-    })
+    });
+    (cfg, source, repo_at)
 }
 
 fn parse_secrets_bytes(
-    bytes: &[u8],
+    bytes: &Contents,
     name: &str,
     auth: Auth,
     report: &mut Report,
-) -> (Option<Token>, Source) {
-    with_fields(bytes, name, true, SECRETS_KEYS, report, |ctx| {
+) -> (Option<Token>, Source, Result<Option<TokenHost>, ()>) {
+    // `Ok(None)`: no `host:`; `Err`: an invalid one (reported).
+    let mut host = Ok(None);
+    let (token, source) = with_fields(bytes, name, true, SECRETS_KEYS, report, |ctx| {
+        if let Some((value, node)) = ctx.string("host", false) {
+            let pos = ctx.value_position(&node, &value);
+            host = TokenHost::parse(&value)
+                .map(Some)
+                .map_err(|d| ctx.report.push(d.at(name, pos)));
+        }
         ctx.string("token", true).map(|(value, node)| {
             let pos = ctx.value_position(&node, &value);
             ctx.report.extend(
@@ -287,13 +436,14 @@ fn parse_secrets_bytes(
             );
             Token::new(&value)
         })
-    })
+    });
+    (token, source, host)
 }
 
 /// Reads a file's document, checks its header, and hands its fields to `read`; the value is
 /// kept only when reading the file found no error.
 fn with_fields<T>(
-    bytes: &[u8],
+    bytes: &Contents,
     name: &str,
     secret: bool,
     known: &[&str],
@@ -323,7 +473,7 @@ type Field = (String, Node, Node);
 /// Decodes and parses one file into its top-level entries, after every document-level check.
 /// On a document-level problem the finding is pushed and only the source is returned.
 fn read_document(
-    bytes: &[u8],
+    contents: &Contents,
     name: &str,
     secret: bool,
     known: &[&str],
@@ -336,13 +486,14 @@ fn read_document(
             Source::new(name, text)
         }
     };
-    if bytes.len() > MAX_FILE_SIZE {
+    let bytes = contents.bytes.as_slice();
+    if contents.size > MAX_FILE_SIZE as u64 || bytes.len() > MAX_FILE_SIZE {
         report.push(
             Diagnostic::error(
                 Code::TooLarge,
                 format!(
                     "the file is {} bytes; configuration files are at most {} KiB",
-                    bytes.len(),
+                    contents.size,
                     MAX_FILE_SIZE / 1024
                 ),
             )
@@ -408,14 +559,7 @@ fn read_document(
             let d = match e {
                 YamlError::Syntax { message, pos } => {
                     Diagnostic::error(Code::YamlSyntax, format!("invalid YAML: {message}"))
-                        .at(
-                            name,
-                            Position {
-                                line: pos.line,
-                                column: pos.column,
-                                width: 1,
-                            },
-                        )
+                        .at(name, mark(pos, 1))
                         .with_hint(
                             "check the indentation and quoting on this line and the one before",
                         )
@@ -424,28 +568,23 @@ fn read_document(
                     Code::MultipleDocuments,
                     "the file holds more than one YAML document",
                 )
-                .at(
-                    name,
-                    Position {
-                        line: pos.line,
-                        column: pos.column,
-                        width: 3,
-                    },
-                )
+                .at(name, mark(pos, 3))
                 .with_hint("keep one document: remove this `---` and what follows, or merge it"),
                 YamlError::Alias { pos } => Diagnostic::error(
                     Code::AliasNotAllowed,
                     "YAML aliases (`*name`) are not allowed in configuration files",
                 )
-                .at(
-                    name,
-                    Position {
-                        line: pos.line,
-                        column: pos.column,
-                        width: 1,
-                    },
-                )
+                .at(name, mark(pos, 1))
                 .with_hint("write the value out"),
+                YamlError::TooDeep { pos } => Diagnostic::error(
+                    Code::TooDeep,
+                    format!(
+                        "the values are nested more than {} levels deep",
+                        yaml::MAX_DEPTH
+                    ),
+                )
+                .at(name, mark(pos, 1))
+                .with_hint("every value of this file is one line: `key: value`"),
             };
             report.push(d);
             return Err(source);
@@ -464,21 +603,11 @@ fn read_document(
                     format!("the file holds {what}, not a mapping of keys to values"),
                 )
             };
-            report.push(
-                d.at(
-                    name,
-                    Position {
-                        line: doc.pos.line,
-                        column: doc.pos.column,
-                        width: 1,
-                    },
-                )
-                .with_hint(if secret {
-                    "the file is `token: \"github_pat_...\"`"
-                } else {
-                    "the file is `key: value` lines, like `repo: https://github.com/owner/repo.git`"
-                }),
-            );
+            report.push(d.at(name, mark(doc.pos, 1)).with_hint(if secret {
+                "the file is `token: \"github_pat_...\"`"
+            } else {
+                "the file is `key: value` lines, like `repo: https://github.com/owner/repo.git`"
+            }));
             return Err(source);
         }
     };
@@ -493,14 +622,7 @@ fn read_document(
                         Code::WrongType,
                         format!("a key is {}, not a name", key.describe()),
                     )
-                    .at(
-                        name,
-                        Position {
-                            line: key.pos.line,
-                            column: key.pos.column,
-                            width: 1,
-                        },
-                    )
+                    .at(name, mark(key.pos, 1))
                     .with_hint(format!("keys are names: {}", list(known))),
                 );
                 continue;
@@ -511,11 +633,7 @@ fn read_document(
         } else {
             format!("`{key_name}`")
         };
-        let key_pos = Position {
-            line: key.pos.line,
-            column: key.pos.column,
-            width: key_name.chars().count().max(1),
-        };
+        let key_pos = mark(key.pos, key_name.chars().count().max(1));
         if let Some((_, first, _)) = fields.iter().find(|(k, _, _)| *k == key_name) {
             report.push(
                 Diagnostic::error(Code::DuplicateKey, format!("duplicate key {shown}"))
@@ -623,11 +741,7 @@ impl Fields<'_> {
                 None
             }
             _ => {
-                let pos = Position {
-                    line: value.pos.line,
-                    column: value.pos.column,
-                    width: 1,
-                };
+                let pos = mark(value.pos, 1);
                 self.report.push(
                     Diagnostic::error(
                         Code::WrongType,
@@ -645,11 +759,7 @@ impl Fields<'_> {
     fn value_position(&self, node: &Node, value: &str) -> Position {
         let first_line = value.lines().next().unwrap_or("");
         let width = first_line.chars().count() + 2 * quote_len(node);
-        Position {
-            line: node.pos.line,
-            column: node.pos.column,
-            width: width.max(1),
-        }
+        mark(node.pos, width.max(1))
     }
 
     /// `apiVersion` / `kind`: optional, but only with the one accepted value.
@@ -669,6 +779,15 @@ impl Fields<'_> {
                 );
             }
         }
+    }
+}
+
+/// A finding's position at a YAML node's position, marking `width` characters.
+fn mark(pos: yaml::Pos, width: usize) -> Position {
+    Position {
+        line: pos.line,
+        column: pos.column,
+        width,
     }
 }
 
@@ -701,7 +820,8 @@ pub fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(k, _)| *k)
 }
 
-fn levenshtein(a: &str, b: &str) -> usize {
+/// Edits between two words (for suggestions).
+pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -770,6 +890,19 @@ mod tests {
         assert!(report.is_empty(), "{report:?}");
         let shown = format!("{token:?} {:?}", Source::secret("s", TOKEN));
         assert!(!shown.contains(&TOKEN[4..]), "{shown}");
+    }
+
+    #[test]
+    fn debug_of_the_environment_never_shows_the_token() {
+        let env = Env {
+            token: Some(TOKEN.to_string()),
+            host: Some("github.com".into()),
+        };
+        let shown = format!("{env:?}");
+        assert!(
+            !shown.contains(&TOKEN[4..]) && shown.contains("github.com"),
+            "{shown}"
+        );
     }
 
     /// Found by the fuzzer: a duplicate or unknown key was reported, yet the value came back.

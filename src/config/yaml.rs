@@ -7,6 +7,11 @@
 //!
 //! Aliases are refused at the event level, so an "alias bomb" is rejected at its first alias
 //! instead of being expanded.
+//!
+//! Nesting is capped at [`MAX_DEPTH`]: yaml-rust2's own loader (`Parser::load`) recurses once per
+//! level, and so would `Drop` and `Clone` of a deep tree, so a 60 KB file of nested `- ` would
+//! overflow the stack. The events are pulled one by one here instead, and the first collection
+//! deeper than the cap stops the parse with a finding.
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -136,27 +141,42 @@ pub enum YamlError {
     MultipleDocuments { pos: Pos },
     /// An alias (`*name`), which configuration files have no use for.
     Alias { pos: Pos },
+    /// A collection nested deeper than [`MAX_DEPTH`]; the position is the first one too deep.
+    TooDeep { pos: Pos },
 }
+
+/// The deepest nesting of mappings and lists accepted. A configuration file needs one level; the
+/// cap only has to keep the tree shallow enough for recursive `Drop`, `Clone` and `Debug`.
+pub const MAX_DEPTH: usize = 64;
 
 /// Parses one YAML document. `Ok(None)` means the text holds no document (empty, or comments).
 pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    let loaded = parser.load(&mut builder, true);
-    if let Some(err) = builder.error {
-        return Err(err);
-    }
-    if let Err(e) = loaded {
-        let mut message = e.info().to_string();
-        if let Some(first) = message.get_mut(0..1) {
-            first.make_ascii_lowercase();
+    // Not `Parser::load`: it recurses once per nesting level (see the module docs).
+    loop {
+        let (event, mark) = match parser.next_token() {
+            Ok(next) => next,
+            Err(e) => {
+                let mut message = e.info().to_string();
+                if let Some(first) = message.get_mut(0..1) {
+                    first.make_ascii_lowercase();
+                }
+                return Err(YamlError::Syntax {
+                    message,
+                    pos: Pos::from_marker(*e.marker()),
+                });
+            }
+        };
+        let end = event == Event::StreamEnd;
+        builder.on_event(event, mark);
+        if let Some(err) = builder.error.take() {
+            return Err(err);
         }
-        return Err(YamlError::Syntax {
-            message,
-            pos: Pos::from_marker(*e.marker()),
-        });
+        if end {
+            return Ok(builder.document);
+        }
     }
-    Ok(builder.document)
 }
 
 /// Builds the tree from parser events with an explicit stack (no recursion, so deep nesting
@@ -226,6 +246,9 @@ impl MarkedEventReceiver for Builder {
                     kind: NodeKind::Scalar { value, style, tag },
                 });
             }
+            Event::MappingStart(..) | Event::SequenceStart(..) if self.stack.len() >= MAX_DEPTH => {
+                self.error = Some(YamlError::TooDeep { pos });
+            }
             Event::MappingStart(..) => self.stack.push(Open::Mapping {
                 pos,
                 entries: Vec::new(),
@@ -294,6 +317,39 @@ mod tests {
             parse("a: &x [1]\nb: *x\n"),
             Err(YamlError::Alias { .. })
         ));
+    }
+
+    /// Regression: `x:` and 30,000 nested `- ` overflowed the stack in yaml-rust2's loader.
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        for text in [
+            format!("x:\n{}", "- ".repeat(30_000)),
+            (1..100).map(|i| format!("{}a:\n", " ".repeat(i))).collect(),
+            format!("x: {}", "{a: ".repeat(200)),
+        ] {
+            assert!(
+                matches!(parse(&text), Err(YamlError::TooDeep { .. })),
+                "{}",
+                &text[..20]
+            );
+        }
+        // Deep flow collections stop in the scanner first, which has a limit of its own.
+        assert!(matches!(
+            parse(&format!("x: {}", "[".repeat(30_000))),
+            Err(YamlError::Syntax { .. })
+        ));
+        let at_cap = format!("x:\n{}1\n", "- ".repeat(MAX_DEPTH - 1));
+        assert!(parse(&at_cap).is_ok());
+        let over = format!("x:\n{}1\n", "- ".repeat(MAX_DEPTH));
+        assert_eq!(
+            parse(&over),
+            Err(YamlError::TooDeep {
+                pos: Pos {
+                    line: 2,
+                    column: 2 * MAX_DEPTH - 1
+                }
+            })
+        );
     }
 
     #[test]

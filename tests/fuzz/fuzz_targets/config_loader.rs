@@ -3,7 +3,8 @@
 //! (`Ui::render`, with the file's `Source`) and as JSON (`report_json`).
 //!
 //! Input: the first byte selects what is fuzzed, the rest is the file text.
-//! - `mode & 3 == 0`: `parse_flux` on the rest (lossy UTF-8);
+//! - `mode & 3 == 0`: `parse_flux` on the rest (lossy UTF-8); with bit 5 set, on deeply nested
+//!   YAML built from the rest instead (see `deep_yaml`);
 //! - `mode & 3 == 1`: `parse_secrets` on the rest, with `auth` from bit 2 (`Token` when set);
 //! - `mode & 3 >= 2`: `load` on a directory holding `flux.yaml` = the rest up to the first 0xFF
 //!   byte and, after it, `secrets-flux.yaml` (absent when there is no 0xFF); with bit 3 set the part
@@ -43,6 +44,13 @@ fuzz_target!(|data: &[u8]| {
         Auth::DeployKey
     };
     match mode & 0b11 {
+        0 if mode & 0b10_0000 != 0 => {
+            let text = deep_yaml(rest);
+            let name = "config/flux.yaml";
+            let (cfg, report) = config::parse_flux(&text, name);
+            assert!(cfg.is_none(), "a config with a nested `x:` key came back");
+            check_report(&report, &[Source::new(name, &*text)], None, |_| false);
+        }
         0 => {
             let text = String::from_utf8_lossy(rest);
             let name = "config/flux.yaml";
@@ -78,6 +86,47 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
+/// Structure-aware deep input: after a valid `repo:`, each byte adds a run of nesting under `x:`,
+/// its low two bits choosing the style (block list `- `, flow `[`, flow `{a: `, indented block
+/// mapping) and the rest the run's length (1 to 64), so that inputs reach past the depth cap
+/// (64) in a few bytes and mix styles the way a hand-made bomb would.
+fn deep_yaml(program: &[u8]) -> String {
+    let mut out = String::from("repo: https://github.com/o/r\nx:");
+    let mut indent = 0usize;
+    let mut closers = String::new();
+    // Capped like a real file (indented maps grow quadratically otherwise): a few bytes more
+    // than the 64 KiB the loader refuses anyway.
+    'program: for &b in program {
+        let run = usize::from(b >> 2) + 1;
+        for _ in 0..run {
+            if out.len() > 70_000 {
+                break 'program;
+            }
+            match b & 0b11 {
+                0 => out.push_str(" -"),
+                1 => {
+                    out.push_str(" [");
+                    closers.insert(0, ']');
+                }
+                2 => {
+                    out.push_str(" {a:");
+                    closers.insert(0, '}');
+                }
+                _ => {
+                    indent += 1;
+                    out.push('\n');
+                    out.extend(std::iter::repeat_n(' ', indent));
+                    out.push_str("k:");
+                }
+            }
+        }
+    }
+    out.push_str(" v");
+    out.push_str(&closers);
+    out.push('\n');
+    out
+}
+
 fn fuzz_load(mode: u8, rest: &[u8]) {
     let (flux, secrets) = match rest.iter().position(|&b| b == 0xFF) {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
@@ -101,7 +150,11 @@ fn fuzz_load(mode: u8, rest: &[u8]) {
     } else {
         Secrets::Optional
     };
-    let loaded = config::load(&dir, need, env_token).expect("both files are readable");
+    let env = config::Env {
+        token: env_token,
+        host: None,
+    };
+    let loaded = config::load(&dir, need, &env).expect("both files are readable");
     let flux_name = flux_path.display().to_string();
     let errors_in = |file: &str| {
         loaded.report.iter().any(|d| {
