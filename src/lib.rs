@@ -38,64 +38,70 @@ pub mod step;
 pub mod token;
 pub mod token_host;
 
-use std::process::ExitCode;
+use std::io;
 
 use cli::{Cli, Command};
 use output::Ui;
 
-/// How a command that ran to its end went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// Done, no errors (exit 0).
-    Ok,
-    /// Done, and problems were found (exit 1).
-    Problems,
+/// Why a command did not end with exit 0; [`Error::exit_code`] says which of 1 or 2.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Validate(#[from] cmd::validate::Error),
+    #[error(transparent)]
+    Bootstrap(#[from] cmd::bootstrap::Error),
+    #[error(transparent)]
+    Status(#[from] cmd::status::Error),
+    /// `completions` and `man` could not write their output.
+    #[error("cannot write the output")]
+    Output(#[source] io::Error),
 }
 
-impl From<Exit> for ExitCode {
-    fn from(e: Exit) -> ExitCode {
-        match e {
-            Exit::Ok => ExitCode::SUCCESS,
-            Exit::Problems => ExitCode::from(1),
+impl Error {
+    /// `1` when the command ran and found problems, `2` when it could not run (SPEC §2).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Validate(e) => e.exit_code(),
+            Error::Bootstrap(e) => e.exit_code(),
+            Error::Status(e) => e.exit_code(),
+            Error::Output(_) => 2,
         }
     }
+
+    /// True when the problems are on screen already (the findings, the status): nothing more
+    /// is printed.
+    pub fn is_reported(&self) -> bool {
+        match self {
+            Error::Validate(e) => e.is_reported(),
+            Error::Bootstrap(e) => e.is_reported(),
+            Error::Status(e) => e.is_reported(),
+            Error::Output(_) => false,
+        }
+    }
+
+    /// True when the error is a closed stdout (`homelab-flux ... | head`), which is not a
+    /// failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = next {
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
 }
 
-/// Runs a parsed command line. An `Err` means the command could not run (exit 2).
-pub fn run(cli: Cli, ui: &Ui) -> anyhow::Result<Exit> {
+/// Runs a parsed command line.
+pub fn run(cli: Cli, ui: &Ui) -> Result<(), Error> {
     match cli.command {
-        Command::Validate(args) => cmd::validate::run(&args, &cli.global, ui),
-        Command::Bootstrap(args) => cmd::bootstrap::run(&args, &cli.global, ui),
-        Command::Status(args) => cmd::status::run(&args, &cli.global, ui),
-        Command::Completions(args) => cmd::completions::run(&args, ui),
-        Command::Man(args) => cmd::completions::man(&args, ui),
+        Command::Validate(args) => Ok(cmd::validate::run(&args, &cli.global, ui)?),
+        Command::Bootstrap(args) => Ok(cmd::bootstrap::run(&args, &cli.global, ui)?),
+        Command::Status(args) => Ok(cmd::status::run(&args, &cli.global, ui)?),
+        Command::Completions(args) => cmd::completions::run(&args, ui).map_err(Error::Output),
+        Command::Man(args) => cmd::completions::man(&args, ui).map_err(Error::Output),
     }
-}
-
-/// A check failed after the command ran (a key refused, a branch missing, Flux not ready): the
-/// message is printed as an error and the exit code is 1, not 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CheckFailed(pub String);
-
-/// The exit code for an error: 1 for [`CheckFailed`] and a guard of the plan that tripped,
-/// else 2 (could not run).
-pub fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|e| {
-        e.downcast_ref::<CheckFailed>().is_some()
-            || e.downcast_ref::<plan::Refusal>()
-                .is_some_and(|r| !matches!(r, plan::Refusal::SshUrl(_)))
-    }) {
-        1
-    } else {
-        2
-    }
-}
-
-/// True when the error is a closed stdout (`homelab-flux ... | head`), which is not a failure.
-pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }

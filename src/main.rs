@@ -10,11 +10,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let ui = Ui::new(cli.global.quiet, cli.global.verbose);
     match homelab_flux::run(cli, &ui) {
-        Ok(exit) => exit.into(),
-        Err(err) if homelab_flux::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,
         Err(err) => {
-            ui.error(&format!("{err:#}"));
-            ExitCode::from(homelab_flux::exit_code(&err))
+            if !err.is_reported() {
+                ui.error_chain(&err);
+            }
+            ExitCode::from(err.exit_code())
         }
     }
 }

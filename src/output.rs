@@ -292,6 +292,19 @@ impl Ui {
         }
     }
 
+    /// An error and its causes on one line, `error: what: why: why`, as anyhow's `{:#}`
+    /// prints a chain; shown even with `--quiet`.
+    pub fn error_chain(&self, err: &(dyn std::error::Error + 'static)) {
+        let mut text = err.to_string();
+        let mut next = err.source();
+        while let Some(e) = next {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            next = e.source();
+        }
+        self.error(&text);
+    }
+
     /// An error line: `error: ...`, shown even with `--quiet`.
     pub fn error(&self, text: &str) {
         let tag = self.paint("1;31", "error");

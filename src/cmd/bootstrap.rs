@@ -17,13 +17,13 @@ use serde_json::Value;
 
 use crate::cli::{Global, parse_duration};
 use crate::cluster::{self, Cluster, Kind, LeaseState};
-use crate::config::{FluxConfig, Secrets};
-use crate::github::GitHub;
+use crate::config::{Credential, FluxConfig, Loaded, Secrets, Valid};
+use crate::github::{self, GitHub};
 use crate::keys::KeyPair;
 use crate::output::{Format, Steps, Ui};
 use crate::plan::{self, Change, Credentials, GitHubView, Live, Plan, SecretPlan, Wait};
 use crate::step::{Step, short};
-use crate::{CheckFailed, Exit, flux, git_remote, manifests};
+use crate::{flux, git_remote, manifests};
 
 /// Install Flux if needed, give it read access to the repository, apply the GitRepository and
 /// Kustomization `flux-system`, and wait until Flux has synced. Safe to run again at any time.
@@ -77,6 +77,114 @@ pub struct Args {
     pub key_title: Option<String>,
 }
 
+/// Why `bootstrap` did not end with exit 0.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Load(#[from] super::CannotLoad),
+    /// The findings (configuration, hygiene, GitHub) hold an error (exit 1); nothing was changed.
+    #[error(transparent)]
+    Reported(#[from] super::Reported),
+    #[error(transparent)]
+    Runtime(#[from] super::NoRuntime),
+    /// A guard of the plan (exit 1, except an unusable SSH address: 2).
+    #[error(transparent)]
+    Refused(#[from] plan::Refusal),
+    /// The deploy key did not open the repository over SSH (exit 1).
+    #[error(transparent)]
+    NotProven(#[from] Box<NotProven>),
+    /// Flux did not get Ready in time, or stalled (exit 1).
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
+    #[error("interrupted; run `homelab-flux bootstrap` again: it finishes what this run started")]
+    Interrupted,
+    #[error(transparent)]
+    Cluster(#[from] cluster::Error),
+    #[error(transparent)]
+    GitHub(#[from] github::Error),
+    #[error(transparent)]
+    Key(#[from] crate::keys::Error),
+    #[error("cannot write the output")]
+    Output(#[from] std::io::Error),
+    /// Anything else that kept the run from going on (exit 2).
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Reported(_)
+            | Error::NotProven(_)
+            | Error::NotReady(_)
+            | Error::Refused(plan::Refusal::OldKubernetes { .. } | plan::Refusal::TakenOver(_)) => {
+                1
+            }
+            Error::Refused(plan::Refusal::SshUrl(_))
+            | Error::Load(_)
+            | Error::Runtime(_)
+            | Error::Interrupted
+            | Error::Cluster(_)
+            | Error::GitHub(_)
+            | Error::Key(_)
+            | Error::Output(_)
+            | Error::Failed(_) => 2,
+        }
+    }
+
+    pub fn is_reported(&self) -> bool {
+        matches!(self, Error::Reported(_))
+    }
+}
+
+/// The deploy key did not open the repository over SSH; the cluster was not changed. Worded as
+/// the proof's own message: it says what the user can do.
+#[derive(Debug)]
+pub struct NotProven {
+    pub proof: git_remote::Error,
+    /// The key this run created, when deleting it again failed.
+    pub left_behind: Option<(String, u64, github::Error)>,
+}
+
+impl std::fmt::Display for NotProven {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; the cluster was not changed", self.proof)?;
+        if let Some((title, id, e)) = &self.left_behind {
+            write!(
+                f,
+                "; the new deploy key `{title}` (id {id}) could not be deleted again ({e}): delete it under the repository's Settings → Deploy keys, or run `homelab-flux bootstrap` again, which deletes it as stale"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The proof's message is this error's own, so the chain goes on below it (libgit2's words are
+/// not shown: the proof's message says what to do).
+impl std::error::Error for NotProven {}
+
+/// A Flux object that did not get Ready: the controller's words and a hint.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error(
+        "{kind} `{}/{}` has no Ready condition yet: are the Flux controllers running? (`kubectl -n flux-system get pods`)",
+        flux::NAMESPACE,
+        flux::NAME
+    )]
+    NoCondition { kind: &'static str },
+    #[error(
+        "{kind} `{}/{}` is not Ready: {reason}: {message} (hint: {hint})",
+        flux::NAMESPACE,
+        flux::NAME
+    )]
+    Failing {
+        kind: &'static str,
+        reason: String,
+        message: String,
+        hint: &'static str,
+    },
+}
+
 /// The longest `--timeout`: a day is more than any sync needs, and a deadline far beyond it would
 /// overflow `Instant` after the cluster was already written to.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -90,7 +198,7 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
+pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
     if args.export {
         return export(global, ui);
     }
@@ -98,7 +206,7 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .map_err(super::NoRuntime)?;
     let lease = HeldLease::default();
     // Ctrl-C stops the run between two steps with a message rather than mid-line and silent.
     // Every step is safe to cut short: the next run repairs what this one left (a key that was
@@ -108,9 +216,7 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
             result = bootstrap(args, global, ui, &lease) => result,
             _ = tokio::signal::ctrl_c() => {
                 ui.progress_done();
-                Err(anyhow::anyhow!(
-                    "interrupted; run `homelab-flux bootstrap` again: it finishes what this run started"
-                ))
+                Err(Error::Interrupted)
             }
         };
         // A run that stopped early gives the Lease back, so that the next one need not wait
@@ -124,19 +230,17 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
 }
 
 /// Prints the GitRepository and Kustomization; the token is not read.
-fn export(global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
-    let loaded = super::load_config(&global.config_dir, Secrets::Ignored)?;
-    let Some(cfg) = loaded.flux.as_ref().filter(|_| !loaded.report.has_errors()) else {
-        return super::finish(&loaded, ui, Format::Text, "the configuration");
+fn export(global: &Global, ui: &Ui) -> Result<(), Error> {
+    let (cfg, findings) = match super::load_config(&global.config_dir, Secrets::Ignored)? {
+        Loaded::Valid(Valid { flux, findings, .. }) => (flux, findings),
+        Loaded::Invalid(i) => {
+            return super::finish(&i.findings, ui, Format::Text, "the configuration");
+        }
     };
-    if !loaded.report.is_empty() {
-        ui.report(
-            &loaded.report,
-            &loaded.sources,
-            Format::Text,
-            "the configuration",
-        )?;
+    if !findings.report.is_empty() {
+        super::finish::<Error>(&findings, ui, Format::Text, "the configuration")?;
     }
+    let cfg = &cfg;
     let branch = match &cfg.branch {
         Some(b) => b.as_str(),
         None => {
@@ -153,7 +257,7 @@ fn export(global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
         flux::kustomization(cfg),
     ]);
     ui.out(&yaml)?;
-    Ok(Exit::Ok)
+    Ok(())
 }
 
 /// What the run read from GitHub besides the findings.
@@ -164,20 +268,12 @@ struct Read {
     github: GitHubView,
 }
 
-async fn bootstrap(
-    args: &Args,
-    global: &Global,
-    ui: &Ui,
-    lease: &HeldLease,
-) -> anyhow::Result<Exit> {
+async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> Result<(), Error> {
     let mut steps = Steps::new(ui, args.format, args.dry_run);
 
     // Read: the configuration, then GitHub in one round; nothing is touched when they have
     // errors.
-    let read = match read_config_and_github(global, ui).await? {
-        Ok(read) => read,
-        Err(exit) => return Ok(exit),
-    };
+    let read = read_config_and_github(global, ui).await?;
     let Read {
         cfg,
         token,
@@ -294,36 +390,32 @@ async fn bootstrap(
     lease.release(ui).await;
 
     if args.dry_run || args.no_wait {
-        return Ok(Exit::Ok);
+        return Ok(());
     }
     let Some(sha) = settled.sha else {
-        return Ok(Exit::Ok);
+        return Ok(());
     };
     run.wait(&plan, &live, &sha, settled.ssh.as_ref(), &mut steps)
-        .await?;
-    Ok(Exit::Ok)
+        .await
 }
 
 /// The configuration with its hygiene, and GitHub's answers, all read in one round; the
-/// findings printed. `Err(exit)` when they stop the run.
-async fn read_config_and_github(global: &Global, ui: &Ui) -> anyhow::Result<Result<Read, Exit>> {
+/// findings printed. [`Error::Reported`] when they stop the run.
+async fn read_config_and_github(global: &Global, ui: &Ui) -> Result<Read, Error> {
     // The findings are for the person: on stderr as text, also with `--format json` (whose
     // stdout holds the steps, one JSON object per line).
     let format = Format::Text;
-    let mut loaded = super::load_config(&global.config_dir, Secrets::Required)?;
-    let hygiene = crate::git::hygiene(
-        &global.config_dir,
-        &loaded.secrets_path,
-        loaded.token.as_ref(),
-    );
-    loaded.report.extend(hygiene);
-    let (cfg, token) = match (
-        loaded.flux.clone(),
-        loaded.token.clone(),
-        loaded.report.has_errors(),
-    ) {
-        (Some(cfg), Some(token), false) => (cfg, token),
-        _ => return super::finish(&loaded, ui, format, "the configuration").map(Err),
+    let loaded = super::load_config(&global.config_dir, Secrets::Required)?;
+    let (cfg, token, origin, mut findings) = match super::with_hygiene(loaded, &global.config_dir) {
+        Loaded::Valid(Valid {
+            flux,
+            credential: Some(Credential { token, origin }),
+            findings,
+        }) => (flux, token, origin, findings),
+        loaded => {
+            return super::finish(&loaded.into_findings(), ui, format, "the configuration")
+                .and(Err(Error::Reported(super::Reported)));
+        }
     };
     let gh = super::github_client(&cfg, &token, ui)?;
     ui.log(
@@ -344,13 +436,10 @@ async fn read_config_and_github(global: &Global, ui: &Ui) -> anyhow::Result<Resu
         .map(|b| b.commit_sha.clone());
     let keys = answers.keys.as_ref().and_then(|k| k.as_ref().ok()).cloned();
     let meta = answers.meta.take();
-    let found = super::github_findings(&cfg, &token, &loaded, answers)?;
-    loaded.report.extend(found);
-    if !loaded.report.is_empty() {
-        let exit = super::finish(&loaded, ui, format, "the configuration")?;
-        if exit == Exit::Problems {
-            return Ok(Err(exit));
-        }
+    let found = super::github_findings(&cfg, &token, &origin, &findings, answers)?;
+    findings.report.extend(found);
+    if !findings.report.is_empty() {
+        super::finish::<Error>(&findings, ui, format, "the configuration")?;
     }
     let repo = repo.context("GitHub did not describe the repository")?;
     let host_keys = match meta {
@@ -366,7 +455,7 @@ async fn read_config_and_github(global: &Global, ui: &Ui) -> anyhow::Result<Resu
             host_keys.len()
         ),
     );
-    Ok(Ok(Read {
+    Ok(Read {
         github: GitHubView {
             repo,
             head,
@@ -376,7 +465,7 @@ async fn read_config_and_github(global: &Global, ui: &Ui) -> anyhow::Result<Resu
         cfg,
         token,
         gh,
-    }))
+    })
 }
 
 fn to_value(o: &kube::api::DynamicObject) -> Value {
@@ -512,7 +601,7 @@ impl Run<'_> {
 
     /// Keeps the key in the cluster, or makes, registers and proves a new one (deleting it
     /// again if the proof fails), or takes the token; the branch's commit.
-    async fn credentials(&self, plan: &Plan, steps: &mut Steps<'_>) -> anyhow::Result<Settled> {
+    async fn credentials(&self, plan: &Plan, steps: &mut Steps<'_>) -> Result<Settled, Error> {
         let (owner, name) = (self.cfg.repo.owner.as_str(), self.cfg.repo.name.as_str());
         let branch = plan.branch.as_str();
         let access = |pair: &KeyPair| SshAccess {
@@ -616,7 +705,7 @@ impl Run<'_> {
         branch: &str,
         created: Option<(&str, u64)>,
         steps: &mut Steps<'_>,
-    ) -> anyhow::Result<String> {
+    ) -> Result<String, Error> {
         match prove(access, branch).await? {
             Ok(sha) => {
                 steps.emit(Step::KeyProved {
@@ -625,21 +714,17 @@ impl Run<'_> {
                 });
                 Ok(sha)
             }
-            Err(e) => {
-                let cleanup = match created {
-                    Some((title, id)) => match self
+            Err(proof) => {
+                let mut left_behind = None;
+                if let Some((title, id)) = created
+                    && let Err(e) = self
                         .gh
                         .delete_deploy_key(&self.cfg.repo.owner, &self.cfg.repo.name, id)
                         .await
-                    {
-                        Ok(()) => String::new(),
-                        Err(d) => format!(
-                            "; the new deploy key `{title}` (id {id}) could not be deleted again ({d}): delete it under the repository's Settings → Deploy keys, or run `homelab-flux bootstrap` again, which deletes it as stale"
-                        ),
-                    },
-                    None => String::new(),
-                };
-                Err(CheckFailed(format!("{e:#}; the cluster was not changed{cleanup}")).into())
+                {
+                    left_behind = Some((title.to_string(), id, e));
+                }
+                Err(Box::new(NotProven { proof, left_behind }).into())
             }
         }
     }
@@ -674,7 +759,7 @@ impl Run<'_> {
         sha: &str,
         ssh: Option<&SshAccess>,
         steps: &mut Steps<'_>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Error> {
         let request_reconcile = match plan::wait(plan, live, sha) {
             Wait::Synced => {
                 steps.emit(Step::Synced {
@@ -921,7 +1006,7 @@ async fn wait_for(
     steps: &mut Steps<'_>,
     ready_at: &(dyn Fn(&flux::Observed) -> Option<String> + Sync),
     heads: &mut Heads<'_>,
-) -> anyhow::Result<String> {
+) -> Result<String, Error> {
     /// A refusal seen this many times in a row is not passing.
     const REFUSALS: u32 = 3;
     let mut stream = cluster.watch(kind, flux::NAMESPACE, flux::NAME);
@@ -931,7 +1016,11 @@ async fn wait_for(
     loop {
         let next = match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(next)) => next,
-            Ok(None) => anyhow::bail!("the watch on {} ended unexpectedly", kind.name()),
+            Ok(None) => {
+                return Err(
+                    anyhow::anyhow!("the watch on {} ended unexpectedly", kind.name()).into(),
+                );
+            }
             Err(_) => {
                 steps.progress_done();
                 return Err(match failing {
@@ -991,14 +1080,10 @@ async fn wait_for(
 }
 
 /// The failure after a timeout or a stall, with the controller's words and a hint.
-fn not_ready(kind: Kind, condition: Option<&flux::Condition>) -> CheckFailed {
+fn not_ready(kind: Kind, condition: Option<&flux::Condition>) -> NotReady {
+    let kind = kind.name();
     let Some(c) = condition else {
-        return CheckFailed(format!(
-            "{} `{}/{}` has no Ready condition yet: are the Flux controllers running? (`kubectl -n flux-system get pods`)",
-            kind.name(),
-            flux::NAMESPACE,
-            flux::NAME
-        ));
+        return NotReady::NoCondition { kind };
     };
     let lower = c.message.to_lowercase();
     let hint = if lower.contains("authenticat")
@@ -1011,14 +1096,12 @@ fn not_ready(kind: Kind, condition: Option<&flux::Condition>) -> CheckFailed {
     } else {
         "see `kubectl -n flux-system describe` for the object, and the controller's logs"
     };
-    CheckFailed(format!(
-        "{} `{}/{}` is not Ready: {}: {} (hint: {hint})",
-        kind.name(),
-        flux::NAMESPACE,
-        flux::NAME,
-        c.reason,
-        c.message
-    ))
+    NotReady::Failing {
+        kind,
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        hint,
+    }
 }
 
 /// The pinned Flux release's `install.yaml`.
@@ -1041,4 +1124,58 @@ fn documents(source: &manifests::Source, text: &str) -> anyhow::Result<Vec<Value
         anyhow::bail!("`{source}` holds no Kubernetes objects");
     }
     Ok(documents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exit 1 is for a run that found problems, 2 for one that could not run (SPEC §2), by one
+    /// route: the error's variant.
+    #[test]
+    fn exit_codes_follow_the_variant() {
+        let ssh = git_remote::Error::InvalidSshUrl {
+            url: "x".into(),
+            reason: "no",
+        };
+        let not_ready = not_ready(Kind::Kustomization, None);
+        let cases: Vec<(Error, u8)> = vec![
+            (super::super::Reported.into(), 1),
+            (plan::Refusal::TakenOver(vec!["a".into()]).into(), 1),
+            (
+                plan::Refusal::OldKubernetes {
+                    git_version: "v1.30.0".into(),
+                }
+                .into(),
+                1,
+            ),
+            (plan::Refusal::SshUrl(ssh).into(), 2),
+            (not_ready.into(), 1),
+            (Error::Interrupted, 2),
+            (anyhow::anyhow!("no route").into(), 2),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.exit_code(), code, "{error}");
+        }
+    }
+
+    /// The failure after a wait reads as it did when it was a string, the controller's words
+    /// and a hint kept as fields.
+    #[test]
+    fn not_ready_names_the_object_the_reason_and_a_hint() {
+        let c = flux::Condition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: "GitOperationFailed".into(),
+            message: "ssh: handshake failed: unable to authenticate".into(),
+        };
+        assert_eq!(
+            not_ready(Kind::GitRepository, Some(&c)).to_string(),
+            "GitRepository `flux-system/flux-system` is not Ready: GitOperationFailed: ssh: handshake failed: unable to authenticate (hint: the deploy key is missing on GitHub or was refused: run `homelab-flux bootstrap` again to replace it)"
+        );
+        assert_eq!(
+            not_ready(Kind::Kustomization, None).to_string(),
+            "Kustomization `flux-system/flux-system` has no Ready condition yet: are the Flux controllers running? (`kubectl -n flux-system get pods`)"
+        );
+    }
 }

@@ -2,7 +2,8 @@
 
 use clap::CommandFactory;
 
-use crate::Exit;
+use std::io;
+
 use crate::cli::Cli;
 use crate::output::Ui;
 
@@ -22,16 +23,14 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 pub struct ManArgs {}
 
-pub fn run(args: &Args, ui: &Ui) -> anyhow::Result<Exit> {
+pub fn run(args: &Args, ui: &Ui) -> io::Result<()> {
     let mut buf = Vec::new();
     clap_complete::generate(args.shell, &mut Cli::command(), "homelab-flux", &mut buf);
-    ui.out(&String::from_utf8_lossy(&buf))?;
-    Ok(Exit::Ok)
+    ui.out(&String::from_utf8_lossy(&buf))
 }
 
-pub fn man(_: &ManArgs, ui: &Ui) -> anyhow::Result<Exit> {
+pub fn man(_: &ManArgs, ui: &Ui) -> io::Result<()> {
     let mut buf = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
-    ui.out(&String::from_utf8_lossy(&buf))?;
-    Ok(Exit::Ok)
+    ui.out(&String::from_utf8_lossy(&buf))
 }

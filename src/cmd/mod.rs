@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::Exit;
-use crate::config::{self, FluxConfig, Loaded, Secrets, TokenOrigin};
+use crate::config::{self, Findings, FluxConfig, Loaded, Secrets, TokenOrigin};
 use crate::diag::Diagnostic;
 use crate::github::{self, GitHub};
 use crate::online::{self, Answers};
@@ -37,29 +36,56 @@ impl ClusterArgs {
     }
 }
 
+/// The configuration files could not be read (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load the configuration")]
+pub struct CannotLoad(#[source] pub config::LoadError);
+
+/// The findings are printed and hold an error (exit 1): there is nothing more to say.
+#[derive(Debug, thiserror::Error)]
+#[error("problems were found (shown above)")]
+pub struct Reported;
+
+/// The async runtime could not be started (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the async runtime")]
+pub struct NoRuntime(#[source] pub std::io::Error);
+
 /// Loads the configuration for a command; `HOMELAB_FLUX_TOKEN` replaces the secrets file.
-pub(crate) fn load_config(dir: &Path, secrets: Secrets) -> anyhow::Result<Loaded> {
-    let loaded = config::load(dir, secrets, &config::Env::from_process())
-        .context("cannot load the configuration")?;
-    if let Some(token) = &loaded.token {
+pub(crate) fn load_config(dir: &Path, secrets: Secrets) -> Result<Loaded, CannotLoad> {
+    let loaded = config::load(dir, secrets, &config::Env::from_process()).map_err(CannotLoad)?;
+    if let Some(token) = loaded.token() {
         crate::output::hide(token.secret());
     }
     Ok(loaded)
 }
 
-/// Prints the findings and turns them into the exit status.
-pub(crate) fn finish(
-    loaded: &Loaded,
+/// Adds the secrets-hygiene findings of the config directory's git work tree.
+pub(crate) fn with_hygiene(loaded: Loaded, dir: &Path) -> Loaded {
+    let hygiene = crate::git::hygiene(dir, &loaded.findings().secrets_path, loaded.token());
+    loaded.extend(hygiene)
+}
+
+/// Prints the findings; [`Reported`] when they hold an error.
+pub(crate) fn finish<E: From<Reported> + From<std::io::Error>>(
+    findings: &Findings,
     ui: &Ui,
     format: Format,
     subject: &str,
-) -> anyhow::Result<Exit> {
-    ui.report(&loaded.report, &loaded.sources, format, subject)?;
-    Ok(if loaded.report.has_errors() {
-        Exit::Problems
-    } else {
-        Exit::Ok
-    })
+) -> Result<(), E> {
+    ui.report(&findings.report, &findings.sources, format, subject)?;
+    if findings.report.has_errors() {
+        return Err(Reported.into());
+    }
+    Ok(())
+}
+
+/// A runtime for one thread (`validate`, `status`).
+pub(crate) fn current_thread_runtime() -> Result<tokio::runtime::Runtime, NoRuntime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(NoRuntime)
 }
 
 /// The client for the repository's host (which loading the configuration proved to be the
@@ -85,17 +111,18 @@ pub(crate) fn github_client(cfg: &FluxConfig, token: &Token, ui: &Ui) -> anyhow:
 pub(crate) fn github_findings(
     cfg: &FluxConfig,
     token: &Token,
-    loaded: &Loaded,
+    origin: &TokenOrigin,
+    findings: &Findings,
     answers: Answers,
 ) -> anyhow::Result<Vec<Diagnostic>> {
-    let flux_file = loaded
+    let flux_file = findings
         .sources
         .first()
         .map(|s| s.name().to_string())
         .unwrap_or_default();
-    let token_file = match &loaded.token_origin {
-        Some(TokenOrigin::File(p)) => p.display().to_string(),
-        _ => format!("${}", config::TOKEN_ENV),
+    let token_file = match origin {
+        TokenOrigin::File(p) => p.display().to_string(),
+        TokenOrigin::Env => format!("${}", config::TOKEN_ENV),
     };
     let files = online::Files {
         flux: &flux_file,

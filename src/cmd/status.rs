@@ -3,10 +3,9 @@
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::Exit;
 use crate::cli::Global;
-use crate::cluster::Kind;
-use crate::config::{Auth, Secrets};
+use crate::cluster::{self, Kind};
+use crate::config::{Auth, Credential, Loaded, Secrets, Valid};
 use crate::flux;
 use crate::output::{Format, Ui};
 
@@ -45,15 +44,41 @@ struct Status {
     ready: bool,
 }
 
-pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(status(args, global, ui))
+/// Why `status` did not end with exit 0.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Some object is not Ready, or the deploy key is gone (exit 1); the status says which.
+    #[error("Flux is not ready (see the status above)")]
+    NotReady,
+    #[error(transparent)]
+    Runtime(#[from] super::NoRuntime),
+    #[error(transparent)]
+    Cluster(#[from] cluster::Error),
+    /// GitHub could not be asked about the deploy key.
+    #[error(transparent)]
+    GitHub(#[from] anyhow::Error),
+    #[error("cannot write the status")]
+    Output(#[from] std::io::Error),
 }
 
-async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::NotReady => 1,
+            Error::Runtime(_) | Error::Cluster(_) | Error::GitHub(_) | Error::Output(_) => 2,
+        }
+    }
+
+    pub fn is_reported(&self) -> bool {
+        matches!(self, Error::NotReady)
+    }
+}
+
+pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
+    super::current_thread_runtime()?.block_on(status(args, global, ui))
+}
+
+async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
     let cluster = args.cluster.connect().await?;
     let ns = flux::NAMESPACE;
     let (repo, ks, secret) = tokio::join!(
@@ -91,15 +116,18 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
 
     // The deploy key on GitHub, when a token is at hand (never an error when it is not).
     let mut deploy_key_registered = None;
-    if let Ok(loaded) = super::load_config(&global.config_dir, Secrets::Optional)
-        && let (Some(cfg), Some(token)) = (&loaded.flux, &loaded.token)
+    if let Ok(Loaded::Valid(Valid {
+        flux: cfg,
+        credential: Some(Credential { token, .. }),
+        ..
+    })) = super::load_config(&global.config_dir, Secrets::Optional)
         && cfg.auth == Auth::DeployKey
         && let Some(public) = secret
             .as_ref()
             .and_then(|s| serde_json::to_value(s).ok())
             .and_then(|s| flux::deploy_public_key(&s))
     {
-        let gh = super::github_client(cfg, token, ui)?;
+        let gh = super::github_client(&cfg, &token, ui)?;
         let keys = gh
             .list_deploy_keys(&cfg.repo.owner, &cfg.repo.name)
             .await
@@ -118,11 +146,11 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
         Format::Json => ui.out_json(&status)?,
         Format::Text => ui.out_lines(&render(&status))?,
     }
-    Ok(if status.ready {
-        Exit::Ok
+    if status.ready {
+        Ok(())
     } else {
-        Exit::Problems
-    })
+        Err(Error::NotReady)
+    }
 }
 
 /// The text report, one entry per line; [`crate::output::Ui::out_lines`] escapes each line, so a condition

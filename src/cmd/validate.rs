@@ -1,13 +1,9 @@
 //! `homelab-flux validate`: check the configuration, offline and against GitHub.
 
-use anyhow::Context;
-
-use crate::Exit;
 use crate::cli::Global;
-use crate::config::{FluxConfig, Loaded, Secrets};
+use crate::config::{Credential, Findings, FluxConfig, Loaded, Secrets, Valid};
 use crate::diag::{Code, Diagnostic};
 use crate::output::{Format, Ui};
-use crate::token::Token;
 
 /// Check the configuration files, the secrets hygiene of the git work tree, and GitHub.
 ///
@@ -31,64 +27,95 @@ pub struct Args {
     pub format: Format,
 }
 
-pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
-    let mut loaded = super::load_config(&global.config_dir, Secrets::Optional)?;
-    let hygiene = crate::git::hygiene(
-        &global.config_dir,
-        &loaded.secrets_path,
-        loaded.token.as_ref(),
-    );
-    loaded.report.extend(hygiene);
+/// Why `validate` did not end with exit 0.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Load(#[from] super::CannotLoad),
+    /// The findings hold an error (exit 1).
+    #[error(transparent)]
+    Reported(#[from] super::Reported),
+    #[error(transparent)]
+    Runtime(#[from] super::NoRuntime),
+    /// GitHub could not be asked (exit 2), after the offline findings were printed.
+    #[error(transparent)]
+    GitHub(anyhow::Error),
+    #[error("cannot write the findings")]
+    Output(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Reported(_) => 1,
+            Error::Load(_) | Error::Runtime(_) | Error::GitHub(_) | Error::Output(_) => 2,
+        }
+    }
+
+    pub fn is_reported(&self) -> bool {
+        matches!(self, Error::Reported(_))
+    }
+}
+
+pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
+    let loaded = super::load_config(&global.config_dir, Secrets::Optional)?;
+    let mut loaded = super::with_hygiene(loaded, &global.config_dir);
 
     let mut unreachable = None;
     if !args.offline {
-        match (&loaded.flux, &loaded.token, loaded.report.has_errors()) {
-            (Some(cfg), Some(token), false) => {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("cannot start the async runtime")?;
-                match runtime.block_on(check_github(cfg, token, &loaded, ui)) {
-                    Ok(found) => loaded.report.extend(found),
-                    Err(e) => unreachable = Some(e),
-                }
+        let found = match &loaded {
+            Loaded::Valid(Valid {
+                flux,
+                credential: Some(credential),
+                findings,
+            }) => {
+                let runtime = super::current_thread_runtime()?;
+                runtime
+                    .block_on(check_github(flux, credential, findings, ui))
+                    .unwrap_or_else(|e| {
+                        unreachable = Some(Error::GitHub(e));
+                        Vec::new()
+                    })
             }
-            (_, None, false) => loaded.report.push(
+            Loaded::Valid(Valid { findings, .. }) => vec![
                 Diagnostic::note(
                     Code::OnlineSkipped,
                     "the GitHub checks were skipped: there is no token",
                 )
                 .with_hint(format!(
                     "create `{}` or set `HOMELAB_FLUX_TOKEN`",
-                    loaded.secrets_path.display()
+                    findings.secrets_path.display()
                 )),
-            ),
-            _ => loaded.report.push(
+            ],
+            Loaded::Invalid(_) => vec![
                 Diagnostic::note(
                     Code::OnlineSkipped,
                     "the GitHub checks were skipped because of the errors above",
                 )
                 .with_hint("fix them and run again"),
-            ),
-        }
+            ],
+        };
+        loaded = loaded.extend(found);
     }
+    let mut findings = loaded.into_findings();
     if args.strict {
-        loaded.report.make_strict();
+        findings.report.make_strict();
     }
-    let exit = super::finish(&loaded, ui, args.format, "the configuration")?;
+    super::finish::<Error>(&findings, ui, args.format, "the configuration")?;
     match unreachable {
         Some(e) => Err(e),
-        None => Ok(exit),
+        None => Ok(()),
     }
 }
 
 /// Asks GitHub the independent questions at once and turns the answers into findings.
 async fn check_github(
     cfg: &FluxConfig,
-    token: &Token,
-    loaded: &Loaded,
+    credential: &Credential,
+    findings: &Findings,
     ui: &Ui,
 ) -> anyhow::Result<Vec<Diagnostic>> {
+    let token = &credential.token;
     let client = super::github_client(cfg, token, ui)?;
     ui.log(
         1,
@@ -99,5 +126,5 @@ async fn check_github(
         ),
     );
     let answers = client.ask(cfg, false).await;
-    super::github_findings(cfg, token, loaded, answers)
+    super::github_findings(cfg, token, &credential.origin, findings, answers)
 }

@@ -71,22 +71,94 @@ pub enum TokenOrigin {
     Env,
 }
 
-/// Everything [`load`] read, and every finding.
+/// What [`load`] found: a configuration with no errors, or the findings that keep it from
+/// being one.
 #[derive(Debug)]
-pub struct Loaded {
-    /// Set when `flux.yaml` had no errors.
-    pub flux: Option<FluxConfig>,
-    /// Set when a token was found and had no errors.
+pub enum Loaded {
+    Valid(Valid),
+    Invalid(Invalid),
+}
+
+/// Both files without errors (warnings and notes may be in [`Findings::report`]).
+#[derive(Debug)]
+pub struct Valid {
+    pub flux: FluxConfig,
+    /// The token; `None` only when it was not asked for ([`Secrets::Ignored`]) or the secrets
+    /// file is missing where that is a warning ([`Secrets::Optional`]).
+    pub credential: Option<Credential>,
+    pub findings: Findings,
+}
+
+/// At least one error.
+#[derive(Debug)]
+pub struct Invalid {
+    /// A token without errors beside a broken `flux.yaml`, so that the hygiene scan can still
+    /// look for it in tracked files.
     pub token: Option<Token>,
-    pub token_origin: Option<TokenOrigin>,
-    /// The only host the token is sent to (`host:` or `HOMELAB_FLUX_GITHUB_HOST`, default
-    /// `github.com`); `flux` is set only when `repo` is on it.
-    pub token_host: TokenHost,
-    /// The secrets file's path (whether or not it exists).
-    pub secrets_path: PathBuf,
+    pub findings: Findings,
+}
+
+/// A token and where it came from.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub token: Token,
+    pub origin: TokenOrigin,
+}
+
+/// Every finding, and what it points into.
+#[derive(Debug)]
+pub struct Findings {
     pub report: Report,
     /// The texts the findings point into, for rendering.
     pub sources: Vec<Source>,
+    /// The secrets file's path (whether or not it exists).
+    pub secrets_path: PathBuf,
+}
+
+impl Loaded {
+    pub fn findings(&self) -> &Findings {
+        match self {
+            Loaded::Valid(v) => &v.findings,
+            Loaded::Invalid(i) => &i.findings,
+        }
+    }
+
+    pub fn into_findings(self) -> Findings {
+        match self {
+            Loaded::Valid(v) => v.findings,
+            Loaded::Invalid(i) => i.findings,
+        }
+    }
+
+    /// The token, when one without errors was read.
+    pub fn token(&self) -> Option<&Token> {
+        match self {
+            Loaded::Valid(v) => v.credential.as_ref().map(|c| &c.token),
+            Loaded::Invalid(i) => i.token.as_ref(),
+        }
+    }
+
+    /// Adds findings made after loading (hygiene, GitHub); an error among them makes the
+    /// configuration invalid.
+    pub fn extend(self, found: impl IntoIterator<Item = Diagnostic>) -> Loaded {
+        match self {
+            Loaded::Valid(mut v) => {
+                v.findings.report.extend(found);
+                if v.findings.report.has_errors() {
+                    Loaded::Invalid(Invalid {
+                        token: v.credential.map(|c| c.token),
+                        findings: v.findings,
+                    })
+                } else {
+                    Loaded::Valid(v)
+                }
+            }
+            Loaded::Invalid(mut i) => {
+                i.findings.report.extend(found);
+                Loaded::Invalid(i)
+            }
+        }
+    }
 }
 
 /// Problems that stop a command before it can check anything (exit code 2).
@@ -246,14 +318,20 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
         flux = None;
     }
 
-    Ok(Loaded {
-        flux,
-        token,
-        token_origin,
-        token_host,
-        secrets_path,
+    let findings = Findings {
         report,
         sources,
+        secrets_path,
+    };
+    Ok(match flux {
+        Some(flux) if !findings.report.has_errors() => Loaded::Valid(Valid {
+            flux,
+            credential: token
+                .zip(token_origin)
+                .map(|(token, origin)| Credential { token, origin }),
+            findings,
+        }),
+        _ => Loaded::Invalid(Invalid { token, findings }),
     })
 }
 
@@ -921,6 +999,31 @@ mod tests {
         );
         assert!(report.has_errors());
         assert!(token.is_none());
+    }
+
+    /// A finding made after loading (hygiene, GitHub) that is an error makes the configuration
+    /// invalid: no command goes on with it.
+    #[test]
+    fn an_error_found_after_loading_makes_the_configuration_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FLUX_FILE), "repo: https://github.com/o/r\n").unwrap();
+        let env = Env {
+            token: Some(TOKEN.to_string()),
+            host: None,
+        };
+        let loaded = load(dir.path(), Secrets::Required, &env).unwrap();
+        let Loaded::Valid(v) = &loaded else {
+            panic!("{loaded:?}")
+        };
+        assert_eq!(v.credential.as_ref().unwrap().origin, TokenOrigin::Env);
+        let warned = loaded.extend([Diagnostic::warning(Code::SecretsMissing, "w")]);
+        assert!(matches!(warned, Loaded::Valid(_)));
+        let failed = warned.extend([Diagnostic::error(Code::SecretsMissing, "e")]);
+        let Loaded::Invalid(i) = &failed else {
+            panic!("{failed:?}")
+        };
+        assert!(i.token.is_some(), "the token stays for the hygiene scan");
+        assert_eq!(failed.findings().report.iter().count(), 2);
     }
 
     #[test]

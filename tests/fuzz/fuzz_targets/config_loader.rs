@@ -156,38 +156,49 @@ fn fuzz_load(mode: u8, rest: &[u8]) {
     };
     let loaded = config::load(&dir, need, &env).expect("both files are readable");
     let flux_name = flux_path.display().to_string();
+    let findings = loaded.findings();
     let errors_in = |file: &str| {
-        loaded.report.iter().any(|d| {
+        findings.report.iter().any(|d| {
             d.severity == Severity::Error && d.location.as_ref().is_some_and(|l| l.file == file)
         })
     };
-    if loaded.flux.is_some() && !known_config_with_errors() {
-        assert!(
-            !errors_in(&flux_name),
-            "config returned with errors: {:?}",
-            loaded.report
-        );
-    }
-    let token_file = match &loaded.token_origin {
-        Some(config::TokenOrigin::File(p)) => p.display().to_string(),
-        Some(config::TokenOrigin::Env) => format!("${}", config::TOKEN_ENV),
-        None => String::new(),
+    let valid = match &loaded {
+        config::Loaded::Valid(v) => Some(v),
+        config::Loaded::Invalid(_) => None,
     };
-    if let Some(t) = &loaded.token {
-        assert!(!token_file.is_empty(), "a token without an origin");
+    if valid.is_some() && !known_config_with_errors() {
+        assert!(
+            !findings.report.has_errors(),
+            "config returned with errors: {:?}",
+            findings.report
+        );
+        assert!(!errors_in(&flux_name));
+    }
+    let token_file = match &env.token {
+        Some(_) => format!("${}", config::TOKEN_ENV),
+        None => secrets_path.display().to_string(),
+    };
+    if let Some(c) = valid.and_then(|v| v.credential.as_ref()) {
+        let expected = match &env.token {
+            Some(_) => config::TokenOrigin::Env,
+            None => config::TokenOrigin::File(secrets_path.clone()),
+        };
+        assert_eq!(c.origin, expected, "the token's origin");
+    }
+    if let Some(t) = loaded.token() {
         assert!(
             known_config_with_errors() || !errors_in(&token_file),
             "token returned with errors: {:?}",
-            loaded.report
+            findings.report
         );
         check_token_debug(t);
     }
     // flux.yaml is shown as written (it may hold anything, the token too): only the findings
     // about the token's own file are looked at for the token.
     check_report(
-        &loaded.report,
-        &loaded.sources,
-        loaded.token.as_ref(),
+        &findings.report,
+        &findings.sources,
+        loaded.token(),
         |d| d.location.as_ref().is_some_and(|l| l.file == token_file),
     );
 }
