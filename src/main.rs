@@ -1,4 +1,5 @@
-//! The `homelab-flux` binary: parse arguments, run, print the error chain once, exit 0 / 1 / 2.
+//! The `homelab-flux` binary: parse arguments, set up the log, run, print the error chain once,
+//! exit 0 / 1 / 2.
 
 use std::process::ExitCode;
 
@@ -8,7 +9,8 @@ use homelab_flux::{cli::Cli, output::Ui};
 fn main() -> ExitCode {
     homelab_flux::output::install_panic_hook();
     let cli = Cli::parse();
-    let ui = Ui::new(cli.global.quiet, cli.global.verbose);
+    homelab_flux::output::init_logging(cli.global.quiet, cli.global.verbose);
+    let ui = Ui::new(cli.global.quiet);
     match homelab_flux::run(cli, &ui) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,

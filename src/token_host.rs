@@ -75,7 +75,7 @@ impl TokenHost {
                 self.0
             ),
         );
-        let distance = crate::config::levenshtein(&repo_host, &self.0);
+        let distance = strsim::levenshtein(&repo_host, &self.0);
         Some(if (1..=2).contains(&distance) {
             d.with_hint(format!("did you mean `{}`?", self.0))
         } else if repo_host == DEFAULT_HOST {

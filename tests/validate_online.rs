@@ -61,6 +61,42 @@ fn validate_at(dir: &Path, api: &str, token: &str, extra: &[&str]) -> Run {
     r
 }
 
+/// `-vv` shows the HTTP libraries' own tracing events (reqwest's `log` records bridged, hyper's
+/// events), through the same masking as every line: the token, which each of those requests
+/// carries, is in none of them. `-v` shows homelab-flux's own debug lines only.
+#[test]
+fn the_http_libraries_log_at_vv_and_never_the_token() {
+    let c = Case::new("vv", TokenSpec::fine_grained("username"), "branch: main\n");
+    let r = c.validate(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for from in ["debug: reqwest::connect: ", "debug: hyper_util::"] {
+        assert!(
+            r.stderr.lines().any(|l| l.starts_with(from)),
+            "no `{from}` line at -vv:\n{}",
+            r.stderr
+        );
+    }
+    let mut cmd = command(c.dir.path());
+    cmd.args(["-v", "validate"])
+        .env("HOMELAB_FLUX_GITHUB_API_URL", c.gh.url());
+    let v = run(cmd);
+    assert_no_leak(&c.token, &v.transcript(), "validate -v");
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    assert!(
+        v.stderr.contains(&format!(
+            "debug: checking `https://github.com/username/manifests.git` against the GitHub API at {}",
+            c.gh.url()
+        )),
+        "{}",
+        v.stderr
+    );
+    assert!(
+        !v.stderr.contains("reqwest::") && !v.stderr.contains("hyper_util::"),
+        "library lines at -v:\n{}",
+        v.stderr
+    );
+}
+
 #[test]
 fn a_working_token_repository_and_branch_pass_with_the_documented_headers() {
     let c = Case::new("ok", TokenSpec::fine_grained("username"), "branch: main\n");

@@ -221,7 +221,7 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
         };
         // A run that stopped early gives the Lease back, so that the next one need not wait
         // for it to expire.
-        lease.release(ui).await;
+        lease.release().await;
         result
     });
     // An SSH proof still running on a blocking thread is abandoned, not waited for.
@@ -286,13 +286,10 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
 
     // Read: the cluster.
     let cluster = args.cluster.connect().await?;
-    ui.log(
-        1,
-        &format!(
-            "kubeconfig context `{}`, API server {}",
-            cluster.context(),
-            cluster.server()
-        ),
+    tracing::debug!(
+        "kubeconfig context `{}`, API server {}",
+        cluster.context(),
+        cluster.server()
     );
     let mut live = read_live(&cluster).await?;
     steps.emit(Step::Connected {
@@ -307,10 +304,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
     };
     let mut plan = plan::plan(&cfg, &token, &github, &live, &options)?;
     for o in [&plan.git_repository, &plan.kustomization] {
-        ui.log(
-            2,
-            &format!("desired {} spec: {}", o.kind.name(), o.desired["spec"]),
-        );
+        tracing::trace!("desired {} spec: {}", o.kind.name(), o.desired["spec"]);
     }
 
     // Act, in order.
@@ -387,7 +381,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
     run.apply(&plan.git_repository, pending, &mut steps).await?;
     run.apply(&plan.kustomization, pending, &mut steps).await?;
     // The credentials are settled: another run may go on while this one waits for Flux.
-    lease.release(ui).await;
+    lease.release().await;
 
     if args.dry_run || args.no_wait {
         return Ok(());
@@ -418,13 +412,10 @@ async fn read_config_and_github(global: &Global, ui: &Ui) -> Result<Read, Error>
         }
     };
     let gh = super::github_client(&cfg, &token, ui)?;
-    ui.log(
-        1,
-        &format!(
-            "checking `{}` against the GitHub API at {}",
-            cfg.repo,
-            gh.api_base()
-        ),
+    tracing::debug!(
+        "checking `{}` against the GitHub API at {}",
+        cfg.repo,
+        gh.api_base()
     );
     let mut answers = gh.ask(&cfg, true).await;
     // What the run goes on with, kept before the answers become findings.
@@ -446,14 +437,11 @@ async fn read_config_and_github(global: &Global, ui: &Ui) -> Result<Read, Error>
         Some(meta) => meta.context("cannot read GitHub's SSH host keys")?.ssh_keys,
         None => Vec::new(),
     };
-    ui.log(
-        1,
-        &format!(
-            "GitHub lists {} deploy key(s) on `{}`; {} SSH host key(s) in /meta",
-            keys.as_ref().map_or(0, Vec::len),
-            cfg.repo,
-            host_keys.len()
-        ),
+    tracing::debug!(
+        "GitHub lists {} deploy key(s) on `{}`; {} SSH host key(s) in /meta",
+        keys.as_ref().map_or(0, Vec::len),
+        cfg.repo,
+        host_keys.len()
     );
     Ok(Read {
         github: GitHubView {
@@ -561,11 +549,7 @@ impl Run<'_> {
 
     /// Applies Flux's install manifests (a server-side dry run with `--dry-run`).
     async fn install(&self, missing: &[String], steps: &mut Steps<'_>) -> anyhow::Result<()> {
-        let ui = steps.ui();
-        ui.log(
-            1,
-            &format!("Flux is not fully installed: no {}", missing.join(", no ")),
-        );
+        tracing::debug!("Flux is not fully installed: no {}", missing.join(", no "));
         let source = self
             .args
             .flux_manifests
@@ -585,12 +569,9 @@ impl Run<'_> {
             .cluster
             .install(&documents, self.args.dry_run, self.args.timeout)
             .await?;
-        ui.log(
-            1,
-            &format!(
-                "{written} of {count} objects written, {} already as wanted",
-                count - written
-            ),
+        tracing::debug!(
+            "{written} of {count} objects written, {} already as wanted",
+            count - written
         );
         steps.emit(Step::Installed {
             source: source.to_string(),
@@ -715,6 +696,9 @@ impl Run<'_> {
                 Ok(sha)
             }
             Err(proof) => {
+                if let Some(detail) = std::error::Error::source(&proof) {
+                    tracing::debug!("the SSH proof failed: {detail}");
+                }
                 let mut left_behind = None;
                 if let Some((title, id)) = created
                     && let Err(e) = self
@@ -869,12 +853,9 @@ impl HeldLease {
         if waited {
             steps.emit(Step::LeaseFree);
         }
-        steps.ui().log(
-            1,
-            &format!(
-                "took the Lease `{ns}/{}` as `{holder}`",
-                cluster::LEASE_NAME
-            ),
+        tracing::debug!(
+            "took the Lease `{ns}/{}` as `{holder}`",
+            cluster::LEASE_NAME
         );
         let renewer = {
             let (cluster, holder) = (cluster.clone(), holder.clone());
@@ -891,19 +872,16 @@ impl HeldLease {
     }
 
     /// Gives the Lease back, if held. Failing to is no error: it expires on its own.
-    async fn release(&self, ui: &Ui) {
+    async fn release(&self) {
         let Some((cluster, holder, renewer)) = self.held.lock().await.take() else {
             return;
         };
         renewer.abort();
         let release = cluster.release_lease(flux::NAMESPACE, &holder);
         match tokio::time::timeout(Duration::from_secs(5), release).await {
-            Ok(Ok(())) => ui.log(1, "released the Lease"),
-            Ok(Err(e)) => ui.log(1, &format!("could not release the Lease: {e}")),
-            Err(_) => ui.log(
-                1,
-                "could not release the Lease in time; it expires on its own",
-            ),
+            Ok(Ok(())) => tracing::debug!("released the Lease"),
+            Ok(Err(e)) => tracing::debug!("could not release the Lease: {e}"),
+            Err(_) => tracing::debug!("could not release the Lease in time; it expires on its own"),
         }
     }
 }
@@ -961,7 +939,7 @@ struct Heads<'a> {
     accepted: Vec<String>,
 }
 impl Heads<'_> {
-    async fn accepts(&mut self, sha: &str, ui: &Ui) -> bool {
+    async fn accepts(&mut self, sha: &str) -> bool {
         if self.accepted.iter().any(|a| a == sha) {
             return true;
         }
@@ -977,14 +955,11 @@ impl Heads<'_> {
                 None => None,
             },
         };
-        ui.log(
-            1,
-            &format!(
-                "Flux reports {}; `{}` is at {}",
-                short(sha),
-                self.branch,
-                head.as_deref().map_or("(unknown)", short)
-            ),
+        tracing::debug!(
+            "Flux reports {}; `{}` is at {}",
+            short(sha),
+            self.branch,
+            head.as_deref().map_or("(unknown)", short)
         );
         // Not remembered when it differs: GitHub's answer may lag behind a push Flux has seen.
         let current = head.as_deref() == Some(sha);
@@ -1042,10 +1017,7 @@ async fn wait_for(
                     steps.progress_done();
                     return Err(error.into());
                 }
-                steps.ui().log(
-                    1,
-                    &format!("the watch on {} dropped ({error}); resuming", kind.name()),
-                );
+                tracing::debug!("the watch on {} dropped ({error}); resuming", kind.name());
                 failing = Some(error);
                 // 0.25 s, doubling to 5 s: quick after a blip, gentle on a restarting server.
                 let pause =
@@ -1058,7 +1030,7 @@ async fn wait_for(
         let Some(object) = object else { continue };
         let observed = flux::Observed::from_object(&to_value(&object));
         if let Some(sha) = ready_at(&observed)
-            && heads.accepts(&sha, steps.ui()).await
+            && heads.accepts(&sha).await
         {
             steps.progress_done();
             return Ok(sha);

@@ -117,13 +117,10 @@ async fn check_github(
 ) -> anyhow::Result<Vec<Diagnostic>> {
     let token = &credential.token;
     let client = super::github_client(cfg, token, ui)?;
-    ui.log(
-        1,
-        &format!(
-            "checking `{}` against the GitHub API at {}",
-            cfg.repo,
-            client.api_base()
-        ),
+    tracing::debug!(
+        "checking `{}` against the GitHub API at {}",
+        cfg.repo,
+        client.api_base()
     );
     let answers = client.ask(cfg, false).await;
     super::github_findings(cfg, token, &credential.origin, findings, answers)

@@ -892,28 +892,10 @@ pub fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
     let lower = word.to_ascii_lowercase().replace('_', "-");
     known
         .iter()
-        .map(|k| (k, levenshtein(&lower, &k.to_ascii_lowercase())))
+        .map(|k| (k, strsim::levenshtein(&lower, &k.to_ascii_lowercase())))
         .filter(|(k, d)| *d <= (k.len() / 3).max(1))
         .min_by_key(|(_, d)| *d)
         .map(|(k, _)| *k)
-}
-
-/// Edits between two words (for suggestions).
-pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(row[j + 1] + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

@@ -246,7 +246,7 @@ fn check_report(
     about_token: impl Fn(&Diagnostic) -> bool,
 ) {
     let secret = token.and_then(leak_probe);
-    let ui = Ui::new(false, 2);
+    let ui = Ui::new(false);
     let mut token_findings = Report::default();
     for d in report.iter() {
         if let Some(p) = d.location.as_ref().and_then(|l| l.position) {
