@@ -35,7 +35,8 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DIR", default_value = "config")]
     pub config_dir: PathBuf,
 
-    /// More logs on stderr: `-v` for debug, `-vv` for trace (the token is never logged).
+    /// More logs on stderr: `-v` for debug, `-vv` also for trace and the debug events of kube-rs,
+    /// hyper and reqwest (the token is never logged).
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
 
