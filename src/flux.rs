@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::{Auth, FluxConfig};
+use crate::config::{Auth, Decryption, FluxConfig};
 
 /// The namespace Flux runs in, and the name of every object homelab-flux owns.
 pub const NAMESPACE: &str = "flux-system";
@@ -18,6 +18,10 @@ pub const GIT_REPOSITORY_API: &str = "source.toolkit.fluxcd.io/v1";
 pub const KUSTOMIZATION_API: &str = "kustomize.toolkit.fluxcd.io/v1";
 pub const GIT_REPOSITORY_INTERVAL: &str = "1m0s";
 pub const KUSTOMIZATION_INTERVAL: &str = "10m0s";
+/// The Secret with the age identity for `decryption: sops`, and its key, as Flux's SOPS guide
+/// names them (`kubectl create secret generic sops-age --from-file=age.agekey=...`).
+pub const SOPS_SECRET: &str = "sops-age";
+pub const SOPS_SECRET_KEY: &str = "age.agekey";
 
 /// The URL Flux clones: SSH for a deploy key, HTTPS for a token.
 pub fn source_url(cfg: &FluxConfig) -> String {
@@ -56,6 +60,13 @@ pub fn deploy_key_secret(identity: &str, identity_pub: &str, known_hosts: &str) 
 /// The Secret `flux-system` for `auth: token`: HTTP Basic auth with the token as password.
 pub fn token_secret(token: &str) -> Value {
     secret(&[("username", "git"), ("password", token)])
+}
+
+/// The Secret `sops-age` that kustomize-controller decrypts with.
+pub fn sops_age_secret(identity: &str) -> Value {
+    let mut s = secret(&[(SOPS_SECRET_KEY, identity)]);
+    s["metadata"]["name"] = Value::from(SOPS_SECRET);
+    s
 }
 
 fn secret(entries: &[(&str, &str)]) -> Value {
@@ -97,9 +108,9 @@ pub fn git_repository(url: &str, branch: &str) -> Value {
     }))
 }
 
-/// The Kustomization `flux-system`.
+/// The Kustomization `flux-system`; with `decryption: sops` it decrypts with [`SOPS_SECRET`].
 pub fn kustomization(cfg: &FluxConfig) -> Value {
-    sorted(json!({
+    let mut k = json!({
         "apiVersion": KUSTOMIZATION_API,
         "kind": "Kustomization",
         "metadata": { "name": NAME, "namespace": NAMESPACE },
@@ -109,7 +120,12 @@ pub fn kustomization(cfg: &FluxConfig) -> Value {
             "prune": true,
             "sourceRef": { "kind": "GitRepository", "name": NAME },
         },
-    }))
+    });
+    if cfg.decryption == Some(Decryption::Sops) {
+        k["spec"]["decryption"] =
+            json!({ "provider": "sops", "secretRef": { "name": SOPS_SECRET } });
+    }
+    sorted(k)
 }
 
 /// The objects as a YAML stream, each document starting with `---`, keys sorted.
@@ -172,6 +188,19 @@ mod tests {
         assert_eq!(s["data"]["password"], "YWJj");
         assert_eq!(s["data"]["username"], "Z2l0");
         assert_eq!(s["metadata"]["namespace"], NAMESPACE);
+    }
+
+    #[test]
+    fn sops_decryption_names_the_sops_age_secret() {
+        let (cfg, _) = parse_flux("repo: https://github.com/o/r\ndecryption: sops\n", "f");
+        let k = kustomization(&cfg.unwrap());
+        assert_eq!(
+            k["spec"]["decryption"],
+            json!({"provider": "sops", "secretRef": {"name": "sops-age"}})
+        );
+        let s = sops_age_secret("AGE-SECRET-KEY-1X");
+        assert_eq!(s["metadata"]["name"], "sops-age");
+        assert_eq!(s["data"]["age.agekey"], "QUdFLVNFQ1JFVC1LRVktMVg=");
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!   hashed.
 //!
 //! Pure logic beside them: [`repo_url`], [`branch`], [`repo_path`], [`token`] check and normalise
-//! values; [`token_host`] keeps the token to its own host; [`keys`] makes deploy keys in
-//! memory; [`flux`] builds the Flux objects; [`online`]
+//! values; [`token_host`] keeps the token to its own host; [`sops`] parses age identities and
+//! SOPS metadata and decides whether the repository is encrypted for the cluster's identity;
+//! [`keys`] makes deploy keys in memory; [`flux`] builds the Flux objects; [`online`]
 //! turns GitHub's answers into findings; [`diag`] holds findings. [`cmd`] has one module per
 //! subcommand; [`output`] is the only module that prints.
 
@@ -31,6 +32,7 @@ pub mod online;
 pub mod output;
 pub mod repo_path;
 pub mod repo_url;
+pub mod sops;
 pub mod token;
 pub mod token_host;
 

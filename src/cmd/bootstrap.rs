@@ -180,13 +180,7 @@ async fn bootstrap(
     let prefix = if args.dry_run { "(dry run) " } else { "" };
 
     // 1. The configuration, offline and online; nothing is touched when it has errors.
-    let mut loaded = super::load_config(&global.config_dir, Secrets::Required)?;
-    let hygiene = crate::git::hygiene(
-        &global.config_dir,
-        &loaded.secrets_path,
-        loaded.token.as_ref(),
-    );
-    loaded.report.extend(hygiene);
+    let mut loaded = super::check_offline(&global.config_dir, Secrets::Required, ui)?;
     let (cfg, token) = match (
         loaded.flux.clone(),
         loaded.token.clone(),

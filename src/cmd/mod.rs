@@ -20,6 +20,43 @@ pub(crate) fn load_config(dir: &Path, secrets: Secrets) -> anyhow::Result<Loaded
     if let Some(token) = &loaded.token {
         crate::output::hide(token.secret());
     }
+    for identity in &loaded.age_identities {
+        crate::output::hide(identity.secret());
+    }
+    Ok(loaded)
+}
+
+/// The offline checks every command that reads secrets runs: the configuration, the secrets
+/// hygiene of the git work tree, and, for `decryption: sops`, whether the repository is
+/// encrypted for the age identity the cluster gets (then the only one left in
+/// `age_identities`).
+pub(crate) fn check_offline(dir: &Path, secrets: Secrets, ui: &Ui) -> anyhow::Result<Loaded> {
+    let mut loaded = load_config(dir, secrets)?;
+    let hygiene = crate::git::hygiene(
+        dir,
+        &loaded.secrets_path,
+        crate::git::Secrets {
+            token: loaded.token.as_ref(),
+            age_identities: &loaded.age_identities,
+        },
+    );
+    loaded.report.extend(hygiene.findings);
+    if loaded.decryption.is_some()
+        && let Some(identity) = crate::sops::choose(&loaded.age_identities, &hygiene.sops).cloned()
+    {
+        ui.log(
+            1,
+            &format!(
+                "the cluster gets the age identity of recipient `{}` (of {} found)",
+                identity.recipient(),
+                loaded.age_identities.len()
+            ),
+        );
+        loaded
+            .report
+            .extend(crate::sops::check(&identity, &hygiene.sops));
+        loaded.age_identities = vec![identity];
+    }
     Ok(loaded)
 }
 

@@ -34,13 +34,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
-    let mut loaded = super::load_config(&global.config_dir, Secrets::Optional)?;
-    let hygiene = crate::git::hygiene(
-        &global.config_dir,
-        &loaded.secrets_path,
-        loaded.token.as_ref(),
-    );
-    loaded.report.extend(hygiene);
+    let mut loaded = super::check_offline(&global.config_dir, Secrets::Optional, ui)?;
 
     let mut unreachable = None;
     if !args.offline {

@@ -5,6 +5,7 @@
 //! fields, then each field is checked into a type that cannot hold a bad value. Every problem in
 //! both files is collected before anything is returned.
 
+pub mod age;
 pub mod source;
 pub mod yaml;
 
@@ -16,6 +17,7 @@ use crate::branch::BranchName;
 use crate::diag::{Code, Diagnostic, Position, Report, Severity};
 use crate::repo_path::RepoPath;
 use crate::repo_url::{self, RepoUrl};
+use crate::sops::AgeIdentity;
 use crate::token::{self, Token};
 use crate::token_host::TokenHost;
 pub use source::Source;
@@ -54,6 +56,13 @@ impl fmt::Display for Auth {
     }
 }
 
+/// How the Kustomization decrypts the repository's secrets (`decryption:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decryption {
+    /// SOPS with an age identity, in Secret `flux-system/sops-age`.
+    Sops,
+}
+
 /// `flux.yaml`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FluxConfig {
@@ -62,6 +71,8 @@ pub struct FluxConfig {
     pub branch: Option<BranchName>,
     pub path: RepoPath,
     pub auth: Auth,
+    /// `None`: the Kustomization decrypts nothing.
+    pub decryption: Option<Decryption>,
 }
 
 /// Where the token came from.
@@ -84,6 +95,11 @@ pub struct Loaded {
     pub token_host: TokenHost,
     /// The secrets file's path (whether or not it exists).
     pub secrets_path: PathBuf,
+    /// `decryption:` as `flux.yaml` sets it, also when the file has other errors.
+    pub decryption: Option<Decryption>,
+    /// The age identities found (see [`age`]): `ageKey` alone when it is set, else every one in
+    /// the places sops reads. Which one the cluster gets is decided against the repository.
+    pub age_identities: Vec<AgeIdentity>,
     pub report: Report,
     /// The texts the findings point into, for rendering.
     pub sources: Vec<Source>,
@@ -120,11 +136,19 @@ pub enum Secrets {
 }
 
 /// What the environment holds for the configuration (`HOMELAB_FLUX_TOKEN`,
-/// `HOMELAB_FLUX_GITHUB_HOST`), read by the caller so that tests pass literals.
+/// `HOMELAB_FLUX_GITHUB_HOST`, and where sops finds age identities), read by the caller so that
+/// tests pass literals.
 #[derive(Clone, Default)]
 pub struct Env {
     pub token: Option<String>,
     pub host: Option<String>,
+    /// `SOPS_AGE_KEY`: identities themselves.
+    pub sops_age_key: Option<String>,
+    /// `SOPS_AGE_KEY_FILE`: a file of identities.
+    pub sops_age_key_file: Option<PathBuf>,
+    /// The user config directory as Go's `os.UserConfigDir` finds it on Linux, which is where
+    /// sops looks for `sops/age/keys.txt`: `$XDG_CONFIG_HOME`, else `$HOME/.config`.
+    pub config_home: Option<PathBuf>,
 }
 
 impl fmt::Debug for Env {
@@ -132,6 +156,12 @@ impl fmt::Debug for Env {
         f.debug_struct("Env")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("host", &self.host)
+            .field(
+                "sops_age_key",
+                &self.sops_age_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("sops_age_key_file", &self.sops_age_key_file)
+            .field("config_home", &self.config_home)
             .finish()
     }
 }
@@ -140,9 +170,17 @@ impl Env {
     /// The variables of this process; empty values count as unset.
     pub fn from_process() -> Env {
         let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+        // Go takes `XDG_CONFIG_HOME` only when it is an absolute path.
+        let config_home = var("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| var("HOME").map(|h| Path::new(&h).join(".config")));
         Env {
             token: var(TOKEN_ENV),
             host: var(HOST_ENV),
+            sops_age_key: var(age::KEY_ENV),
+            sops_age_key_file: var(age::KEY_FILE_ENV).map(PathBuf::from),
+            config_home,
         }
     }
 }
@@ -158,7 +196,8 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
         path: flux_path.display().to_string(),
     })?;
     let flux_name = flux_path.display().to_string();
-    let (mut flux, flux_source, repo_at) = parse_flux_bytes(&flux_file, &flux_name, &mut report);
+    let (mut flux, flux_source, repo_at, decryption) =
+        parse_flux_bytes(&flux_file, &flux_name, &mut report);
     sources.push(flux_source);
     let auth = flux.as_ref().map(|f| f.auth).unwrap_or_default();
 
@@ -166,6 +205,7 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
     let mut token_origin = None;
     // From the secrets file, when it is read; else from the environment.
     let mut file_host = None;
+    let mut age_key = None;
     if secrets != Secrets::Ignored {
         if let Some(value) = &env.token {
             let found = token::check(value, auth);
@@ -181,10 +221,11 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
             match read(&secrets_path)? {
                 Some(contents) => {
                     let name = secrets_path.display().to_string();
-                    let (t, source, host) =
+                    let (t, source, host, key) =
                         parse_secrets_bytes(&contents, &name, auth, &mut report);
                     sources.push(source);
                     token = t;
+                    age_key = key;
                     token_origin = Some(TokenOrigin::File(secrets_path.clone()));
                     file_host = Some(host);
                 }
@@ -246,12 +287,23 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
         flux = None;
     }
 
+    let age_identities = age::find(
+        age_key,
+        decryption,
+        secrets,
+        &secrets_path,
+        env,
+        &mut report,
+    )?;
+
     Ok(Loaded {
         flux,
         token,
         token_origin,
         token_host,
         secrets_path,
+        decryption: decryption.ok().flatten(),
+        age_identities,
         report,
         sources,
     })
@@ -318,14 +370,14 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
 /// Parses `flux.yaml` text. Findings go to `report`; the config is returned when there were no errors.
 pub fn parse_flux(text: &str, name: &str) -> (Option<FluxConfig>, Report) {
     let mut report = Report::default();
-    let (cfg, _, _) = parse_flux_bytes(&Contents::of(text), name, &mut report);
+    let (cfg, _, _, _) = parse_flux_bytes(&Contents::of(text), name, &mut report);
     (cfg, report)
 }
 
 /// Parses `secrets-flux.yaml` text for the given `auth`.
 pub fn parse_secrets(text: &str, name: &str, auth: Auth) -> (Option<Token>, Report) {
     let mut report = Report::default();
-    let (token, _, _) = parse_secrets_bytes(&Contents::of(text), name, auth, &mut report);
+    let (token, _, _, _) = parse_secrets_bytes(&Contents::of(text), name, auth, &mut report);
     (token, report)
 }
 
@@ -338,17 +390,37 @@ impl Contents {
     }
 }
 
-const FLUX_KEYS: &[&str] = &["repo", "branch", "path", "auth", "apiVersion", "kind"];
-const SECRETS_KEYS: &[&str] = &["token", "host", "apiVersion", "kind"];
+const FLUX_KEYS: &[&str] = &[
+    "repo",
+    "branch",
+    "path",
+    "auth",
+    "decryption",
+    "apiVersion",
+    "kind",
+];
+const SECRETS_KEYS: &[&str] = &["token", "host", "ageKey", "apiVersion", "kind"];
+
+/// The age identity of the secrets file, and where it stands.
+type AgeKeyAt = Option<(AgeIdentity, Position)>;
+/// `decryption:` as written: unset, set, or set to an invalid value (reported).
+type DecryptionSeen = Result<Option<Decryption>, ()>;
 
 /// Also returns the repository and where its value stands whenever `repo` itself is valid (for
-/// the token-host check, which needs it even when other fields have errors).
+/// the token-host check, which needs it even when other fields have errors), and `decryption`
+/// whenever it is valid (so that the age identity is still found and hidden).
 fn parse_flux_bytes(
     bytes: &Contents,
     name: &str,
     report: &mut Report,
-) -> (Option<FluxConfig>, Source, Option<(RepoUrl, Position)>) {
+) -> (
+    Option<FluxConfig>,
+    Source,
+    Option<(RepoUrl, Position)>,
+    DecryptionSeen,
+) {
     let mut repo_at = None;
+    let mut decryption_seen = Ok(None);
     let (cfg, source) = with_fields(bytes, name, false, FLUX_KEYS, report, |ctx| {
         let repo = ctx.string("repo", true).and_then(|(value, node)| {
             let parsed = repo_url::parse(&value);
@@ -402,30 +474,80 @@ fn parse_flux_bytes(
                 }
             }
         };
+        let decryption = match ctx.string("decryption", false) {
+            None => Some(None),
+            Some((value, node)) => {
+                let pos = ctx.value_position(&node, &value);
+                if value == "sops" {
+                    decryption_seen = Ok(Some(Decryption::Sops));
+                    Some(Some(Decryption::Sops))
+                } else {
+                    // A pasted identity is a secret in a committed file: never echoed.
+                    let d = if value.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
+                        Diagnostic::error(
+                            Code::DecryptionInvalid,
+                            "`decryption` holds an age identity, a secret, in a committed file",
+                        )
+                        .with_hint(format!(
+                            "write `decryption: sops` here and put the identity into `{SECRETS_FILE}` as `ageKey:`"
+                        ))
+                    } else {
+                        Diagnostic::error(
+                            Code::DecryptionInvalid,
+                            format!("`decryption` must be `sops`, not `{value}`"),
+                        )
+                        .with_hint("write `decryption: sops` (SOPS with age), or remove the line")
+                    };
+                    ctx.report.push(d.at(name, pos));
+                    decryption_seen = Err(());
+                    None
+                }
+            }
+        };
         Some(FluxConfig {
             repo: repo?,
             branch,
             path: path?,
             auth: auth?,
+            decryption: decryption?,
         })
     });
-    (cfg, source, repo_at)
+    (cfg, source, repo_at, decryption_seen)
 }
 
+/// Also returns `ageKey` when it is a valid identity, whatever else is wrong in the file, so
+/// that it is hidden from all output from then on.
 fn parse_secrets_bytes(
     bytes: &Contents,
     name: &str,
     auth: Auth,
     report: &mut Report,
-) -> (Option<Token>, Source, Result<Option<TokenHost>, ()>) {
+) -> (
+    Option<Token>,
+    Source,
+    Result<Option<TokenHost>, ()>,
+    AgeKeyAt,
+) {
     // `Ok(None)`: no `host:`; `Err`: an invalid one (reported).
     let mut host = Ok(None);
+    let mut age_key = None;
     let (token, source) = with_fields(bytes, name, true, SECRETS_KEYS, report, |ctx| {
         if let Some((value, node)) = ctx.string("host", false) {
             let pos = ctx.value_position(&node, &value);
             host = TokenHost::parse(&value)
                 .map(Some)
                 .map_err(|d| ctx.report.push(d.at(name, pos)));
+        }
+        if let Some((value, node)) = ctx.string("ageKey", false) {
+            let pos = ctx.value_position(&node, &value);
+            match AgeIdentity::parse(&value) {
+                Ok(identity) => age_key = Some((identity, pos)),
+                Err(e) => ctx.report.push(
+                    Diagnostic::error(Code::AgeKeyInvalid, format!("`ageKey` {e}"))
+                        .at(name, pos)
+                        .with_hint(age::IDENTITY_HINT),
+                ),
+            }
         }
         ctx.string("token", true).map(|(value, node)| {
             let pos = ctx.value_position(&node, &value);
@@ -437,7 +559,7 @@ fn parse_secrets_bytes(
             Token::new(&value)
         })
     });
-    (token, source, host)
+    (token, source, host, age_key)
 }
 
 /// Reads a file's document, checks its header, and hands its fields to `read`; the value is
@@ -893,16 +1015,50 @@ mod tests {
     }
 
     #[test]
-    fn debug_of_the_environment_never_shows_the_token() {
+    fn debug_of_the_environment_never_shows_the_token_or_the_age_key() {
+        const AGE_KEY: &str =
+            "AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQS0D4QXM";
         let env = Env {
             token: Some(TOKEN.to_string()),
             host: Some("github.com".into()),
+            sops_age_key: Some(AGE_KEY.to_string()),
+            ..Env::default()
         };
         let shown = format!("{env:?}");
         assert!(
             !shown.contains(&TOKEN[4..]) && shown.contains("github.com"),
             "{shown}"
         );
+        assert!(!shown.contains(&AGE_KEY[16..]), "{shown}");
+    }
+
+    #[test]
+    fn decryption_and_age_key_load_and_debug_hides_the_key() {
+        let identity = ::age::x25519::Identity::generate();
+        let value = secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_string();
+        let (cfg, report) = parse_flux("repo: https://github.com/o/r\ndecryption: sops\n", "f");
+        assert!(report.is_empty(), "{report:?}");
+        assert_eq!(cfg.unwrap().decryption, Some(Decryption::Sops));
+        let env = Env::default();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FLUX_FILE),
+            "repo: https://github.com/o/r\ndecryption: sops\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(SECRETS_FILE),
+            format!("token: {TOKEN}\nageKey: {value}\n"),
+        )
+        .unwrap();
+        let loaded = load(dir.path(), Secrets::Required, &env).unwrap();
+        assert!(loaded.report.is_empty(), "{:?}", loaded.report);
+        assert_eq!(
+            loaded.age_identities[0].recipient(),
+            identity.to_public().to_string()
+        );
+        let shown = format!("{loaded:?}");
+        assert!(!shown.contains(&value[16..]), "{shown}");
     }
 
     /// Found by the fuzzer: a duplicate or unknown key was reported, yet the value came back.

@@ -244,3 +244,33 @@ pub fn canary_token() -> String {
     }
     s
 }
+
+/// A fresh age identity and its recipient, made by `age-keygen` (Debian's `age`, installed by
+/// tests/env/setup): the canary identity that must never appear in any output.
+pub fn age_keygen() -> (String, String) {
+    let out = Command::new("age-keygen")
+        .output()
+        .expect("`age-keygen` is missing: run tests/env/setup (it installs Debian's `age`)");
+    assert!(out.status.success(), "age-keygen failed");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let identity = text
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .expect("an identity line")
+        .to_string();
+    let recipient = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("a public key line")
+        .to_string();
+    (identity, recipient)
+}
+
+/// Fails if any 8-character piece of the identity's key material (after the
+/// `AGE-SECRET-KEY-1` every identity shares, and which hints name) appears in `text`, in
+/// either case.
+pub fn assert_no_identity_leak(identity: &str, text: &str, context: &str) {
+    let key = &identity["AGE-SECRET-KEY-1".len()..];
+    assert_no_leak(key, text, context);
+    assert_no_leak(&key.to_ascii_lowercase(), text, context);
+}
