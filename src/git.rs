@@ -213,7 +213,10 @@ fn scan_tracked(
                     .with_hint("remove it from that file; if it was ever committed, make a new identity with `age-keygen` and re-encrypt the repository for it"),
             );
         }
-        if let Some(content) = on_disk.as_deref().or(staged) {
+        // Only with an identity to check it against.
+        if !secrets.age_identities.is_empty()
+            && let Some(content) = on_disk.as_deref().or(staged)
+        {
             collect_sops(&shown, content, &mut hygiene.sops);
         }
         let is_yaml = rel.extension().is_some_and(|e| e == "yaml" || e == "yml");
@@ -263,6 +266,9 @@ fn collect_sops(shown: &str, content: &[u8], inventory: &mut Inventory) {
                 .push((shown.to_string(), reason)),
         }
     } else if let Some(format) = FileFormat::of(shown)
+        // Only files that mention sops at all are parsed: a large repository costs a byte
+        // search per file.
+        && memchr::memmem::find(content, b"sops").is_some()
         && let Some(found) = sops::encrypted(format, text)
     {
         inventory.files.push((shown.to_string(), found));

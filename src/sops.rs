@@ -430,6 +430,24 @@ pub fn check(identity: &AgeIdentity, inventory: &Inventory) -> Vec<Diagnostic> {
     out
 }
 
+/// When a Kustomization's failure message is kustomize-controller's decryption error, what to
+/// do about it. Its words: "cannot get sops-age SOPS age decryption Secret ..." (the Secret is
+/// missing) and "decryption failed for '...'" (no identity in it matches the file's recipients).
+pub fn decryption_failure_hint(message: &str) -> Option<&'static str> {
+    let lower = message.to_lowercase();
+    if lower.contains("decryption secret") {
+        Some(
+            "the decryption Secret `flux-system/sops-age` is missing or unreadable: run `homelab-flux bootstrap` with `decryption: sops` to restore it",
+        )
+    } else if lower.contains("decrypt") {
+        Some(
+            "the cluster's age identity cannot decrypt a file of the repository: run `homelab-flux validate --offline` in it to see which file is encrypted for which recipient",
+        )
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,6 +591,27 @@ creation_rules:
         assert_eq!(FileFormat::of("x/secret.enc.yaml"), Some(FileFormat::Yaml));
         assert_eq!(FileFormat::of("x/.env"), Some(FileFormat::Dotenv));
         assert_eq!(FileFormat::of("x/README.md"), None);
+    }
+
+    #[test]
+    fn decryption_failures_are_told_apart_from_other_failures() {
+        let missing = "cannot get sops-age SOPS age decryption Secret 'flux-system/sops-age': secrets \"sops-age\" not found";
+        assert!(
+            decryption_failure_hint(missing)
+                .unwrap()
+                .contains("missing")
+        );
+        let wrong =
+            "decryption failed for 'Secret/homelab-sops': failed to decrypt sops data key with age";
+        assert!(
+            decryption_failure_hint(wrong)
+                .unwrap()
+                .contains("validate --offline")
+        );
+        assert_eq!(
+            decryption_failure_hint("kustomization path not found"),
+            None
+        );
     }
 
     #[test]

@@ -412,6 +412,31 @@ async fn bootstrap(
     if !args.dry_run {
         delete_stale_keys(&gh, &cfg, &credentials.stale, &mut steps).await?;
     }
+    // The age identity, before the Kustomization that decrypts with it (SPEC §8). Loading the
+    // configuration for bootstrap made a missing identity an error, so there is one here.
+    let mut sops_changed = false;
+    if cfg.decryption.is_some()
+        && let Some(identity) = loaded.age_identities.first()
+    {
+        let live = match ns_pending {
+            true => None,
+            false => {
+                cluster
+                    .get(Kind::Secret, Some(ns), flux::SOPS_SECRET)
+                    .await?
+            }
+        };
+        let desired = flux::sops_age_secret(identity.expose());
+        let r = apply(Kind::Secret, &desired, live.as_ref(), ns_pending).await?;
+        sops_changed = r != Applied::Unchanged;
+        changed |= sops_changed;
+        steps.done(&format!(
+            "{prefix}Secret `{ns}/{}` {} (age recipient `{}`)",
+            flux::SOPS_SECRET,
+            verb(r),
+            identity.recipient()
+        ));
+    }
     let pending = ns_pending || crds_pending;
     for desired in [&desired_repo, &desired_ks] {
         ui.log(
@@ -477,6 +502,16 @@ async fn bootstrap(
             .await?;
         requested = Some(stamp);
     }
+    // Nor does kustomize-controller watch the decryption Secret: a new identity is tried now,
+    // not at the next interval, and Ready must come from that attempt.
+    let mut ks_requested = None;
+    if sops_changed && ks_applied == Applied::Unchanged {
+        let stamp = jiff::Timestamp::now().to_string();
+        cluster
+            .request_reconcile(Kind::Kustomization, ns, flux::NAME, &stamp)
+            .await?;
+        ks_requested = Some(stamp);
+    }
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut heads = Heads {
         gh: &gh,
@@ -507,12 +542,19 @@ async fn bootstrap(
         short(&at),
         moved_note(&branch, &sha, &at)
     ));
+    let ks_done = |data: &Value| {
+        kustomization_ready_revision(data).filter(|_| {
+            ks_requested
+                .as_deref()
+                .is_none_or(|s| data["status"]["lastHandledReconcileAt"] == s)
+        })
+    };
     let at = wait_for(
         &cluster,
         Kind::Kustomization,
         deadline,
         ui,
-        &kustomization_ready_revision,
+        &ks_done,
         &mut heads,
     )
     .await?;
@@ -1150,7 +1192,9 @@ fn not_ready(kind: Kind, condition: Option<&cluster::Condition>) -> CheckFailed 
         ));
     };
     let lower = c.message.to_lowercase();
-    let hint = if lower.contains("authenticat")
+    let hint = if let Some(hint) = crate::sops::decryption_failure_hint(&c.message) {
+        hint
+    } else if lower.contains("authenticat")
         || lower.contains("permission denied")
         || lower.contains("handshake failed")
     {

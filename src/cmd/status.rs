@@ -39,6 +39,8 @@ struct ObjectStatus {
     reason: Option<String>,
     revision: Option<String>,
     message: Option<String>,
+    /// Set when the object is not Ready because of a SOPS decryption error: what to do.
+    decryption_failure: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,13 +80,18 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
             };
             v.as_str().map(str::to_string)
         });
+        let ready = data.is_some_and(super::bootstrap::is_ready);
         ObjectStatus {
             kind: kind.name(),
             name: format!("{ns}/{}", flux::NAME),
             exists: o.is_some(),
-            ready: data.is_some_and(super::bootstrap::is_ready),
+            ready,
             reason: condition.as_ref().map(|c| c.reason.clone()),
             revision,
+            decryption_failure: condition
+                .as_ref()
+                .filter(|_| !ready && kind == Kind::Kustomization)
+                .and_then(|c| crate::sops::decryption_failure_hint(&c.message)),
             message: condition.map(|c| c.message),
         }
     };
@@ -152,6 +159,9 @@ fn render(s: &Status) -> Vec<String> {
         ));
         if let Some(m) = o.message.as_deref().filter(|m| !m.is_empty()) {
             out.push(format!("  {m}"));
+        }
+        if let Some(hint) = o.decryption_failure {
+            out.push(format!("  a SOPS decryption error: {hint}"));
         }
     }
     out.push(match s.deploy_key_registered {
