@@ -557,29 +557,22 @@ creation_rules:
     #[test]
     fn sops_metadata_is_read_from_yaml_json_and_dotenv() {
         let yaml = "apiVersion: v1\nkind: Secret\nstringData:\n  a: ENC[AES256_GCM,data:x]\nsops:\n  age:\n    - recipient: age1one\n      enc: |\n        x\n  lastmodified: \"2026-01-01T00:00:00Z\"\n  mac: ENC[x]\n  version: 3.13.2\n";
-        assert_eq!(
-            encrypted(FileFormat::Yaml, yaml),
-            Some(Encrypted {
-                recipients: vec!["age1one".into()],
-                line: Some(5)
-            })
-        );
         let json = "{\n  \"a\": \"ENC[x]\",\n  \"sops\": {\n    \"key_groups\": [{\"age\": [{\"recipient\": \"age1two\", \"enc\": \"x\"}]}],\n    \"mac\": \"ENC[x]\"\n  }\n}\n";
-        assert_eq!(
-            encrypted(FileFormat::Json, json),
-            Some(Encrypted {
-                recipients: vec!["age1two".into()],
-                line: Some(3)
-            })
-        );
         let env = "A=ENC[x]\nsops_age__list_0__map_recipient=age1three\nsops_mac=ENC[x]\n";
-        assert_eq!(
-            encrypted(FileFormat::Dotenv, env),
-            Some(Encrypted {
-                recipients: vec!["age1three".into()],
-                line: Some(2)
-            })
-        );
+        for (format, text, recipient, line) in [
+            (FileFormat::Yaml, yaml, "age1one", 5),
+            (FileFormat::Json, json, "age1two", 3),
+            (FileFormat::Dotenv, env, "age1three", 2),
+        ] {
+            assert_eq!(
+                encrypted(format, text),
+                Some(Encrypted {
+                    recipients: vec![recipient.to_string()],
+                    line: Some(line)
+                }),
+                "{format:?}"
+            );
+        }
         // A values file with a `sops:` key of its own, and plain files, are not SOPS files.
         assert_eq!(
             encrypted(FileFormat::Yaml, "sops:\n  enabled: true\n"),

@@ -12,7 +12,8 @@ use std::path::Path;
 
 use git2::{IndexAddOption, Repository};
 use support::cli::{
-    Run, age_keygen, assert_no_identity_leak, assert_no_leak, canary_token, command, fixtures, run,
+    CANARY_COMMANDS, Run, age_keygen, assert_no_identity_leak, assert_no_leak, canary_token,
+    closed_api_url, command, fixtures, run,
 };
 
 const FLUX_SOPS: &str =
@@ -490,22 +491,7 @@ fn the_canary_identity_never_appears() {
             ],
         ),
     ];
-    let commands: &[&[&str]] = &[
-        &["-vv", "validate", "--offline"],
-        &["-vv", "validate", "--offline", "--format", "json"],
-        &["-vv", "validate", "--offline", "--strict"],
-        &["-vv", "validate"],
-        &["-vv", "bootstrap", "--export"],
-        &["-vv", "bootstrap"],
-        &["-vv", "bootstrap", "--dry-run"],
-        &["-vv", "status"],
-    ];
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let api = format!("http://127.0.0.1:{closed}");
+    let api = closed_api_url();
     for (name, flux, secrets, rule, env) in &scenarios {
         let dir = work_tree(flux, secrets, *rule, None);
         // The identity also sits in a tracked file, for the hygiene finding's path.
@@ -514,7 +500,7 @@ fn the_canary_identity_never_appears() {
         let mut index = repo.index().unwrap();
         index.add_path(Path::new("leak.txt")).unwrap();
         index.write().unwrap();
-        for args in commands {
+        for args in CANARY_COMMANDS {
             let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             env.push(("HOMELAB_FLUX_GITHUB_API_URL", &api));
             let r = homelab_flux(dir.path(), args, &env);

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject};
-use support::cli::{Run, age_keygen, assert_no_identity_leak};
+use support::cli::{Run, age_keygen, assert_has, assert_no_identity_leak};
 use support::cluster;
 use support::world::{self, World, flux_api};
 
@@ -155,14 +155,6 @@ impl Sops {
         self.check(&r, &args.join(" "));
         r
     }
-}
-
-fn assert_has(r: &Run, what: &str) {
-    assert!(
-        r.stderr.contains(what),
-        "missing `{what}` in:\n{}",
-        r.transcript()
-    );
 }
 
 fn ready_line(sha: &str) -> String {

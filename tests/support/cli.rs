@@ -274,3 +274,35 @@ pub fn assert_no_identity_leak(identity: &str, text: &str, context: &str) {
     assert_no_leak(key, text, context);
     assert_no_leak(&key.to_ascii_lowercase(), text, context);
 }
+
+/// Fails, showing the whole run, unless stderr holds `what`.
+pub fn assert_has(r: &Run, what: &str) {
+    assert!(
+        r.stderr.contains(what),
+        "missing `{what}` in:\n{}",
+        r.transcript()
+    );
+}
+
+/// Every command and mode the canary checks run, at the highest verbosity.
+pub const CANARY_COMMANDS: &[&[&str]] = &[
+    &["-vv", "validate", "--offline"],
+    &["-vv", "validate", "--offline", "--format", "json"],
+    &["-vv", "validate", "--offline", "--strict"],
+    &["-vv", "validate"],
+    &["-vv", "bootstrap", "--export"],
+    &["-vv", "bootstrap"],
+    &["-vv", "bootstrap", "--dry-run"],
+    &["-vv", "status"],
+];
+
+/// `http://127.0.0.1:PORT` on a port nothing listens on: the online paths of the canary checks
+/// end "unreachable" there.
+pub fn closed_api_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
