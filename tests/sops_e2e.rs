@@ -369,4 +369,16 @@ async fn a_wrong_identity_is_stopped_before_the_cluster_and_a_new_one_is_rewritt
         "{}",
         r.stdout
     );
+
+    // bootstrap, waiting on that Kustomization, ends with the same hint. Nothing it does makes
+    // Flux reconcile again (nothing changed), so the failure it sees is the one above; the short
+    // --timeout is the tool's own deadline for a state that holds for the interval.
+    s.w.gh.set_branch("username", "manifests", "main", &sha);
+    let r = s.w.bootstrap(&["--timeout", "10s"]);
+    s.check(&r, "bootstrap after a push for the old key");
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert_has(
+        &r,
+        "(hint: the cluster's age identity cannot decrypt a file of the repository: run `homelab-flux validate --offline`",
+    );
 }
