@@ -15,20 +15,12 @@ use kube::discovery::Scope;
 use kube::{Client, Config};
 use serde_json::Value;
 
+use crate::flux;
+
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "homelab-flux";
 /// The `User-Agent` of every request to the API server.
 pub const USER_AGENT: &str = concat!("homelab-flux/", env!("CARGO_PKG_VERSION"));
-/// Flux 2.9 needs Kubernetes 1.33 or newer.
-pub const MIN_VERSION: (u32, u32) = (1, 33);
-/// The CRDs Flux needs here; with [`FLUX_DEPLOYMENTS`], what "Flux is installed" means.
-pub const FLUX_CRDS: [&str; 2] = [
-    "gitrepositories.source.toolkit.fluxcd.io",
-    "kustomizations.kustomize.toolkit.fluxcd.io",
-];
-/// The controllers' Deployments in `flux-system`. An install cut short after the CRDs (Ctrl-C,
-/// a refused object, `kubectl delete ns flux-system`) has the CRDs but not these.
-pub const FLUX_DEPLOYMENTS: [&str; 2] = ["source-controller", "kustomize-controller"];
 /// A TCP connection (and TLS handshake) to the API server that takes longer fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// An answer from the API server that takes longer than this after the request fails. kube-rs
@@ -91,17 +83,17 @@ impl Kind {
             Kind::Namespace => ("", "v1", "Namespace", "namespaces", false),
             Kind::Secret => ("", "v1", "Secret", "secrets", true),
             Kind::GitRepository => (
-                "source.toolkit.fluxcd.io",
-                "v1",
+                flux::SOURCE_GROUP,
+                flux::API_VERSION,
                 "GitRepository",
-                "gitrepositories",
+                flux::GIT_REPOSITORY_PLURAL,
                 true,
             ),
             Kind::Kustomization => (
-                "kustomize.toolkit.fluxcd.io",
-                "v1",
+                flux::KUSTOMIZE_GROUP,
+                flux::API_VERSION,
                 "Kustomization",
-                "kustomizations",
+                flux::KUSTOMIZATION_PLURAL,
                 true,
             ),
             Kind::CustomResourceDefinition => (
@@ -308,34 +300,34 @@ impl Cluster {
     /// strings. Empty when Flux is installed. (Whether the Deployments are available is the
     /// wait's business: Flux not reconciling shows there, with the controller's words.)
     pub async fn missing_flux_parts(&self) -> Result<Vec<String>, Error> {
-        let ns = crate::flux::NAMESPACE;
+        let ns = flux::NAMESPACE;
         let (c0, c1, d0, d1) = tokio::join!(
-            self.get(Kind::CustomResourceDefinition, None, FLUX_CRDS[0]),
-            self.get(Kind::CustomResourceDefinition, None, FLUX_CRDS[1]),
-            self.get(Kind::Deployment, Some(ns), FLUX_DEPLOYMENTS[0]),
-            self.get(Kind::Deployment, Some(ns), FLUX_DEPLOYMENTS[1]),
+            self.get(Kind::CustomResourceDefinition, None, flux::CRDS[0]),
+            self.get(Kind::CustomResourceDefinition, None, flux::CRDS[1]),
+            self.get(Kind::Deployment, Some(ns), flux::DEPLOYMENTS[0]),
+            self.get(Kind::Deployment, Some(ns), flux::DEPLOYMENTS[1]),
         );
         let mut missing = Vec::new();
         for (found, kind, name) in [
             (
                 c0?,
                 Kind::CustomResourceDefinition,
-                FLUX_CRDS[0].to_string(),
+                flux::CRDS[0].to_string(),
             ),
             (
                 c1?,
                 Kind::CustomResourceDefinition,
-                FLUX_CRDS[1].to_string(),
+                flux::CRDS[1].to_string(),
             ),
             (
                 d0?,
                 Kind::Deployment,
-                format!("{ns}/{}", FLUX_DEPLOYMENTS[0]),
+                format!("{ns}/{}", flux::DEPLOYMENTS[0]),
             ),
             (
                 d1?,
                 Kind::Deployment,
-                format!("{ns}/{}", FLUX_DEPLOYMENTS[1]),
+                format!("{ns}/{}", flux::DEPLOYMENTS[1]),
             ),
         ] {
             if found.is_none() {
@@ -409,7 +401,7 @@ impl Cluster {
         let patch = serde_json::json!({
             "apiVersion": ar.api_version,
             "kind": ar.kind,
-            "metadata": {"name": name, "namespace": namespace, "annotations": {"reconcile.fluxcd.io/requestedAt": stamp}},
+            "metadata": {"name": name, "namespace": namespace, "annotations": {flux::RECONCILE_ANNOTATION: stamp}},
         });
         let params = PatchParams::apply(&format!("{FIELD_MANAGER}-reconcile")).force();
         self.api(kind, Some(namespace))
@@ -509,7 +501,11 @@ impl Cluster {
     async fn wait_established(&self, name: &str, timeout: Duration) -> Result<(), Error> {
         let api = self.api(Kind::CustomResourceDefinition, None);
         let established = |o: Option<&DynamicObject>| {
-            o.is_some_and(|o| condition(&o.data, "Established").is_some_and(|c| c.status == "True"))
+            o.is_some_and(|o| {
+                flux::Observed::from_object(&o.data)
+                    .condition("Established")
+                    .is_some_and(flux::Condition::is_true)
+            })
         };
         let wait = kube::runtime::wait::await_condition(api, name, established);
         match tokio::time::timeout(timeout, wait).await {
@@ -752,27 +748,6 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
-/// A status condition of a Flux object.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Condition {
-    pub status: String,
-    pub reason: String,
-    pub message: String,
-}
-
-/// The condition `type_` of an object's `status.conditions`.
-pub fn condition(data: &Value, type_: &str) -> Option<Condition> {
-    data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .map(|c| Condition {
-            status: c["status"].as_str().unwrap_or_default().to_string(),
-            reason: c["reason"].as_str().unwrap_or_default().to_string(),
-            message: c["message"].as_str().unwrap_or_default().to_string(),
-        })
-}
-
 /// True when every field of `desired` is in `live` with the same value (lists element-wise).
 pub fn is_subset(desired: &Value, live: &Value) -> bool {
     match (desired, live) {
@@ -826,16 +801,5 @@ mod tests {
             None
         );
         assert_eq!(lease_holder(&Lease::default(), "me", now), None);
-    }
-
-    #[test]
-    fn conditions_are_read_by_type() {
-        let o = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "GitOperationFailed", "message": "auth"}]}});
-        let c = condition(&o, "Ready").unwrap();
-        assert_eq!(
-            (c.status.as_str(), c.reason.as_str()),
-            ("False", "GitOperationFailed")
-        );
-        assert!(condition(&o, "Stalled").is_none());
     }
 }

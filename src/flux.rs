@@ -1,8 +1,12 @@
-//! The Flux objects homelab-flux applies, built from the configuration. Pure logic.
+//! Everything homelab-flux knows about Flux, in one place. Pure logic.
 //!
-//! The values match what `flux bootstrap` generates (`gotk-sync.yaml`), so a cluster can move
-//! between the two tools; `bootstrap --export` prints them for committing to the repository.
+//! The API groups, versions, names and annotations; the objects homelab-flux applies, built
+//! from the configuration; and typed views of what Flux reports back (conditions, the artifact's
+//! revision, the last applied revision). The objects match what `flux bootstrap` generates
+//! (`gotk-sync.yaml`), so a cluster can move between the two tools; `bootstrap --export` prints
+//! them for committing to the repository.
 
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::{Auth, Decryption, FluxConfig};
@@ -14,14 +18,42 @@ pub const NAME: &str = "flux-system";
 /// The branch used when the configuration names none and GitHub cannot be asked.
 pub const OFFLINE_DEFAULT_BRANCH: &str = "main";
 
+/// The Flux release whose `install.yaml` is applied when Flux is missing.
+pub const FLUX_VERSION: &str = "v2.9.0";
+/// Flux 2.9 needs Kubernetes 1.33 or newer.
+pub const MIN_KUBERNETES: (u32, u32) = (1, 33);
+
+/// The API group of the GitRepository.
+pub const SOURCE_GROUP: &str = "source.toolkit.fluxcd.io";
+/// The API group of the Kustomization.
+pub const KUSTOMIZE_GROUP: &str = "kustomize.toolkit.fluxcd.io";
+/// The version of both APIs.
+pub const API_VERSION: &str = "v1";
 pub const GIT_REPOSITORY_API: &str = "source.toolkit.fluxcd.io/v1";
 pub const KUSTOMIZATION_API: &str = "kustomize.toolkit.fluxcd.io/v1";
+pub const GIT_REPOSITORY_PLURAL: &str = "gitrepositories";
+pub const KUSTOMIZATION_PLURAL: &str = "kustomizations";
+/// The CRDs Flux needs here; with [`DEPLOYMENTS`], what "Flux is installed" means.
+pub const CRDS: [&str; 2] = [
+    "gitrepositories.source.toolkit.fluxcd.io",
+    "kustomizations.kustomize.toolkit.fluxcd.io",
+];
+/// The controllers' Deployments in `flux-system`. An install cut short after the CRDs (Ctrl-C,
+/// a refused object, `kubectl delete ns flux-system`) has the CRDs but not these.
+pub const DEPLOYMENTS: [&str; 2] = ["source-controller", "kustomize-controller"];
+/// The annotation that makes a Flux controller reconcile now.
+pub const RECONCILE_ANNOTATION: &str = "reconcile.fluxcd.io/requestedAt";
 pub const GIT_REPOSITORY_INTERVAL: &str = "1m0s";
 pub const KUSTOMIZATION_INTERVAL: &str = "10m0s";
 /// The Secret with the age identity for `decryption: sops`, and its key, as Flux's SOPS guide
 /// names them (`kubectl create secret generic sops-age --from-file=age.agekey=...`).
 pub const SOPS_SECRET: &str = "sops-age";
 pub const SOPS_SECRET_KEY: &str = "age.agekey";
+
+/// The pinned Flux release's `install.yaml`.
+pub fn default_manifests_url() -> String {
+    format!("https://github.com/fluxcd/flux2/releases/download/{FLUX_VERSION}/install.yaml")
+}
 
 /// The URL Flux clones: SSH for a deploy key, HTTPS for a token.
 pub fn source_url(cfg: &FluxConfig) -> String {
@@ -128,6 +160,121 @@ pub fn kustomization(cfg: &FluxConfig) -> Value {
     sorted(k)
 }
 
+/// One of `status.conditions`, as the Flux controllers write it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Condition {
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl Condition {
+    pub fn is_true(&self) -> bool {
+        self.status == "True"
+    }
+}
+
+/// The artifact a GitRepository produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Artifact {
+    #[serde(default)]
+    pub revision: String,
+}
+
+/// The parts of a GitRepository's or Kustomization's `status` homelab-flux reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    /// GitRepository: what was fetched.
+    #[serde(default)]
+    pub artifact: Option<Artifact>,
+    /// Kustomization: what was applied.
+    #[serde(default)]
+    pub last_applied_revision: Option<String>,
+    /// The last [`RECONCILE_ANNOTATION`] value the controller acted on.
+    #[serde(default)]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+/// A Flux object as its controller reports it: the generation asked for and the status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub generation: Option<i64>,
+    pub status: Status,
+}
+
+impl Observed {
+    /// Decodes an object once. A status that is not shaped as Flux writes it counts as none
+    /// yet (the controller has not reported), never as an error.
+    pub fn from_object(object: &Value) -> Observed {
+        Observed {
+            generation: object["metadata"]["generation"].as_i64(),
+            status: Status::deserialize(&object["status"]).unwrap_or_default(),
+        }
+    }
+
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Ready, and at the generation asked for (an older Ready says nothing about the new spec).
+    pub fn is_ready(&self) -> bool {
+        let current =
+            self.generation.is_none() || self.status.observed_generation == self.generation;
+        current && self.condition("Ready").is_some_and(Condition::is_true)
+    }
+
+    pub fn is_stalled(&self) -> bool {
+        self.condition("Stalled").is_some_and(Condition::is_true)
+    }
+
+    /// The revision reported: the artifact's (GitRepository), else the last applied
+    /// (Kustomization).
+    pub fn revision(&self) -> Option<&str> {
+        match &self.status.artifact {
+            Some(a) => Some(a.revision.as_str()),
+            None => self.status.last_applied_revision.as_deref(),
+        }
+    }
+
+    /// The commit it is Ready at, when it is Ready at its current generation.
+    pub fn ready_commit(&self) -> Option<&str> {
+        self.revision()
+            .filter(|_| self.is_ready())
+            .map(revision_sha)
+    }
+}
+
+/// The commit of a Flux revision: `main@sha1:abc…` (Flux v1 APIs) or `main/abc…` (older).
+pub fn revision_sha(revision: &str) -> &str {
+    revision
+        .rsplit_once(':')
+        .or_else(|| revision.rsplit_once('/'))
+        .map_or(revision, |(_, sha)| sha)
+}
+
+/// A value of a Secret's `data`, decoded; `None` when absent or not UTF-8.
+pub fn secret_value(secret: &Value, key: &str) -> Option<String> {
+    let encoded = secret["data"][key].as_str()?;
+    let bytes: k8s_openapi::ByteString =
+        serde_json::from_value(Value::String(encoded.to_string())).ok()?;
+    String::from_utf8(bytes.0).ok()
+}
+
+/// The deploy key's public half in the Secret `flux-system`, if it holds one.
+pub fn deploy_public_key(secret: &Value) -> Option<String> {
+    secret_value(secret, "identity.pub")
+}
+
 /// The objects as a YAML stream, each document starting with `---`, keys sorted.
 pub fn export_yaml(objects: &[Value]) -> String {
     let mut out = String::new();
@@ -183,8 +330,42 @@ mod tests {
     }
 
     #[test]
+    fn status_is_decoded_once_and_a_malformed_one_is_none_yet() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(revision_sha(&format!("main@sha1:{sha}")), sha);
+        assert_eq!(revision_sha(&format!("feature/x@sha1:{sha}")), sha);
+        assert_eq!(revision_sha(&format!("main/{sha}")), sha);
+        assert_eq!(revision_sha(sha), sha);
+        let ready = json!({
+            "metadata": {"generation": 2},
+            "status": {
+                "observedGeneration": 2,
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": ""}],
+                "artifact": {"revision": format!("main@sha1:{sha}")},
+            }
+        });
+        let o = Observed::from_object(&ready);
+        assert!(o.is_ready());
+        assert_eq!(o.ready_commit(), Some(sha));
+        let mut stale = ready.clone();
+        stale["metadata"]["generation"] = 3.into();
+        assert_eq!(Observed::from_object(&stale).ready_commit(), None);
+        let ks = json!({"status": {"lastAppliedRevision": format!("main@sha1:{sha}"),
+            "conditions": [{"type": "Ready", "status": "True"}]}});
+        assert_eq!(Observed::from_object(&ks).ready_commit(), Some(sha));
+        let odd = json!({"status": {"conditions": "not a list"}});
+        assert_eq!(Observed::from_object(&odd).status, Status::default());
+        assert!(
+            Observed::from_object(&json!({}))
+                .condition("Ready")
+                .is_none()
+        );
+    }
+
+    #[test]
     fn secrets_hold_base64_data() {
         let s = token_secret("abc");
+        assert_eq!(secret_value(&s, "password").as_deref(), Some("abc"));
         assert_eq!(s["data"]["password"], "YWJj");
         assert_eq!(s["data"]["username"], "Z2l0");
         assert_eq!(s["metadata"]["namespace"], NAMESPACE);

@@ -659,6 +659,51 @@ impl GitHub {
         }
     }
 
+    /// Every read a command needs, all in flight together: one round trip (SPEC §3). `GET
+    /// /keys` for `auth: deploy-key`; `GET /meta` too when `meta` (bootstrap needs the SSH host
+    /// keys). Without a configured branch, the default branch comes from the repository's
+    /// answer and is not asked for here (a request that would have to wait for another).
+    pub async fn ask(&self, cfg: &crate::config::FluxConfig, meta: bool) -> crate::online::Answers {
+        use crate::config::Auth;
+        let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
+        let deploy_key = cfg.auth == Auth::DeployKey;
+        let keys = async {
+            match deploy_key {
+                true => Some(self.list_deploy_keys(owner, name).await),
+                false => None,
+            }
+        };
+        let host_keys = async {
+            match deploy_key && meta {
+                true => Some(self.meta().await),
+                false => None,
+            }
+        };
+        let branch = async {
+            match &cfg.branch {
+                Some(b) => Some((
+                    b.to_string(),
+                    self.get_branch(owner, name, b.as_str()).await,
+                )),
+                None => None,
+            }
+        };
+        let (user, repo, branch, keys, meta) = tokio::join!(
+            self.get_user(),
+            self.get_repo(owner, name),
+            branch,
+            keys,
+            host_keys
+        );
+        crate::online::Answers {
+            user,
+            repo,
+            branch,
+            keys,
+            meta,
+        }
+    }
+
     /// `GET /meta`: the SSH host keys of the git endpoint.
     pub async fn meta(&self) -> Result<Meta, Error> {
         let url = self.url(&["meta"]);

@@ -12,8 +12,10 @@
 //! Pure logic beside them: [`repo_url`], [`branch`], [`repo_path`], [`token`] check and normalise
 //! values; [`token_host`] keeps the token to its own host; [`sops`] parses age identities and
 //! SOPS metadata and decides whether the repository is encrypted for the cluster's identity;
-//! [`keys`] makes deploy keys in memory; [`flux`] builds the Flux objects; [`online`]
-//! turns GitHub's answers into findings; [`diag`] holds findings. [`cmd`] has one module per
+//! [`keys`] makes deploy keys in memory; [`flux`] holds what homelab-flux knows about Flux (its
+//! constants, the objects it applies, typed views of their status); [`online`] turns GitHub's
+//! answers into findings; [`plan`] decides every write of `bootstrap` from what is there, and
+//! [`step`] is its progress as events; [`diag`] holds findings. [`cmd`] has one module per
 //! subcommand; [`output`] is the only module that prints.
 
 pub mod branch;
@@ -30,9 +32,11 @@ pub mod keys;
 pub mod manifests;
 pub mod online;
 pub mod output;
+pub mod plan;
 pub mod repo_path;
 pub mod repo_url;
 pub mod sops;
+pub mod step;
 pub mod token;
 pub mod token_host;
 
@@ -76,12 +80,14 @@ pub fn run(cli: Cli, ui: &Ui) -> anyhow::Result<Exit> {
 #[error("{0}")]
 pub struct CheckFailed(pub String);
 
-/// The exit code for an error: 1 for [`CheckFailed`], else 2 (could not run).
+/// The exit code for an error: 1 for [`CheckFailed`] and a guard of the plan that tripped,
+/// else 2 (could not run).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    if err
-        .chain()
-        .any(|e| e.downcast_ref::<CheckFailed>().is_some())
-    {
+    if err.chain().any(|e| {
+        e.downcast_ref::<CheckFailed>().is_some()
+            || e.downcast_ref::<plan::Refusal>()
+                .is_some_and(|r| !matches!(r, plan::Refusal::SshUrl(_)))
+    }) {
         1
     } else {
         2

@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::config::{Auth, FluxConfig};
 use crate::diag::{Code, Diagnostic, Severity};
-use crate::github::{Branch, DeployKey, Error, Repository, User};
+use crate::github::{Branch, DeployKey, Error, Meta, Repository, User};
 use crate::token::TokenKind;
 
 /// A token that expires within this many days gets a warning (an error with `auth: token`).
@@ -24,6 +24,9 @@ pub struct Answers {
     pub branch: Option<(String, Result<Branch, Error>)>,
     /// `GET /keys`, asked for `auth: deploy-key` only.
     pub keys: Option<Result<Vec<DeployKey>, Error>>,
+    /// `GET /meta`, asked by `bootstrap` with `auth: deploy-key` (the SSH host keys); not a
+    /// check of its own.
+    pub meta: Option<Result<Meta, Error>>,
 }
 
 /// Where findings point: the files as the user names them.
@@ -46,6 +49,7 @@ pub fn evaluate(
         repo,
         branch,
         keys,
+        meta: _,
     } = answers;
     let repo_name = format!("{}/{}", cfg.repo.owner, cfg.repo.name);
 

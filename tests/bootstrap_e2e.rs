@@ -962,3 +962,80 @@ async fn github_errors_are_retried_or_stop_the_run_cleanly() {
     w.gh.fail_next(2, 502);
     assert_converges(&w);
 }
+
+/// Scenario 10, continued: the plan of a dry run on a bootstrapped cluster names each field that
+/// would change, old → new, and the keys that would be created or deleted; `--format json`
+/// gives the same steps as one JSON object per line on stdout. Real behaviour: a user who moves
+/// the Kustomization to another path looks at exactly what `--force` would rewrite first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_shows_each_field_old_to_new_and_json_gives_the_steps() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    reset_cluster().await;
+    let w = World::new("plan", "./clusters/home");
+    let r = w.bootstrap(&["--no-wait"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let key = w.gh.deploy_keys("username", "manifests");
+    assert_eq!(key.len(), 1, "{key:?}");
+
+    write_flux(w.dir.path(), "branch: main\npath: ./clusters/other\n");
+    let before = resource_versions().await;
+    w.gh.clear_log();
+    let r = w.bootstrap(&["--dry-run", "--force"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    for line in [
+        "- (dry run) Kustomization `flux-system/flux-system` would be updated".to_string(),
+        "    spec.path: ./clusters/home → ./clusters/other\n".to_string(),
+        "- (dry run) GitRepository `flux-system/flux-system` unchanged".to_string(),
+        "- (dry run) Secret `flux-system/flux-system` deleted, to be replaced".to_string(),
+        format!(
+            "- (dry run) would create the read-only deploy key `{}` on GitHub",
+            title()
+        ),
+        format!(
+            "- (dry run) would delete the stale deploy key `{}` (id {})",
+            title(),
+            key[0].id
+        ),
+    ] {
+        assert_has(&r, &line);
+    }
+    assert_eq!(
+        resource_versions().await,
+        before,
+        "a dry run changes no object"
+    );
+    assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
+
+    // The same plan as JSON lines, each a complete document.
+    let r = w.bootstrap(&["--dry-run", "--force", "--format", "json"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let steps: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let ks = steps
+        .iter()
+        .find(|s| s["step"] == "applied" && s["kind"] == "Kustomization")
+        .unwrap_or_else(|| panic!("no Kustomization step in {steps:?}"));
+    assert_eq!(ks["change"], "update");
+    assert_eq!(
+        ks["fields"],
+        serde_json::json!([{"field": "spec.path", "old": "./clusters/home", "new": "./clusters/other"}])
+    );
+    assert_eq!(ks["dry_run"], true);
+    assert!(ks["ms"].is_u64(), "{ks}");
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["step"] == "stale_key_to_delete" && s["id"] == key[0].id),
+        "{steps:?}"
+    );
+    assert!(
+        !r.stderr.contains("- (dry run)"),
+        "steps go to stdout only:\n{}",
+        r.stderr
+    );
+    assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
+}

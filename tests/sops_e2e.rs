@@ -208,15 +208,15 @@ async fn the_cluster_decrypts_the_repository_and_a_rebuild_restores_the_key() {
 
     let r = s.bootstrap();
     assert_eq!(r.code, 0, "{}", r.transcript());
-    let applied = format!("Secret `flux-system/sops-age` created (age recipient `{recipient}`)");
-    assert_has(&r, &applied);
+    let applied = "- Secret `flux-system/sops-age` created";
+    assert_has(&r, applied);
     assert_has(&r, &ready_line(&sha));
     let ks_line = r
         .stderr
         .find("Kustomization `flux-system/flux-system` created")
         .unwrap();
     assert!(
-        r.stderr.find(&applied).unwrap() < ks_line,
+        r.stderr.find(applied).unwrap() < ks_line,
         "sops-age before the Kustomization:\n{}",
         r.stderr
     );
@@ -238,10 +238,7 @@ async fn the_cluster_decrypts_the_repository_and_a_rebuild_restores_the_key() {
     let before = sops_age().await.unwrap().metadata.resource_version;
     let r = s.bootstrap();
     assert_eq!(r.code, 0, "{}", r.transcript());
-    assert_has(
-        &r,
-        &format!("Secret `flux-system/sops-age` unchanged (age recipient `{recipient}`)"),
-    );
+    assert_has(&r, "- Secret `flux-system/sops-age` unchanged");
     assert_eq!(sops_age().await.unwrap().metadata.resource_version, before);
     let r = s.run(&["status"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
@@ -252,7 +249,7 @@ async fn the_cluster_decrypts_the_repository_and_a_rebuild_restores_the_key() {
     assert_eq!(decrypted_password(&namespace).await, None);
     let r = s.bootstrap();
     assert_eq!(r.code, 0, "{}", r.transcript());
-    assert_has(&r, &applied);
+    assert_has(&r, applied);
     assert_has(&r, &ready_line(&sha));
     assert_eq!(decrypted_password(&namespace).await, Some(password));
 }
@@ -310,10 +307,7 @@ async fn a_wrong_identity_is_stopped_before_the_cluster_and_a_new_one_is_rewritt
     let sha = s.commit(&both, &encrypt(&namespace, "two", &both));
     let r = s.bootstrap();
     assert_eq!(r.code, 0, "{}", r.transcript());
-    assert_has(
-        &r,
-        &format!("Secret `flux-system/sops-age` updated (age recipient `{second_recipient}`)"),
-    );
+    assert_has(&r, "- Secret `flux-system/sops-age` updated");
     assert_has(&r, &ready_line(&sha));
     assert_eq!(
         identity_in_cluster().await.as_deref(),

@@ -1,28 +1,29 @@
 //! `homelab-flux bootstrap`: set up Flux on the cluster from the repository.
 //!
-//! The order is chosen so that every stop leaves a state the next run repairs: nothing touches
-//! the cluster before the configuration, GitHub and the deploy key are proven; stale keys are
-//! deleted only after the new one works; every cluster write is an idempotent server-side apply.
+//! Read, decide, act: everything the run needs is read first (the configuration, GitHub in one
+//! round, the cluster); [`plan::plan`] decides every write from that; then the plan is carried
+//! out, or only shown with `--dry-run`, and the run waits for Flux. The order of the writes is
+//! chosen so that every stop leaves a state the next run repairs: nothing touches the cluster
+//! before the configuration and GitHub are checked and a new deploy key is proven; stale keys
+//! are deleted only after the Secret with the new one is applied; every cluster write is an
+//! idempotent server-side apply.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use kube::api::DynamicObject;
 use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::cli::{Global, parse_duration};
-use crate::cluster::{self, Applied, Cluster, Kind, LeaseState};
-use crate::config::{Auth, FluxConfig, Secrets};
-use crate::github::{DeployKey, GitHub, Repository};
+use crate::cluster::{self, Cluster, Kind, LeaseState};
+use crate::config::{FluxConfig, Secrets};
+use crate::github::GitHub;
 use crate::keys::KeyPair;
-use crate::output::{Format, Ui};
-use crate::{CheckFailed, Exit, flux, git_remote, keys, manifests};
-
-/// The Flux release whose `install.yaml` is applied when Flux is missing.
-pub const FLUX_VERSION: &str = "v2.9.0";
+use crate::output::{Format, Steps, Ui};
+use crate::plan::{self, Change, Credentials, GitHubView, Live, Plan, SecretPlan, Wait};
+use crate::step::{Step, short};
+use crate::{CheckFailed, Exit, flux, git_remote, manifests};
 
 /// Install Flux if needed, give it read access to the repository, apply the GitRepository and
 /// Kustomization `flux-system`, and wait until Flux has synced. Safe to run again at any time.
@@ -35,7 +36,9 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["dry_run", "force", "no_wait"])]
     pub export: bool,
 
-    /// Show what would change: server-side dry run on the cluster, no GitHub writes.
+    /// Print the plan: each object with the fields that would change, the deploy keys that
+    /// would be created or deleted. The API server checks the writes without keeping them;
+    /// GitHub gets none.
     #[arg(long)]
     pub dry_run: bool,
 
@@ -51,13 +54,13 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout)]
     pub timeout: Duration,
 
-    /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`).
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: super::ClusterArgs,
 
-    /// Kubeconfig context (default: the current context).
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
+    /// Output format of the steps: `text` (lines on stderr) or `json` (one object per line,
+    /// on stdout).
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 
     /// Flux's install manifests, a file or an `https://` URL (default: the pinned Flux release).
     #[arg(long, value_name = "FILE|URL", value_parser = manifests::parse_source)]
@@ -153,18 +156,14 @@ fn export(global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// Step lines with the time each step took.
-struct Steps<'a> {
-    ui: &'a Ui,
-    last: Instant,
-}
-
-impl Steps<'_> {
-    fn done(&mut self, text: &str) {
-        let ms = self.last.elapsed().as_millis();
-        self.ui.step(&format!("- {text} ({ms} ms)"));
-        self.last = Instant::now();
-    }
+/// What the run read from GitHub besides the findings.
+struct Read {
+    cfg: FluxConfig,
+    token: crate::token::Token,
+    /// For `decryption: sops`: the identity the repository is encrypted for.
+    age_identity: Option<crate::sops::AgeIdentity>,
+    gh: GitHub,
+    github: GitHubView,
 }
 
 async fn bootstrap(
@@ -173,43 +172,27 @@ async fn bootstrap(
     ui: &Ui,
     lease: &HeldLease,
 ) -> anyhow::Result<Exit> {
-    let mut steps = Steps {
-        ui,
-        last: Instant::now(),
-    };
-    let prefix = if args.dry_run { "(dry run) " } else { "" };
+    let mut steps = Steps::new(ui, args.format, args.dry_run);
 
-    // 1. The configuration, offline and online; nothing is touched when it has errors.
-    let mut loaded = super::check_offline(&global.config_dir, Secrets::Required, ui)?;
-    let (cfg, token) = match (
-        loaded.flux.clone(),
-        loaded.token.clone(),
-        loaded.report.has_errors(),
-    ) {
-        (Some(cfg), Some(token), false) => (cfg, token),
-        _ => return super::finish(&loaded, ui, Format::Text, "the configuration"),
+    // Read: the configuration, then GitHub in one round; nothing is touched when they have
+    // errors.
+    let read = match read_config_and_github(global, ui).await? {
+        Ok(read) => read,
+        Err(exit) => return Ok(exit),
     };
-    let (found, repo) = super::validate::check_github(&cfg, &token, &loaded, ui).await?;
-    loaded.report.extend(found);
-    if loaded.report.has_errors() || !loaded.report.is_empty() {
-        let exit = super::finish(&loaded, ui, Format::Text, "the configuration")?;
-        if exit == Exit::Problems {
-            return Ok(exit);
-        }
-    }
-    let repo = repo.context("GitHub did not describe the repository")?;
-    let gh = super::validate::client(&cfg, &token)?;
-    let branch = cfg
-        .branch
-        .as_ref()
-        .map_or_else(|| repo.default_branch.clone(), |b| b.to_string());
-    steps.done(&format!(
-        "checked the configuration and `{}` on GitHub",
-        cfg.repo
-    ));
+    let Read {
+        cfg,
+        token,
+        age_identity,
+        gh,
+        mut github,
+    } = read;
+    steps.emit(Step::Checked {
+        repo: cfg.repo.to_string(),
+    });
 
-    // 2. The cluster: reachable, recent enough, Flux installed.
-    let cluster = Cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    // Read: the cluster.
+    let cluster = args.cluster.connect().await?;
     ui.log(
         1,
         &format!(
@@ -218,39 +201,313 @@ async fn bootstrap(
             cluster.server()
         ),
     );
-    let (version, git_version) = cluster.version().await?;
-    if version < cluster::MIN_VERSION {
-        return Err(CheckFailed(format!(
-            "the cluster runs Kubernetes {git_version}; Flux needs {}.{} or newer: upgrade the cluster first",
-            cluster::MIN_VERSION.0,
-            cluster::MIN_VERSION.1
-        ))
-        .into());
+    let mut live = read_live(&cluster, cfg.decryption.is_some()).await?;
+    steps.emit(Step::Connected {
+        context: live.context.clone(),
+        kubernetes: live.git_version.clone(),
+    });
+
+    // Decide.
+    let options = plan::Options {
+        force: args.force,
+        key_title: args.key_title.clone(),
+        age_identity,
+    };
+    let mut plan = plan::plan(&cfg, &token, &github, &live, &options)?;
+    for o in [&plan.git_repository, &plan.kustomization] {
+        ui.log(
+            2,
+            &format!("desired {} spec: {}", o.kind.name(), o.desired["spec"]),
+        );
     }
-    steps.done(&format!(
-        "connected to `{}` (Kubernetes {git_version})",
-        cluster.context()
-    ));
-    // In a dry run Flux's CRDs are not installed for real, so nothing of theirs can be read or
-    // dry-run applied yet.
-    let mut crds_pending = false;
-    let missing = cluster.missing_flux_parts().await?;
-    if !missing.is_empty() {
+
+    // Act, in order.
+    let run = Run {
+        args,
+        cluster: &cluster,
+        gh: &gh,
+        cfg: &cfg,
+    };
+    // In a dry run the Namespace and Flux's CRDs are not really created: what lives in them
+    // cannot be checked by the API server, and counts as to be created.
+    let pending = args.dry_run
+        && (plan.namespace.change == Change::Create
+            || plan
+                .install
+                .iter()
+                .any(|m| m.starts_with(Kind::CustomResourceDefinition.name())));
+    run.apply(&plan.namespace, false, &mut steps).await?;
+    if !plan.install.is_empty() {
+        run.install(&plan.install, &mut steps).await?;
+    }
+    if let Some(note) = plan.takeover {
+        steps.emit(Step::TakeoverNote {
+            name: format!("{}/{}", flux::NAMESPACE, flux::NAME),
+            what: note,
+        });
+    }
+
+    // A new key is made under the Lease that keeps a second run of this cluster from doing the
+    // same at once (each would delete the other's key as stale). Another run may have put a
+    // working key in place while this one waited: what it changed is read again, and decided
+    // again. A run that keeps the key in the cluster writes nothing and needs no Lease.
+    if matches!(plan.credentials, Credentials::NewKey) && !args.dry_run {
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        lease.acquire(&cluster, deadline, &mut steps).await?;
+        let (secret, keys) = tokio::join!(
+            cluster.get(Kind::Secret, Some(flux::NAMESPACE), flux::NAME),
+            gh.list_deploy_keys(&cfg.repo.owner, &cfg.repo.name)
+        );
+        live.secret = secret?.map(|s| to_value(&s));
+        github.keys = keys?;
+        plan = plan::plan(&cfg, &token, &github, &live, &options)?;
+    }
+    let settled = run.credentials(&plan, &mut steps).await?;
+
+    if plan.replace_secret {
+        cluster
+            .delete(
+                Kind::Secret,
+                Some(flux::NAMESPACE),
+                flux::NAME,
+                args.dry_run,
+            )
+            .await?;
+        steps.emit(Step::SecretReplaced {
+            name: format!("{}/{}", flux::NAMESPACE, flux::NAME),
+        });
+    }
+    match (&plan.secret, &settled.secret) {
+        (SecretPlan::Apply(object), _) => run.apply(object, pending, &mut steps).await?,
+        (SecretPlan::NewKey { change }, Some(desired)) => {
+            let object = plan::Object {
+                kind: Kind::Secret,
+                desired: desired.clone(),
+                change: change.clone(),
+            };
+            run.apply(&object, pending, &mut steps).await?;
+        }
+        (SecretPlan::NewKey { .. }, None) => steps.emit(Step::SecretWithNewKey {
+            name: format!("{}/{}", flux::NAMESPACE, flux::NAME),
+        }),
+    }
+    run.delete_stale_keys(&plan, &mut steps).await?;
+    if let Some(sops_secret) = &plan.sops_secret {
+        run.apply(sops_secret, pending, &mut steps).await?;
+    }
+    run.apply(&plan.git_repository, pending, &mut steps).await?;
+    run.apply(&plan.kustomization, pending, &mut steps).await?;
+    // The credentials are settled: another run may go on while this one waits for Flux.
+    lease.release(ui).await;
+
+    if args.dry_run || args.no_wait {
+        return Ok(Exit::Ok);
+    }
+    let Some(sha) = settled.sha else {
+        return Ok(Exit::Ok);
+    };
+    run.wait(&plan, &live, &sha, settled.ssh.as_ref(), &mut steps)
+        .await?;
+    Ok(Exit::Ok)
+}
+
+/// The configuration with its hygiene, and GitHub's answers, all read in one round; the
+/// findings printed. `Err(exit)` when they stop the run.
+async fn read_config_and_github(global: &Global, ui: &Ui) -> anyhow::Result<Result<Read, Exit>> {
+    // The findings are for the person: on stderr as text, also with `--format json` (whose
+    // stdout holds the steps, one JSON object per line).
+    let format = Format::Text;
+    let mut loaded = super::check_offline(&global.config_dir, Secrets::Required, ui)?;
+    let (cfg, token) = match (
+        loaded.flux.clone(),
+        loaded.token.clone(),
+        loaded.report.has_errors(),
+    ) {
+        (Some(cfg), Some(token), false) => (cfg, token),
+        _ => return super::finish(&loaded, ui, format, "the configuration").map(Err),
+    };
+    let gh = super::github_client(&cfg, &token, ui)?;
+    ui.log(
+        1,
+        &format!(
+            "checking `{}` against the GitHub API at {}",
+            cfg.repo,
+            gh.api_base()
+        ),
+    );
+    let mut answers = gh.ask(&cfg, true).await;
+    // What the run goes on with, kept before the answers become findings.
+    let repo = answers.repo.as_ref().ok().cloned();
+    let head = answers
+        .branch
+        .as_ref()
+        .and_then(|(_, b)| b.as_ref().ok())
+        .map(|b| b.commit_sha.clone());
+    let keys = answers.keys.as_ref().and_then(|k| k.as_ref().ok()).cloned();
+    let meta = answers.meta.take();
+    let found = super::github_findings(&cfg, &token, &loaded, answers)?;
+    loaded.report.extend(found);
+    if !loaded.report.is_empty() {
+        let exit = super::finish(&loaded, ui, format, "the configuration")?;
+        if exit == Exit::Problems {
+            return Ok(Err(exit));
+        }
+    }
+    let repo = repo.context("GitHub did not describe the repository")?;
+    let host_keys = match meta {
+        Some(meta) => meta.context("cannot read GitHub's SSH host keys")?.ssh_keys,
+        None => Vec::new(),
+    };
+    ui.log(
+        1,
+        &format!(
+            "GitHub lists {} deploy key(s) on `{}`; {} SSH host key(s) in /meta",
+            keys.as_ref().map_or(0, Vec::len),
+            cfg.repo,
+            host_keys.len()
+        ),
+    );
+    Ok(Ok(Read {
+        github: GitHubView {
+            repo,
+            head,
+            keys: keys.unwrap_or_default(),
+            host_keys,
+        },
+        age_identity: cfg
+            .decryption
+            .and_then(|_| loaded.age_identities.first().cloned()),
+        cfg,
+        token,
+        gh,
+    }))
+}
+
+fn to_value(o: &kube::api::DynamicObject) -> Value {
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+/// Everything the plan needs from the cluster, in one round of reads. The Flux objects cannot
+/// be read before their CRDs exist; what comes back for them then is ignored. Secret
+/// `sops-age` is read only for `decryption: sops`.
+async fn read_live(cluster: &Cluster, sops: bool) -> anyhow::Result<Live> {
+    let get = |kind: Kind, namespace: Option<&'static str>| async move {
+        cluster.get(kind, namespace, flux::NAME).await
+    };
+    let ns = Some(flux::NAMESPACE);
+    let sops_secret = async {
+        match sops {
+            true => cluster.get(Kind::Secret, ns, flux::SOPS_SECRET).await,
+            false => Ok(None),
+        }
+    };
+    let (version, missing, namespace, secret, repo, ks, sops_secret) = tokio::join!(
+        cluster.version(),
+        cluster.missing_flux_parts(),
+        get(Kind::Namespace, None),
+        get(Kind::Secret, ns),
+        get(Kind::GitRepository, ns),
+        get(Kind::Kustomization, ns),
+        sops_secret,
+    );
+    let ((version, git_version), missing) = (version?, missing?);
+    let crds = !missing
+        .iter()
+        .any(|m| m.starts_with(Kind::CustomResourceDefinition.name()));
+    let flux_object = |o: Result<Option<kube::api::DynamicObject>, cluster::Error>| {
+        if crds {
+            o.map(|o| o.map(|o| to_value(&o)))
+        } else {
+            Ok(None)
+        }
+    };
+    Ok(Live {
+        context: cluster.context().to_string(),
+        server: cluster.server().to_string(),
+        version,
+        git_version,
+        flux_missing: missing,
+        namespace: namespace?.map(|o| to_value(&o)),
+        secret: secret?.map(|o| to_value(&o)),
+        git_repository: flux_object(repo)?,
+        kustomization: flux_object(ks)?,
+        sops_secret: sops_secret?.map(|o| to_value(&o)),
+    })
+}
+
+/// What the credentials step settled.
+struct Settled {
+    /// The Secret holding a new key (`None` when the plan's Secret is known, or in a dry run).
+    secret: Option<Value>,
+    /// The branch's commit, proven over SSH or read from GitHub (`None` in a dry run that would
+    /// make a new key).
+    sha: Option<String>,
+    /// How to read the branch's head over SSH when the token cannot read it from the API.
+    ssh: Option<SshAccess>,
+}
+
+/// A deploy key and where it opens the repository.
+struct SshAccess {
+    ssh_url: String,
+    private: SecretString,
+    host_keys: Vec<String>,
+}
+
+/// Carries a plan out.
+struct Run<'a> {
+    args: &'a Args,
+    cluster: &'a Cluster,
+    gh: &'a GitHub,
+    cfg: &'a FluxConfig,
+}
+
+impl Run<'_> {
+    /// Applies an object the plan says changes (a server-side dry run with `--dry-run`;
+    /// nothing when `pending`: its Namespace or CRD is not really there in a dry run).
+    async fn apply(
+        &self,
+        object: &plan::Object,
+        pending: bool,
+        steps: &mut Steps<'_>,
+    ) -> anyhow::Result<()> {
+        if object.change.is_write() && !pending {
+            self.cluster
+                .apply(object.kind, &object.desired, None, self.args.dry_run)
+                .await?;
+        }
+        steps.emit(Step::Applied {
+            kind: object.kind.name(),
+            name: object.name(),
+            change: object.change.clone(),
+        });
+        Ok(())
+    }
+
+    /// Applies Flux's install manifests (a server-side dry run with `--dry-run`).
+    async fn install(&self, missing: &[String], steps: &mut Steps<'_>) -> anyhow::Result<()> {
+        let ui = steps.ui();
         ui.log(
             1,
             &format!("Flux is not fully installed: no {}", missing.join(", no ")),
         );
-        crds_pending = args.dry_run
-            && missing
-                .iter()
-                .any(|m| m.starts_with(Kind::CustomResourceDefinition.name()));
-        let source = args
+        let source = self
+            .args
             .flux_manifests
             .clone()
             .unwrap_or_else(default_manifests);
-        let documents = read_manifests(&source, args.flux_manifests_sha256.as_deref(), ui).await?;
-        let (count, written) = cluster
-            .install(&documents, args.dry_run, args.timeout)
+        let pinned = self.args.flux_manifests_sha256.as_deref();
+        let fetched = manifests::fetch(&source, pinned)
+            .await
+            .context("cannot use the Flux manifests")?;
+        steps.emit(Step::ManifestsRead {
+            source: source.to_string(),
+            sha256: fetched.sha256.clone(),
+            pinned: pinned.is_some(),
+        });
+        let documents = documents(&source, &fetched.text)?;
+        let (count, written) = self
+            .cluster
+            .install(&documents, self.args.dry_run, self.args.timeout)
             .await?;
         ui.log(
             1,
@@ -259,377 +516,239 @@ async fn bootstrap(
                 count - written
             ),
         );
-        steps.done(&format!(
-            "{prefix}installed Flux from `{source}` ({count} objects)"
-        ));
+        steps.emit(Step::Installed {
+            source: source.to_string(),
+            objects: count,
+        });
+        Ok(())
     }
 
-    // 3. The Namespace (the Lease of step 5 lives in it).
-    let ns = flux::NAMESPACE;
-    let verb = |a: Applied| match (args.dry_run, a) {
-        (true, Applied::Created) => "would be created".to_string(),
-        (true, Applied::Updated) => "would be updated".to_string(),
-        (_, a) => a.to_string(),
-    };
-    let live_ns = cluster.get(Kind::Namespace, None, ns).await?;
-    let ns_applied = cluster
-        .apply(
-            Kind::Namespace,
-            &flux::namespace(),
-            live_ns.as_ref(),
-            args.dry_run,
-        )
-        .await?;
-    steps.done(&format!("{prefix}Namespace `{ns}` {}", verb(ns_applied)));
-
-    // 4. What is there now, and the guards against taking over someone else's set-up.
-    let (live_secret, live_repo, live_ks) = tokio::join!(
-        cluster.get(Kind::Secret, Some(ns), flux::NAME),
-        get_unless(&cluster, Kind::GitRepository, crds_pending),
-        get_unless(&cluster, Kind::Kustomization, crds_pending),
-    );
-    let (live_secret, live_repo, live_ks) = (live_secret?, live_repo?, live_ks?);
-    let live_url = live_repo
-        .as_ref()
-        .and_then(|o| o.data["spec"]["url"].as_str());
-    let url = source_url(&cfg, &repo, live_url)?;
-    let desired_repo = flux::git_repository(&url, &branch);
-    let desired_ks = flux::kustomization(&cfg);
-    let live_path = live_ks
-        .as_ref()
-        .and_then(|o| o.data["spec"]["path"].as_str());
-    let taken_over = takeovers(live_url, &url, live_path, cfg.path.as_str());
-    if !taken_over.is_empty() && !args.force {
-        return Err(CheckFailed(format!(
-            "{}; nothing was changed. Run again with `--force` to point Flux at the new repository or path",
-            taken_over.join("; ")
-        ))
-        .into());
-    }
-    if !taken_over.is_empty() && live_ks.is_some() {
-        steps.ui.step(&format!(
-            "note: the Kustomization `{ns}/{}` has `prune: true`: Flux deletes what it applied from the old {} that the new one does not hold",
-            flux::NAME,
-            if live_url.is_some_and(|old| !flux::same_repo_url(old, &url)) {
-                "repository"
-            } else {
-                "path"
+    /// Keeps the key in the cluster, or makes, registers and proves a new one (deleting it
+    /// again if the proof fails), or takes the token; the branch's commit.
+    async fn credentials(&self, plan: &Plan, steps: &mut Steps<'_>) -> anyhow::Result<Settled> {
+        let (owner, name) = (self.cfg.repo.owner.as_str(), self.cfg.repo.name.as_str());
+        let branch = plan.branch.as_str();
+        let access = |pair: &KeyPair| SshAccess {
+            ssh_url: plan.ssh_url.clone(),
+            private: pair.private_key_openssh().clone(),
+            host_keys: plan.host_keys.clone(),
+        };
+        match &plan.credentials {
+            Credentials::Token => {
+                let sha = match &plan.head {
+                    Some(sha) => sha.clone(),
+                    None => {
+                        self.gh
+                            .get_branch(owner, name, branch)
+                            .await
+                            .context("cannot read the branch with the token")?
+                            .commit_sha
+                    }
+                };
+                steps.emit(Step::BranchHead {
+                    branch: branch.to_string(),
+                    commit: sha.clone(),
+                    token: true,
+                });
+                Ok(Settled {
+                    secret: None,
+                    sha: Some(sha),
+                    ssh: None,
+                })
             }
-        ));
+            Credentials::Reuse(pair) => {
+                steps.emit(Step::KeyKept {
+                    fingerprint: pair.fingerprint().to_string(),
+                });
+                let access = access(pair);
+                // The key GitHub still lists is the one Flux already uses: the API's head is
+                // enough, unless the token cannot read contents; then the SSH remote says.
+                let sha = match &plan.head {
+                    Some(sha) => {
+                        steps.emit(Step::BranchHead {
+                            branch: branch.to_string(),
+                            commit: sha.clone(),
+                            token: false,
+                        });
+                        sha.clone()
+                    }
+                    None => self.prove(&access, branch, None, steps).await?,
+                };
+                Ok(Settled {
+                    secret: None,
+                    sha: Some(sha),
+                    ssh: Some(access),
+                })
+            }
+            Credentials::NewKey if self.args.dry_run => {
+                steps.emit(Step::KeyToCreate {
+                    title: plan.title.clone(),
+                });
+                Ok(Settled {
+                    secret: None,
+                    sha: None,
+                    ssh: None,
+                })
+            }
+            Credentials::NewKey => {
+                let title = plan.title.as_str();
+                let pair = KeyPair::generate(title)?;
+                let key = self
+                    .gh
+                    .create_deploy_key(owner, name, title, pair.public_key_openssh(), true)
+                    .await
+                    .context("cannot create the deploy key on GitHub")?;
+                steps.emit(Step::KeyCreated {
+                    title: title.to_string(),
+                    fingerprint: pair.fingerprint().to_string(),
+                });
+                let access = access(&pair);
+                let sha = self
+                    .prove(&access, branch, Some((title, key.id)), steps)
+                    .await?;
+                use secrecy::ExposeSecret;
+                let secret = flux::deploy_key_secret(
+                    pair.private_key_openssh().expose_secret(),
+                    pair.public_key_openssh(),
+                    &plan.known_hosts,
+                );
+                Ok(Settled {
+                    secret: Some(secret),
+                    sha: Some(sha),
+                    ssh: Some(access),
+                })
+            }
+        }
     }
 
-    // 5. Credentials, proven before the cluster is touched. Making a new key takes the Lease
-    //    that keeps a second run of this cluster from doing the same at once (each would delete
-    //    the other's key as stale); a run that reuses the key in the cluster writes nothing
-    //    and needs no Lease, so a re-run stays free of writes.
-    let title = args
-        .key_title
-        .clone()
-        .unwrap_or_else(|| keys::default_title(cluster.context(), cluster.server()));
-    let force_secret = args.force && !taken_over.is_empty();
-    let credentials = match cfg.auth {
-        Auth::DeployKey => {
-            let serialise = Serialise {
-                cluster: &cluster,
-                lease,
-                deadline: tokio::time::Instant::now() + args.timeout,
-                force_secret,
-            };
-            let in_cluster = live_secret.as_ref().filter(|_| !force_secret);
-            deploy_key(
-                &gh,
-                &cfg,
-                &repo,
-                &branch,
-                in_cluster,
-                &title,
-                (!args.dry_run).then_some(&serialise),
-                &mut steps,
-            )
-            .await?
+    /// Proves a key over SSH: the branch's head there. A key that opens nothing is deleted
+    /// again when this run created it (`created`), so that no unproven key is left behind.
+    async fn prove(
+        &self,
+        access: &SshAccess,
+        branch: &str,
+        created: Option<(&str, u64)>,
+        steps: &mut Steps<'_>,
+    ) -> anyhow::Result<String> {
+        match prove(access, branch).await? {
+            Ok(sha) => {
+                steps.emit(Step::KeyProved {
+                    branch: branch.to_string(),
+                    commit: sha.clone(),
+                });
+                Ok(sha)
+            }
+            Err(e) => {
+                let cleanup = match created {
+                    Some((title, id)) => match self
+                        .gh
+                        .delete_deploy_key(&self.cfg.repo.owner, &self.cfg.repo.name, id)
+                        .await
+                    {
+                        Ok(()) => String::new(),
+                        Err(d) => format!(
+                            "; the new deploy key `{title}` (id {id}) could not be deleted again ({d}): delete it under the repository's Settings → Deploy keys, or run `homelab-flux bootstrap` again, which deletes it as stale"
+                        ),
+                    },
+                    None => String::new(),
+                };
+                Err(CheckFailed(format!("{e:#}; the cluster was not changed{cleanup}")).into())
+            }
         }
-        Auth::Token => {
-            let b = gh
-                .get_branch(&cfg.repo.owner, &cfg.repo.name, &branch)
+    }
+
+    /// Deletes the keys of this cluster's title that the cluster no longer holds (in a dry run,
+    /// says which).
+    async fn delete_stale_keys(&self, plan: &Plan, steps: &mut Steps<'_>) -> anyhow::Result<()> {
+        for key in &plan.stale_keys {
+            let (title, id) = (key.title.clone(), key.id);
+            if self.args.dry_run {
+                steps.emit(Step::StaleKeyToDelete { title, id });
+                continue;
+            }
+            self.gh
+                .delete_deploy_key(&self.cfg.repo.owner, &self.cfg.repo.name, id)
                 .await
-                .context("cannot read the branch with the token")?;
-            steps.done(&format!("branch `{branch}` is at {}", short(&b.commit_sha)));
-            Credentials {
-                secret: Some(flux::token_secret(token.expose())),
-                sha: Some(b.commit_sha),
-                stale: Vec::new(),
-                ssh: None,
-                live_secret: None,
-            }
+                .with_context(|| {
+                    format!(
+                        "the cluster holds its new deploy key, but the stale key `{title}` (id {id}) could not be deleted; run `homelab-flux bootstrap` again to delete it"
+                    )
+                })?;
+            steps.emit(Step::StaleKeyDeleted { title, id });
         }
-    };
+        Ok(())
+    }
 
-    // 6. Apply, in order; stale keys go only once the Secret with the new key is in place.
-    if force_secret && live_secret.is_some() {
-        cluster
-            .delete(Kind::Secret, Some(ns), flux::NAME, args.dry_run)
-            .await?;
-        steps.done(&format!(
-            "{prefix}Secret `{ns}/{}` deleted, to be replaced",
-            flux::NAME
-        ));
-    }
-    let live_secret = match (force_secret, credentials.live_secret.clone()) {
-        (true, _) => None,
-        (false, Some(fresh)) => fresh,
-        (false, None) => live_secret,
-    };
-    let mut changed = ns_applied != Applied::Unchanged;
-    let mut secret_changed = false;
-    // A dry run cannot check objects in a Namespace that does not exist yet (nor Flux objects
-    // without their CRDs): those are reported as to be created, unchecked.
-    let ns_pending = args.dry_run && live_ns.is_none();
-    let apply = |kind: Kind, desired: &Value, live: Option<&DynamicObject>, pending: bool| {
-        let desired = desired.clone();
-        let live = live.cloned();
-        let cluster = &cluster;
-        async move {
-            if pending {
-                return Ok(Applied::Created);
+    /// Waits until Flux has synced the commit, or a newer head of the branch.
+    async fn wait(
+        &self,
+        plan: &Plan,
+        live: &Live,
+        sha: &str,
+        ssh: Option<&SshAccess>,
+        steps: &mut Steps<'_>,
+    ) -> anyhow::Result<()> {
+        let (request_reconcile, request_kustomization) = match plan::wait(plan, live, sha) {
+            Wait::Synced => {
+                steps.emit(Step::Synced {
+                    commit: sha.to_string(),
+                });
+                return Ok(());
             }
-            cluster
-                .apply(kind, &desired, live.as_ref(), args.dry_run)
-                .await
-        }
-    };
-    match &credentials.secret {
-        Some(s) => {
-            let r = apply(Kind::Secret, s, live_secret.as_ref(), ns_pending).await?;
-            changed |= r != Applied::Unchanged;
-            secret_changed = r != Applied::Unchanged;
-            steps.done(&format!("{prefix}Secret `{ns}/{}` {}", flux::NAME, verb(r)));
-        }
-        None => steps.done(&format!(
-            "{prefix}Secret `{ns}/{}` would be written with the new deploy key",
-            flux::NAME
-        )),
-    }
-    if !args.dry_run {
-        delete_stale_keys(&gh, &cfg, &credentials.stale, &mut steps).await?;
-    }
-    // The age identity, before the Kustomization that decrypts with it (SPEC §8). Loading the
-    // configuration for bootstrap made a missing identity an error, so there is one here.
-    let mut sops_changed = false;
-    if cfg.decryption.is_some()
-        && let Some(identity) = loaded.age_identities.first()
-    {
-        let live = match ns_pending {
-            true => None,
-            false => {
-                cluster
-                    .get(Kind::Secret, Some(ns), flux::SOPS_SECRET)
-                    .await?
+            Wait::Watch {
+                request_reconcile,
+                request_kustomization,
+            } => (request_reconcile, request_kustomization),
+        };
+        let request = |kind: Kind, asked: bool| async move {
+            if !asked {
+                return Ok::<_, anyhow::Error>(None);
+            }
+            let stamp = jiff::Timestamp::now().to_string();
+            self.cluster
+                .request_reconcile(kind, flux::NAMESPACE, flux::NAME, &stamp)
+                .await?;
+            Ok(Some(stamp))
+        };
+        let requested = request(Kind::GitRepository, request_reconcile).await?;
+        let ks_requested = request(Kind::Kustomization, request_kustomization).await?;
+        let deadline = tokio::time::Instant::now() + self.args.timeout;
+        let mut heads = Heads {
+            gh: self.gh,
+            cfg: self.cfg,
+            branch: &plan.branch,
+            ssh,
+            accepted: vec![sha.to_string()],
+        };
+        // Ready at a commit, and, when a reconcile was asked for, after handling that request.
+        let done_after = |requested: Option<String>| {
+            move |o: &flux::Observed| {
+                o.ready_commit().map(str::to_string).filter(|_| {
+                    requested
+                        .as_deref()
+                        .is_none_or(|s| o.status.last_handled_reconcile_at.as_deref() == Some(s))
+                })
             }
         };
-        let desired = flux::sops_age_secret(identity.expose());
-        let r = apply(Kind::Secret, &desired, live.as_ref(), ns_pending).await?;
-        sops_changed = r != Applied::Unchanged;
-        changed |= sops_changed;
-        steps.done(&format!(
-            "{prefix}Secret `{ns}/{}` {} (age recipient `{}`)",
-            flux::SOPS_SECRET,
-            verb(r),
-            identity.recipient()
-        ));
-    }
-    let pending = ns_pending || crds_pending;
-    for desired in [&desired_repo, &desired_ks] {
-        ui.log(
-            2,
-            &format!(
-                "desired {} spec: {}",
-                desired["kind"].as_str().unwrap_or_default(),
-                desired["spec"]
+        let (repo_done, ks_done) = (done_after(requested), done_after(ks_requested));
+        for (kind, done) in [
+            (
+                Kind::GitRepository,
+                &repo_done as &(dyn Fn(&flux::Observed) -> Option<String> + Sync),
             ),
-        );
+            (Kind::Kustomization, &ks_done),
+        ] {
+            let at = wait_for(self.cluster, kind, deadline, steps, done, &mut heads).await?;
+            steps.emit(Step::Ready {
+                kind: kind.name(),
+                name: format!("{}/{}", flux::NAMESPACE, flux::NAME),
+                branch: plan.branch.clone(),
+                moved_from: (at != sha).then(|| sha.to_string()),
+                commit: at,
+            });
+        }
+        Ok(())
     }
-    let repo_applied = apply(
-        Kind::GitRepository,
-        &desired_repo,
-        live_repo.as_ref(),
-        pending,
-    )
-    .await?;
-    steps.done(&format!(
-        "{prefix}GitRepository `{ns}/{}` {}",
-        flux::NAME,
-        verb(repo_applied)
-    ));
-    let ks_applied = apply(Kind::Kustomization, &desired_ks, live_ks.as_ref(), pending).await?;
-    steps.done(&format!(
-        "{prefix}Kustomization `{ns}/{}` {}",
-        flux::NAME,
-        verb(ks_applied)
-    ));
-    changed |= repo_applied != Applied::Unchanged || ks_applied != Applied::Unchanged;
-    // The credentials are settled: another run may go on while this one waits for Flux.
-    lease.release(ui).await;
-
-    if args.dry_run || args.no_wait {
-        return Ok(Exit::Ok);
-    }
-    let Some(sha) = credentials.sha.clone() else {
-        return Ok(Exit::Ok);
-    };
-
-    // 7. Wait until Flux has synced the proven commit, or a newer head of the branch.
-    let synced = |o: &Option<DynamicObject>, f: fn(&Value) -> Option<String>| {
-        o.as_ref().and_then(|o| f(&o.data)).as_deref() == Some(sha.as_str())
-    };
-    if !changed
-        && synced(&live_repo, repo_ready_revision)
-        && synced(&live_ks, kustomization_ready_revision)
-    {
-        steps.done(&format!("Flux is synced at {}", short(&sha)));
-        return Ok(Exit::Ok);
-    }
-    // Flux watches no Secrets, and an unchanged GitRepository spec is no new generation: when
-    // the credentials changed (a new key, a rotated token), or nothing changed and Flux is not
-    // at the commit, ask it to fetch now, and wait until it has handled that very request, so
-    // that Ready means the new credentials work.
-    let mut requested = None;
-    if repo_applied == Applied::Unchanged
-        && (secret_changed || !synced(&live_repo, repo_ready_revision))
-    {
-        let stamp = jiff::Timestamp::now().to_string();
-        cluster
-            .request_reconcile(Kind::GitRepository, ns, flux::NAME, &stamp)
-            .await?;
-        requested = Some(stamp);
-    }
-    // Nor does kustomize-controller watch the decryption Secret: a new identity is tried now,
-    // not at the next interval, and Ready must come from that attempt.
-    let mut ks_requested = None;
-    if sops_changed && ks_applied == Applied::Unchanged {
-        let stamp = jiff::Timestamp::now().to_string();
-        cluster
-            .request_reconcile(Kind::Kustomization, ns, flux::NAME, &stamp)
-            .await?;
-        ks_requested = Some(stamp);
-    }
-    let deadline = tokio::time::Instant::now() + args.timeout;
-    let mut heads = Heads {
-        gh: &gh,
-        cfg: &cfg,
-        branch: &branch,
-        ssh: credentials.ssh.as_ref(),
-        accepted: vec![sha.clone()],
-    };
-    let repo_done = |data: &Value| {
-        repo_ready_revision(data).filter(|_| {
-            requested
-                .as_deref()
-                .is_none_or(|s| data["status"]["lastHandledReconcileAt"] == s)
-        })
-    };
-    let at = wait_for(
-        &cluster,
-        Kind::GitRepository,
-        deadline,
-        ui,
-        &repo_done,
-        &mut heads,
-    )
-    .await?;
-    steps.done(&format!(
-        "GitRepository `{ns}/{}` is Ready at {}{}",
-        flux::NAME,
-        short(&at),
-        moved_note(&branch, &sha, &at)
-    ));
-    let ks_done = |data: &Value| {
-        kustomization_ready_revision(data).filter(|_| {
-            ks_requested
-                .as_deref()
-                .is_none_or(|s| data["status"]["lastHandledReconcileAt"] == s)
-        })
-    };
-    let at = wait_for(
-        &cluster,
-        Kind::Kustomization,
-        deadline,
-        ui,
-        &ks_done,
-        &mut heads,
-    )
-    .await?;
-    steps.done(&format!(
-        "Kustomization `{ns}/{}` is Ready at {}{}",
-        flux::NAME,
-        short(&at),
-        moved_note(&branch, &sha, &at)
-    ));
-    Ok(Exit::Ok)
-}
-
-/// What the step line adds when Flux synced a newer head than the one proven.
-fn moved_note(branch: &str, proven: &str, at: &str) -> String {
-    if at == proven {
-        String::new()
-    } else {
-        format!(
-            " (`{branch}` moved on from {} while bootstrap waited)",
-            short(proven)
-        )
-    }
-}
-
-/// The GitRepository's URL: the SSH endpoint GitHub gives (`ssh_url`), or the clone URL for
-/// `auth: token`. Spelled as `bootstrap --export` spells it when both name the same repository
-/// (GitHub's casing may differ from `flux.yaml`'s), and as the live object spells it when that
-/// names the same repository too, so that an exported copy committed to the repository, applied
-/// by Flux itself, and bootstrap never rewrite each other's URL.
-fn source_url(
-    cfg: &FluxConfig,
-    repo: &Repository,
-    live: Option<&str>,
-) -> Result<String, git_remote::Error> {
-    let from_github = match cfg.auth {
-        Auth::DeployKey => git_remote::SshEndpoint::parse(&repo.ssh_url)?.url(),
-        Auth::Token => repo.clone_url.clone(),
-    };
-    let exported = flux::source_url(cfg);
-    let url = if flux::same_repo_url(&from_github, &exported) {
-        exported
-    } else {
-        from_github
-    };
-    Ok(match live {
-        Some(live) if flux::same_repo_url(live, &url) => live.to_string(),
-        _ => url,
-    })
-}
-
-/// The guards' findings: the live GitRepository follows another repository, the live
-/// Kustomization applies another path.
-fn takeovers(
-    live_url: Option<&str>,
-    url: &str,
-    live_path: Option<&str>,
-    path: &str,
-) -> Vec<String> {
-    let (ns, name) = (flux::NAMESPACE, flux::NAME);
-    let mut found = Vec::new();
-    if let Some(old) = live_url
-        && !flux::same_repo_url(old, url)
-    {
-        found.push(format!(
-            "GitRepository `{ns}/{name}` follows `{old}`, not `{url}`"
-        ));
-    }
-    if let Some(old) = live_path
-        && old != path
-    {
-        found.push(format!(
-            "Kustomization `{ns}/{name}` applies `{old}`, not `{path}`"
-        ));
-    }
-    found
 }
 
 /// The bootstrap Lease of this run, once taken; renewed in the background until released.
@@ -650,20 +769,17 @@ impl HeldLease {
         let ns = flux::NAMESPACE;
         let holder = holder_identity();
         let mut changes = cluster.watch_lease(ns);
-        let mut shown = String::new();
+        let mut waited = false;
         loop {
             let (other, expires) = match cluster.try_acquire_lease(ns, &holder).await? {
                 LeaseState::Acquired => break,
                 LeaseState::Held { holder, expires } => (holder, expires),
             };
-            let text = format!(
-                "  waiting for another bootstrap of this cluster to finish (Lease `{ns}/{}` held by `{other}`)",
-                cluster::LEASE_NAME
-            );
-            if shown != text {
-                steps.ui.progress(&text);
-                shown = text;
-            }
+            steps.emit(Step::LeaseHeld {
+                name: format!("{ns}/{}", cluster::LEASE_NAME),
+                holder: other.clone(),
+            });
+            waited = true;
             // Wake when the Lease changes (released, renewed) or would expire unrenewed.
             let left = (expires - jiff::Timestamp::now())
                 .try_into()
@@ -680,7 +796,7 @@ impl HeldLease {
                 () = tokio::time::sleep_until(wake) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                steps.ui.progress_done();
+                steps.progress_done();
                 anyhow::bail!(
                     "another bootstrap of this cluster (`{other}`) still holds the Lease `{ns}/{}`; nothing was changed. Run again once it has finished; a run that died releases it within {} s",
                     cluster::LEASE_NAME,
@@ -688,11 +804,10 @@ impl HeldLease {
                 );
             }
         }
-        if !shown.is_empty() {
-            steps.ui.progress_done();
-            steps.done("another bootstrap of this cluster finished; going on");
+        if waited {
+            steps.emit(Step::LeaseFree);
         }
-        steps.ui.log(
+        steps.ui().log(
             1,
             &format!(
                 "took the Lease `{ns}/{}` as `{holder}`",
@@ -746,236 +861,7 @@ fn holder_identity() -> String {
     )
 }
 
-/// Reads a Flux object, or assumes it absent when its CRD is not installed yet (a dry run).
-async fn get_unless(
-    cluster: &Cluster,
-    kind: Kind,
-    pending: bool,
-) -> Result<Option<DynamicObject>, cluster::Error> {
-    if pending {
-        return Ok(None);
-    }
-    cluster.get(kind, Some(flux::NAMESPACE), flux::NAME).await
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
-
-/// What the credentials step settled.
-struct Credentials {
-    /// The Secret to apply (`None` in a dry run that would need a new key).
-    secret: Option<Value>,
-    /// The branch's commit, proven over SSH or read from GitHub.
-    sha: Option<String>,
-    /// Keys of this cluster's title that are not the key going into the cluster: deleted once
-    /// the Secret is applied.
-    stale: Vec<DeployKey>,
-    /// How to read the branch's head over SSH when the token cannot read it from the API.
-    ssh: Option<SshAccess>,
-    /// The Secret as read again under the Lease, when it was (another run may have changed it).
-    live_secret: Option<Option<DynamicObject>>,
-}
-
-/// What a run that needs a new key takes the Lease with.
-struct Serialise<'a> {
-    cluster: &'a Cluster,
-    lease: &'a HeldLease,
-    deadline: tokio::time::Instant,
-    /// `--force` onto another repository: the Secret in the cluster is not reused.
-    force_secret: bool,
-}
-
-/// A deploy key and where it opens the repository.
-struct SshAccess {
-    ssh_url: String,
-    private: SecretString,
-    host_keys: Vec<String>,
-}
-
-/// Reuses the key in the cluster while GitHub still lists it; otherwise creates a new read-only
-/// key and proves it over SSH (deleting it again if the proof fails). Keys of this cluster's
-/// title that are not the key going into the cluster come back as stale: they are deleted only
-/// once the Secret holding the new key is applied. Keys of other titles, and keys of the title
-/// homelab-flux used before titles carried a cluster id, are never stale: they may be another
-/// cluster's (the key in this cluster's Secret is recognised by its value, whatever its title).
-#[allow(clippy::too_many_arguments)]
-async fn deploy_key(
-    gh: &GitHub,
-    cfg: &FluxConfig,
-    repo: &Repository,
-    branch: &str,
-    live_secret: Option<&DynamicObject>,
-    title: &str,
-    serialise: Option<&Serialise<'_>>,
-    steps: &mut Steps<'_>,
-) -> anyhow::Result<Credentials> {
-    let dry_run = serialise.is_none();
-    let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
-    // The branch's head comes along, so that a key GitHub still lists needs no SSH round trip.
-    let (meta, keys, head) = tokio::join!(
-        gh.meta(),
-        gh.list_deploy_keys(owner, name),
-        gh.get_branch(owner, name, branch)
-    );
-    let (meta, mut keys) = (meta?, keys?);
-    steps.ui.log(
-        1,
-        &format!(
-            "GitHub lists {} deploy key(s) on `{owner}/{name}`, {} titled `{title}`; {} SSH host key(s) in /meta",
-            keys.len(),
-            keys.iter().filter(|k| k.title == title).count(),
-            meta.ssh_keys.len()
-        ),
-    );
-    let endpoint = git_remote::SshEndpoint::parse(&repo.ssh_url)?;
-    steps.ui.log(2, &format!("SSH endpoint {}", endpoint.url()));
-    let known_hosts = git_remote::known_hosts(&endpoint, &meta.ssh_keys);
-
-    let reusable = |secret: Option<&DynamicObject>, keys: &[DeployKey]| {
-        secret
-            .and_then(|s| secret_value(s, "identity"))
-            .and_then(|pem| KeyPair::from_private_openssh(&SecretString::from(pem)).ok())
-            .filter(|k| {
-                keys.iter()
-                    .any(|d| d.matches_public_key(k.public_key_openssh()))
-            })
-    };
-    let mut found = reusable(live_secret, &keys);
-    let mut fresh_secret = None;
-    if found.is_none()
-        && let Some(s) = serialise
-    {
-        s.lease.acquire(s.cluster, s.deadline, steps).await?;
-        // Another run may have put a working key in place while this one waited.
-        let (secret, listed) = tokio::join!(
-            s.cluster
-                .get(Kind::Secret, Some(flux::NAMESPACE), flux::NAME),
-            gh.list_deploy_keys(owner, name)
-        );
-        let secret = secret?.filter(|_| !s.force_secret);
-        keys = listed?;
-        found = reusable(secret.as_ref(), &keys);
-        fresh_secret = Some(secret);
-    }
-    let reusable = found;
-    let (pair, created) = match reusable {
-        Some(k) => {
-            steps.done(&format!(
-                "the deploy key in the cluster is still registered on GitHub ({})",
-                k.fingerprint()
-            ));
-            (k, None)
-        }
-        None if dry_run => {
-            steps.done(&format!(
-                "(dry run) would create the read-only deploy key `{title}` on GitHub"
-            ));
-            return Ok(Credentials {
-                secret: None,
-                sha: None,
-                stale: Vec::new(),
-                ssh: None,
-                live_secret: None,
-            });
-        }
-        None => {
-            let k = KeyPair::generate(title)?;
-            let key = gh
-                .create_deploy_key(owner, name, title, k.public_key_openssh(), true)
-                .await
-                .context("cannot create the deploy key on GitHub")?;
-            steps.done(&format!(
-                "created the read-only deploy key `{title}` ({})",
-                k.fingerprint()
-            ));
-            (k, Some(key.id))
-        }
-    };
-    let access = SshAccess {
-        ssh_url: repo.ssh_url.clone(),
-        private: pair.private_key_openssh().clone(),
-        host_keys: meta.ssh_keys.clone(),
-    };
-
-    // A new key is proven over SSH before anything relies on it. A key GitHub still lists is
-    // the one Flux already uses: the API's branch head is enough, unless the token cannot read
-    // contents (then the head comes from the SSH remote, as for a new key).
-    let sha = match (created, head) {
-        (None, Ok(head)) => {
-            steps.done(&format!("`{branch}` is at {}", short(&head.commit_sha)));
-            head.commit_sha
-        }
-        _ => match prove(&access, branch).await? {
-            Ok(sha) => {
-                steps.done(&format!(
-                    "proved the deploy key over SSH: `{branch}` is at {}",
-                    short(&sha)
-                ));
-                sha
-            }
-            Err(e) => {
-                // The key opens nothing: remove it, so that no unproven key is left behind.
-                let cleanup = match created {
-                    Some(id) => match gh.delete_deploy_key(owner, name, id).await {
-                        Ok(()) => String::new(),
-                        Err(d) => format!(
-                            "; the new deploy key `{title}` (id {id}) could not be deleted again ({d}): delete it under the repository's Settings → Deploy keys, or run `homelab-flux bootstrap` again, which deletes it as stale"
-                        ),
-                    },
-                    None => String::new(),
-                };
-                return Err(
-                    CheckFailed(format!("{e:#}; the cluster was not changed{cleanup}")).into(),
-                );
-            }
-        },
-    };
-
-    let stale = keys
-        .into_iter()
-        .filter(|k| k.title == title && !k.matches_public_key(pair.public_key_openssh()))
-        .collect();
-    use secrecy::ExposeSecret;
-    let secret = flux::deploy_key_secret(
-        pair.private_key_openssh().expose_secret(),
-        pair.public_key_openssh(),
-        &known_hosts,
-    );
-    Ok(Credentials {
-        secret: Some(secret),
-        sha: Some(sha),
-        stale,
-        ssh: Some(access),
-        live_secret: fresh_secret,
-    })
-}
-
-/// Deletes the keys of this cluster's title that the cluster no longer holds.
-async fn delete_stale_keys(
-    gh: &GitHub,
-    cfg: &FluxConfig,
-    stale: &[DeployKey],
-    steps: &mut Steps<'_>,
-) -> anyhow::Result<()> {
-    for key in stale {
-        gh.delete_deploy_key(&cfg.repo.owner, &cfg.repo.name, key.id)
-            .await
-            .with_context(|| {
-                format!(
-                    "the cluster holds its new deploy key, but the stale key `{}` (id {}) could not be deleted; run `homelab-flux bootstrap` again to delete it",
-                    key.title, key.id
-                )
-            })?;
-        steps.done(&format!(
-            "deleted the stale deploy key `{}` (id {})",
-            key.title, key.id
-        ));
-    }
-    Ok(())
-}
-
-/// Lists the remote's refs over SSH with the key, checking the host key; the branch's head.
+/// Who holds/// Lists the remote's refs over SSH with the key, checking the host key; the branch's head.
 /// Gives up after [`git_remote::PROOF_DEADLINE`]; the blocking thread is then abandoned (git2
 /// cannot be interrupted) and ends with the process.
 async fn prove(
@@ -1012,7 +898,6 @@ struct Heads<'a> {
     /// Commits known good: the proven one, and heads seen since.
     accepted: Vec<String>,
 }
-
 impl Heads<'_> {
     async fn accepts(&mut self, sha: &str, ui: &Ui) -> bool {
         if self.accepted.iter().any(|a| a == sha) {
@@ -1048,47 +933,6 @@ impl Heads<'_> {
     }
 }
 
-/// A Secret's value, decoded.
-fn secret_value(secret: &DynamicObject, key: &str) -> Option<String> {
-    let encoded = secret.data["data"][key].as_str()?;
-    let bytes: k8s_openapi::ByteString =
-        serde_json::from_value(Value::String(encoded.to_string())).ok()?;
-    String::from_utf8(bytes.0).ok()
-}
-
-fn generation_observed(data: &Value) -> bool {
-    let generation = data["metadata"]["generation"].as_i64();
-    generation.is_none() || data["status"]["observedGeneration"].as_i64() == generation
-}
-
-fn ready(data: &Value) -> bool {
-    cluster::condition(data, "Ready").is_some_and(|c| c.status == "True")
-}
-
-/// The commit of a Flux revision: `main@sha1:abc…` (Flux v1 APIs) or `main/abc…` (older).
-fn revision_sha(revision: &str) -> &str {
-    revision
-        .rsplit_once(':')
-        .or_else(|| revision.rsplit_once('/'))
-        .map_or(revision, |(_, sha)| sha)
-}
-
-/// The commit of the GitRepository's artifact, when it is Ready at its current generation.
-fn repo_ready_revision(data: &Value) -> Option<String> {
-    (generation_observed(data) && ready(data))
-        .then(|| data["status"]["artifact"]["revision"].as_str())
-        .flatten()
-        .map(|r| revision_sha(r).to_string())
-}
-
-/// The commit the Kustomization last applied, when it is Ready at its current generation.
-fn kustomization_ready_revision(data: &Value) -> Option<String> {
-    (generation_observed(data) && ready(data))
-        .then(|| data["status"]["lastAppliedRevision"].as_str())
-        .flatten()
-        .map(|r| revision_sha(r).to_string())
-}
-
 /// Watches one Flux object until it is Ready at a commit `heads` accepts, showing its Ready
 /// condition as it changes; returns that commit. A watch that drops (an API server restart, a
 /// 410 Gone) is resumed until `deadline`; only an API server that keeps refusing (403, 404)
@@ -1097,15 +941,14 @@ async fn wait_for(
     cluster: &Cluster,
     kind: Kind,
     deadline: tokio::time::Instant,
-    ui: &Ui,
-    ready_at: &(dyn Fn(&Value) -> Option<String> + Sync),
+    steps: &mut Steps<'_>,
+    ready_at: &(dyn Fn(&flux::Observed) -> Option<String> + Sync),
     heads: &mut Heads<'_>,
 ) -> anyhow::Result<String> {
     /// A refusal seen this many times in a row is not passing.
     const REFUSALS: u32 = 3;
     let mut stream = cluster.watch(kind, flux::NAMESPACE, flux::NAME);
-    let mut last = None;
-    let mut shown = String::new();
+    let mut last: Option<flux::Condition> = None;
     let mut failing: Option<cluster::Error> = None;
     let (mut retries, mut refusals) = (0u32, 0u32);
     loop {
@@ -1113,7 +956,7 @@ async fn wait_for(
             Ok(Some(next)) => next,
             Ok(None) => anyhow::bail!("the watch on {} ended unexpectedly", kind.name()),
             Err(_) => {
-                ui.progress_done();
+                steps.progress_done();
                 return Err(match failing {
                     Some(e) => e.into(),
                     None => not_ready(kind, last.as_ref()).into(),
@@ -1130,10 +973,10 @@ async fn wait_for(
                 let error = cluster.watch_error(kind, flux::NAME, e);
                 refusals = if refused { refusals + 1 } else { 0 };
                 if refusals >= REFUSALS {
-                    ui.progress_done();
+                    steps.progress_done();
                     return Err(error.into());
                 }
-                ui.log(
+                steps.ui().log(
                     1,
                     &format!("the watch on {} dropped ({error}); resuming", kind.name()),
                 );
@@ -1147,34 +990,23 @@ async fn wait_for(
             }
         };
         let Some(object) = object else { continue };
-        if let Some(sha) = ready_at(&object.data)
-            && heads.accepts(&sha, ui).await
+        let observed = flux::Observed::from_object(&to_value(&object));
+        if let Some(sha) = ready_at(&observed)
+            && heads.accepts(&sha, steps.ui()).await
         {
-            ui.progress_done();
+            steps.progress_done();
             return Ok(sha);
         }
-        let condition = cluster::condition(&object.data, "Ready");
-        let text = match &condition {
-            Some(c) => format!(
-                "  {} `{}`: {} {}: {}",
-                kind.name(),
-                flux::NAME,
-                c.status,
-                c.reason,
-                c.message
-            ),
-            None => format!(
-                "  {} `{}`: waiting for the controller",
-                kind.name(),
-                flux::NAME
-            ),
-        };
-        if text != shown {
-            ui.progress(&text);
-            shown = text;
-        }
-        if cluster::condition(&object.data, "Stalled").is_some_and(|c| c.status == "True") {
-            ui.progress_done();
+        let condition = observed.condition("Ready").cloned();
+        steps.emit(Step::Waiting {
+            kind: kind.name(),
+            name: flux::NAME.to_string(),
+            condition: condition
+                .as_ref()
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())),
+        });
+        if observed.is_stalled() {
+            steps.progress_done();
             return Err(not_ready(kind, condition.as_ref()).into());
         }
         last = condition;
@@ -1182,7 +1014,7 @@ async fn wait_for(
 }
 
 /// The failure after a timeout or a stall, with the controller's words and a hint.
-fn not_ready(kind: Kind, condition: Option<&cluster::Condition>) -> CheckFailed {
+fn not_ready(kind: Kind, condition: Option<&flux::Condition>) -> CheckFailed {
     let Some(c) = condition else {
         return CheckFailed(format!(
             "{} `{}/{}` has no Ready condition yet: are the Flux controllers running? (`kubectl -n flux-system get pods`)",
@@ -1216,28 +1048,14 @@ fn not_ready(kind: Kind, condition: Option<&cluster::Condition>) -> CheckFailed 
 
 /// The pinned Flux release's `install.yaml`.
 fn default_manifests() -> manifests::Source {
-    let url =
-        format!("https://github.com/fluxcd/flux2/releases/download/{FLUX_VERSION}/install.yaml");
-    manifests::parse_source(&url).expect("the pinned release URL is https")
+    manifests::parse_source(&flux::default_manifests_url())
+        .expect("the pinned release URL is https")
 }
 
-/// Reads Flux's install manifests (see [`manifests`]) into JSON documents; says which SHA-256
-/// is applied.
-async fn read_manifests(
-    source: &manifests::Source,
-    pinned: Option<&str>,
-    ui: &Ui,
-) -> anyhow::Result<Vec<Value>> {
-    let fetched = manifests::fetch(source, pinned)
-        .await
-        .context("cannot use the Flux manifests")?;
-    ui.step(&format!(
-        "- the Flux manifests `{source}` have SHA-256 {}{}",
-        fetched.sha256,
-        if pinned.is_some() { " (as pinned)" } else { "" }
-    ));
+/// Flux's install manifests (see [`manifests`]) as JSON documents.
+fn documents(source: &manifests::Source, text: &str) -> anyhow::Result<Vec<Value>> {
     let mut documents = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&fetched.text) {
+    for doc in serde_yaml::Deserializer::from_str(text) {
         let value: Value = serde::Deserialize::deserialize(doc)
             .with_context(|| format!("`{source}` is not valid YAML"))?;
         if value.is_object() {
@@ -1248,118 +1066,4 @@ async fn read_manifests(
         anyhow::bail!("`{source}` holds no Kubernetes objects");
     }
     Ok(documents)
-}
-
-/// Public for `status`: the Secret's deploy public key, if any.
-pub(crate) fn deploy_public_key(secret: &DynamicObject) -> Option<String> {
-    secret_value(secret, "identity.pub")
-}
-
-/// Public for `status`.
-pub(crate) fn is_ready(data: &Value) -> bool {
-    generation_observed(data) && ready(data)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn repo(ssh_url: &str, clone_url: &str) -> Repository {
-        serde_json::from_value(serde_json::json!({
-            "full_name": "username/manifests",
-            "default_branch": "main",
-            "ssh_url": ssh_url,
-            "clone_url": clone_url,
-            "private": true,
-        }))
-        .unwrap()
-    }
-
-    fn config(yaml: &str) -> FluxConfig {
-        crate::config::parse_flux(yaml, "flux.yaml").0.unwrap()
-    }
-
-    #[test]
-    fn bootstrap_spells_the_url_as_export_does_for_the_same_repository() {
-        // GitHub's `ssh_url` spells the names its own way; `flux.yaml` another.
-        let cfg = config("repo: https://github.com/Username/Manifests\n");
-        let gh = repo(
-            "git@github.com:username/manifests.git",
-            "https://github.com/username/manifests.git",
-        );
-        let exported = flux::source_url(&cfg);
-        assert_eq!(source_url(&cfg, &gh, None).unwrap(), exported);
-        // A live object that names the same repository keeps its spelling: no rewrite.
-        let live = "ssh://git@github.com/username/manifests";
-        assert_eq!(source_url(&cfg, &gh, Some(live)).unwrap(), live);
-        // Another SSH endpoint (Enterprise Server, a port, the test environment) is GitHub's.
-        let elsewhere = repo(
-            "ssh://git@127.0.0.1:2222/srv/git/manifests.git",
-            "https://github.com/username/manifests.git",
-        );
-        assert_eq!(
-            source_url(&cfg, &elsewhere, Some(&exported)).unwrap(),
-            "ssh://git@127.0.0.1:2222/srv/git/manifests.git"
-        );
-        let token = config("repo: https://github.com/Username/Manifests\nauth: token\n");
-        assert_eq!(
-            source_url(&token, &gh, None).unwrap(),
-            flux::source_url(&token)
-        );
-    }
-
-    #[test]
-    fn the_guard_ignores_case_and_dot_git_but_not_another_repository_or_path() {
-        // Regression: GitHub's `ssh_url` casing tripped the guard.
-        assert!(
-            takeovers(
-                Some("ssh://git@github.com/Username/Manifests"),
-                "ssh://git@github.com/username/manifests.git",
-                Some("./clusters/home"),
-                "./clusters/home",
-            )
-            .is_empty()
-        );
-        let found = takeovers(
-            Some("ssh://git@github.com/username/other.git"),
-            "ssh://git@github.com/username/manifests.git",
-            Some("./a"),
-            "./b",
-        );
-        assert_eq!(
-            found,
-            [
-                "GitRepository `flux-system/flux-system` follows `ssh://git@github.com/username/other.git`, not `ssh://git@github.com/username/manifests.git`",
-                "Kustomization `flux-system/flux-system` applies `./a`, not `./b`",
-            ]
-        );
-    }
-
-    #[test]
-    fn revisions_name_their_commit() {
-        let sha = "0123456789abcdef0123456789abcdef01234567";
-        assert_eq!(revision_sha(&format!("main@sha1:{sha}")), sha);
-        assert_eq!(revision_sha(&format!("feature/x@sha1:{sha}")), sha);
-        assert_eq!(revision_sha(&format!("main/{sha}")), sha);
-        assert_eq!(revision_sha(sha), sha);
-        let ready = serde_json::json!({
-            "metadata": {"generation": 2},
-            "status": {
-                "observedGeneration": 2,
-                "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": ""}],
-                "artifact": {"revision": format!("main@sha1:{sha}")},
-                "lastAppliedRevision": format!("main@sha1:{sha}"),
-            }
-        });
-        assert_eq!(repo_ready_revision(&ready).as_deref(), Some(sha));
-        assert_eq!(kustomization_ready_revision(&ready).as_deref(), Some(sha));
-        let mut stale = ready.clone();
-        stale["metadata"]["generation"] = 3.into();
-        assert_eq!(repo_ready_revision(&stale), None, "an older generation");
-        assert_eq!(
-            moved_note("main", "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"),
-            " (`main` moved on from aaaaaaaaaaaa while bootstrap waited)"
-        );
-        assert_eq!(moved_note("main", sha, sha), "");
-    }
 }

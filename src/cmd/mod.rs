@@ -1,17 +1,41 @@
-//! One module per subcommand, each with its clap `Args` and one `run` function.
+//! One module per subcommand, each with its clap `Args` and one `run` function; what several
+//! of them share (loading the configuration, asking GitHub, the cluster's arguments) is here, so
+//! that no command borrows from another.
 
 pub mod bootstrap;
 pub mod completions;
 pub mod status;
 pub mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use crate::Exit;
-use crate::config::{self, Loaded, Secrets};
+use crate::config::{self, FluxConfig, Loaded, Secrets, TokenOrigin};
+use crate::diag::Diagnostic;
+use crate::github::{self, GitHub};
+use crate::online::{self, Answers};
 use crate::output::{Format, Ui};
+use crate::token::Token;
+
+/// Which cluster: the arguments of every command that talks to one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context (default: the current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+impl ClusterArgs {
+    pub async fn connect(&self) -> Result<crate::cluster::Cluster, crate::cluster::Error> {
+        crate::cluster::Cluster::connect(self.kubeconfig.as_deref(), self.context.as_deref()).await
+    }
+}
 
 /// Loads the configuration for a command; `HOMELAB_FLUX_TOKEN` replaces the secrets file.
 pub(crate) fn load_config(dir: &Path, secrets: Secrets) -> anyhow::Result<Loaded> {
@@ -73,4 +97,47 @@ pub(crate) fn finish(
     } else {
         Exit::Ok
     })
+}
+
+/// The client for the repository's host (which loading the configuration proved to be the
+/// token's host), or the `HOMELAB_FLUX_GITHUB_API_URL` override. Where the token goes is never
+/// a surprise: an API base other than the host's own is printed, `--quiet` or not.
+pub(crate) fn github_client(cfg: &FluxConfig, token: &Token, ui: &Ui) -> anyhow::Result<GitHub> {
+    let env = std::env::var(github::API_URL_ENV).ok();
+    let base = github::resolve_api_base(&cfg.repo.authority(), env.as_deref())?;
+    let client = GitHub::new(&base, token.secret())?;
+    let default = github::api_base_for_host(&cfg.repo.authority());
+    if client.api_base() != default {
+        ui.notice(&format!(
+            "the token goes to the GitHub API at `{}` (from `{}`), not `{default}`",
+            client.api_base(),
+            github::API_URL_ENV
+        ));
+    }
+    Ok(client)
+}
+
+/// Turns GitHub's answers into findings (see [`online::evaluate`]); `Err` when GitHub could
+/// not be asked.
+pub(crate) fn github_findings(
+    cfg: &FluxConfig,
+    token: &Token,
+    loaded: &Loaded,
+    answers: Answers,
+) -> anyhow::Result<Vec<Diagnostic>> {
+    let flux_file = loaded
+        .sources
+        .first()
+        .map(|s| s.name().to_string())
+        .unwrap_or_default();
+    let token_file = match &loaded.token_origin {
+        Some(TokenOrigin::File(p)) => p.display().to_string(),
+        _ => format!("${}", config::TOKEN_ENV),
+    };
+    let files = online::Files {
+        flux: &flux_file,
+        token: &token_file,
+    };
+    online::evaluate(cfg, token.kind(), answers, jiff::Timestamp::now(), &files)
+        .context("cannot check the configuration against GitHub")
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::Exit;
 use crate::cli::Global;
-use crate::cluster::{self, Cluster, Kind};
+use crate::cluster::Kind;
 use crate::config::{Auth, Secrets};
 use crate::flux;
 use crate::output::{Format, Ui};
@@ -20,13 +20,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 
-    /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`).
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<std::path::PathBuf>,
-
-    /// Kubeconfig context (default: the current context).
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
+    #[command(flatten)]
+    pub cluster: super::ClusterArgs,
 }
 
 /// One object's state.
@@ -61,7 +56,7 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
 }
 
 async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
-    let cluster = Cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let cluster = args.cluster.connect().await?;
     let ns = flux::NAMESPACE;
     let (repo, ks, secret) = tokio::join!(
         cluster.get(Kind::GitRepository, Some(ns), flux::NAME),
@@ -69,35 +64,36 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
         cluster.get(Kind::Secret, Some(ns), flux::NAME),
     );
     let (repo, ks, secret) = (repo?, ks?, secret?);
-    let describe = |kind: Kind, o: &Option<kube::api::DynamicObject>, revision_field: &str| {
-        let data = o.as_ref().map(|o| &o.data);
-        let condition = data.and_then(|d| cluster::condition(d, "Ready"));
-        let revision = data.and_then(|d| {
-            let v = if revision_field == "artifact" {
-                &d["status"]["artifact"]["revision"]
-            } else {
-                &d["status"]["lastAppliedRevision"]
-            };
-            v.as_str().map(str::to_string)
-        });
-        let ready = data.is_some_and(super::bootstrap::is_ready);
+    let describe = |kind: Kind, o: &Option<kube::api::DynamicObject>| {
+        let observed = o
+            .as_ref()
+            .and_then(|o| serde_json::to_value(o).ok())
+            .map(|v| flux::Observed::from_object(&v));
+        let condition = observed
+            .as_ref()
+            .and_then(|o| o.condition("Ready"))
+            .cloned();
+        let ready = observed.as_ref().is_some_and(flux::Observed::is_ready);
         ObjectStatus {
             kind: kind.name(),
             name: format!("{ns}/{}", flux::NAME),
             exists: o.is_some(),
             ready,
-            reason: condition.as_ref().map(|c| c.reason.clone()),
-            revision,
             decryption_failure: condition
                 .as_ref()
                 .filter(|_| !ready && kind == Kind::Kustomization)
                 .and_then(|c| crate::sops::decryption_failure_hint(&c.message)),
+            reason: condition.as_ref().map(|c| c.reason.clone()),
+            revision: observed
+                .as_ref()
+                .and_then(|o| o.revision())
+                .map(str::to_string),
             message: condition.map(|c| c.message),
         }
     };
     let objects = vec![
-        describe(Kind::GitRepository, &repo, "artifact"),
-        describe(Kind::Kustomization, &ks, "lastApplied"),
+        describe(Kind::GitRepository, &repo),
+        describe(Kind::Kustomization, &ks),
     ];
 
     // The deploy key on GitHub, when a token is at hand (never an error when it is not).
@@ -107,10 +103,10 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> anyhow::Result<Exit> {
         && cfg.auth == Auth::DeployKey
         && let Some(public) = secret
             .as_ref()
-            .and_then(super::bootstrap::deploy_public_key)
+            .and_then(|s| serde_json::to_value(s).ok())
+            .and_then(|s| flux::deploy_public_key(&s))
     {
-        let gh = super::validate::client(cfg, token)?;
-        super::validate::announce_api_base(&gh, cfg, ui);
+        let gh = super::github_client(cfg, token, ui)?;
         let keys = gh
             .list_deploy_keys(&cfg.repo.owner, &cfg.repo.name)
             .await

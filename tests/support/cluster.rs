@@ -699,9 +699,18 @@ current-context: {context}
         let storage_addr = format!("127.0.0.1:{}", free_port());
         let source_health_addr = format!("127.0.0.1:{}", free_port());
         let kustomize_health_addr = format!("127.0.0.1:{}", free_port());
+        // Each controller gets a temporary directory of its own: kustomize-controller removes
+        // every `kustomization-*` directory in its TMPDIR when it starts, so with the shared
+        // /tmp, a controller starting for another cluster (or another test binary) deleted the
+        // working directory of one in the middle of a build ("lstat /tmp/kustomization-...").
+        let source_tmp = self.dir.join("tmp-source-controller");
+        let kustomize_tmp = self.dir.join("tmp-kustomize-controller");
+        fs::create_dir_all(&source_tmp)?;
+        fs::create_dir_all(&kustomize_tmp)?;
 
         let mut command = Command::new(testenv_binary("source-controller"));
         command
+            .env("TMPDIR", &source_tmp)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUNTIME_NAMESPACE", "flux-system")
             .arg(format!("--storage-path={}", storage.display()))
@@ -714,6 +723,7 @@ current-context: {context}
 
         let mut command = Command::new(testenv_binary("kustomize-controller"));
         command
+            .env("TMPDIR", &kustomize_tmp)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUNTIME_NAMESPACE", "flux-system")
             .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))

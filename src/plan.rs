@@ -1,0 +1,1030 @@
+//! What `bootstrap` will do, decided from what is there. Pure logic: no I/O.
+//!
+//! The command reads everything first into one value ([`Live`] for the cluster, [`GitHubView`]
+//! for GitHub); [`plan`] decides every write from it (the deploy key to make or keep, the keys
+//! to delete afterwards, each object to apply with the fields that differ, the guards that
+//! trip); the command then carries the [`Plan`] out, or prints it for `--dry-run`. Because the
+//! decisions are a function of values, unit tests cover each of them with literals.
+//!
+//! New objects have an obvious place: a field of [`Plan`] beside [`Plan::secret`] for a Secret
+//! applied before the Kustomization (as [`Plan::sops_secret`] is), and the desired Kustomization
+//! built in [`plan`].
+
+use secrecy::SecretString;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cluster::{Kind, is_subset};
+use crate::config::{Auth, FluxConfig};
+use crate::github::{DeployKey, Repository};
+use crate::keys::{self, KeyPair};
+use crate::sops::AgeIdentity;
+use crate::token::Token;
+use crate::{flux, git_remote};
+
+/// What GitHub said, all read in one round.
+#[derive(Debug, Clone)]
+pub struct GitHubView {
+    pub repo: Repository,
+    /// The branch's head from the API; `None` when the token cannot read contents (a deploy-key
+    /// token with Metadata and Administration only), or the branch was not asked for.
+    pub head: Option<String>,
+    /// The repository's deploy keys (`auth: deploy-key`).
+    pub keys: Vec<DeployKey>,
+    /// The SSH host keys from `/meta`.
+    pub host_keys: Vec<String>,
+}
+
+/// What the cluster holds, as read before anything is written.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub context: String,
+    pub server: String,
+    /// `major.minor` of the API server, and its `gitVersion`.
+    pub version: (u32, u32),
+    pub git_version: String,
+    /// The parts of Flux that are missing (`Kind \`name\``); empty when Flux is installed.
+    pub flux_missing: Vec<String>,
+    /// The objects `flux-system` as JSON, `None` when absent (or not readable yet, because the
+    /// CRDs are not installed).
+    pub namespace: Option<Value>,
+    pub secret: Option<Value>,
+    pub git_repository: Option<Value>,
+    pub kustomization: Option<Value>,
+    /// The Secret `sops-age`, read only for `decryption: sops`.
+    pub sops_secret: Option<Value>,
+}
+
+/// The choices of the command line that decide anything, and the age identity found for
+/// `decryption: sops` (a secret like the token: `Debug` shows its recipient only).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--force`: take over a GitRepository or Kustomization set up for another repository or
+    /// path.
+    pub force: bool,
+    /// `--key-title`.
+    pub key_title: Option<String>,
+    /// The identity that goes into Secret `sops-age`.
+    pub age_identity: Option<AgeIdentity>,
+}
+
+/// A field that differs: its path (`spec.ref.branch`), the live value and the one wanted.
+/// Values of a Secret are never held, only whether they are set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub old: Option<String>,
+    pub new: String,
+}
+
+/// What applying an object changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "change", content = "fields")]
+pub enum Change {
+    Unchanged,
+    Create,
+    Update(Vec<FieldChange>),
+}
+
+impl Change {
+    pub fn is_write(&self) -> bool {
+        *self != Change::Unchanged
+    }
+}
+
+/// One object to apply, and what that changes.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub kind: Kind,
+    pub desired: Value,
+    pub change: Change,
+}
+
+impl Object {
+    fn new(kind: Kind, desired: Value, live: Option<&Value>) -> Object {
+        let change = match live {
+            None => Change::Create,
+            Some(live) if is_subset(&desired, live) => Change::Unchanged,
+            Some(live) => Change::Update(diff(&desired, live, kind == Kind::Secret)),
+        };
+        Object {
+            kind,
+            desired,
+            change,
+        }
+    }
+
+    /// `namespace/name`, or `name` for a cluster-wide object.
+    pub fn name(&self) -> String {
+        let m = &self.desired["metadata"];
+        let name = m["name"].as_str().unwrap_or_default();
+        match m["namespace"].as_str() {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_string(),
+        }
+    }
+}
+
+/// How the cluster reads the repository.
+#[derive(Debug)]
+pub enum Credentials {
+    /// The key in the cluster's Secret, which GitHub still lists: kept.
+    Reuse(KeyPair),
+    /// No usable key in the cluster: a new one is made, registered read-only and proven over
+    /// SSH before the Secret holding it is applied.
+    NewKey,
+    /// `auth: token`: the token itself, rewritten into the Secret on every run.
+    Token,
+}
+
+/// The Secret `flux-system`.
+#[derive(Debug, Clone)]
+pub enum SecretPlan {
+    /// Known now (a kept key, a token).
+    Apply(Object),
+    /// Written with the new key once it is made; `Create` or an update of the live Secret.
+    NewKey { change: Change },
+}
+
+impl SecretPlan {
+    pub fn change(&self) -> &Change {
+        match self {
+            SecretPlan::Apply(o) => &o.change,
+            SecretPlan::NewKey { change } => change,
+        }
+    }
+}
+
+/// A guard that tripped, with `--force`: what is taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Takeover {
+    Repository,
+    Path,
+}
+
+/// Every write of a run, decided before the first one.
+#[derive(Debug)]
+pub struct Plan {
+    /// The branch Flux follows (configured, else GitHub's default branch).
+    pub branch: String,
+    /// The deploy key's title for this cluster.
+    pub title: String,
+    /// Flux's missing parts: when not empty, the install manifests are applied.
+    pub install: Vec<String>,
+    pub namespace: Object,
+    pub credentials: Credentials,
+    /// `--force` onto another repository or path: the live Secret is deleted and written anew,
+    /// never left pointing at the old repository.
+    pub replace_secret: bool,
+    pub secret: SecretPlan,
+    pub git_repository: Object,
+    /// `decryption: sops`: Secret `sops-age` with the age identity, applied before the
+    /// Kustomization that decrypts with it.
+    pub sops_secret: Option<Object>,
+    pub kustomization: Object,
+    /// Keys of this cluster's title that are not the key going into the cluster: deleted once
+    /// the Secret holding the new key is applied.
+    pub stale_keys: Vec<DeployKey>,
+    /// With `--force`, what the Kustomization's `prune: true` will clean up after.
+    pub takeover: Option<Takeover>,
+    /// The branch's head from GitHub's API, when it could be read.
+    pub head: Option<String>,
+    /// The SSH endpoint and host keys, for a proof or for reading the head over SSH.
+    pub ssh_url: String,
+    pub host_keys: Vec<String>,
+    pub known_hosts: String,
+}
+
+impl Plan {
+    /// Whether any object is written (the Secret included).
+    pub fn writes_objects(&self) -> bool {
+        self.replace_secret
+            || [
+                &self.namespace.change,
+                self.secret.change(),
+                &self.git_repository.change,
+                &self.kustomization.change,
+            ]
+            .iter()
+            .any(|c| c.is_write())
+            || self.sops_secret_changes()
+    }
+
+    /// Whether Secret `sops-age` is written (a new or another identity).
+    pub fn sops_secret_changes(&self) -> bool {
+        self.sops_secret
+            .as_ref()
+            .is_some_and(|o| o.change.is_write())
+    }
+}
+
+/// Why `plan` stops the run before anything is written (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "the cluster runs Kubernetes {git_version}; Flux needs {}.{} or newer: upgrade the cluster first",
+        flux::MIN_KUBERNETES.0,
+        flux::MIN_KUBERNETES.1
+    )]
+    OldKubernetes { git_version: String },
+    #[error(
+        "{}; nothing was changed. Run again with `--force` to point Flux at the new repository or path",
+        .0.join("; ")
+    )]
+    TakenOver(Vec<String>),
+    #[error("GitHub's SSH address of the repository cannot be used")]
+    SshUrl(#[source] git_remote::Error),
+    #[error(
+        "`decryption: sops` is set, but no age identity was found: add `ageKey` to the secrets file, or set `SOPS_AGE_KEY`"
+    )]
+    NoAgeIdentity,
+}
+
+/// Decides every write of a run from what is there.
+pub fn plan(
+    cfg: &FluxConfig,
+    token: &Token,
+    github: &GitHubView,
+    live: &Live,
+    options: &Options,
+) -> Result<Plan, Refusal> {
+    if live.version < flux::MIN_KUBERNETES {
+        return Err(Refusal::OldKubernetes {
+            git_version: live.git_version.clone(),
+        });
+    }
+    let branch = cfg
+        .branch
+        .as_ref()
+        .map_or_else(|| github.repo.default_branch.clone(), |b| b.to_string());
+
+    // The guards against taking over someone else's set-up.
+    let live_url = live
+        .git_repository
+        .as_ref()
+        .and_then(|o| o["spec"]["url"].as_str());
+    let live_path = live
+        .kustomization
+        .as_ref()
+        .and_then(|o| o["spec"]["path"].as_str());
+    let url = source_url(cfg, &github.repo, live_url).map_err(Refusal::SshUrl)?;
+    let taken_over = takeovers(live_url, &url, live_path, cfg.path.as_str());
+    if !taken_over.is_empty() && !options.force {
+        return Err(Refusal::TakenOver(taken_over));
+    }
+    let replace_secret = !taken_over.is_empty() && live.secret.is_some();
+    let takeover = match (taken_over.is_empty(), live.kustomization.is_some()) {
+        (false, true) => Some(
+            if live_url.is_some_and(|old| !flux::same_repo_url(old, &url)) {
+                Takeover::Repository
+            } else {
+                Takeover::Path
+            },
+        ),
+        _ => None,
+    };
+    // The Secret as it will be before this run writes it: gone when it is replaced.
+    let live_secret = live.secret.as_ref().filter(|_| taken_over.is_empty());
+
+    let title = options
+        .key_title
+        .clone()
+        .unwrap_or_else(|| keys::default_title(&live.context, &live.server));
+    // The deploy key's known_hosts: GitHub's host keys for its SSH endpoint.
+    let known_hosts = match cfg.auth {
+        Auth::DeployKey => {
+            let endpoint =
+                git_remote::SshEndpoint::parse(&github.repo.ssh_url).map_err(Refusal::SshUrl)?;
+            git_remote::known_hosts(&endpoint, &github.host_keys)
+        }
+        Auth::Token => String::new(),
+    };
+
+    let (credentials, secret, stale_keys) = match cfg.auth {
+        Auth::Token => (
+            Credentials::Token,
+            SecretPlan::Apply(Object::new(
+                Kind::Secret,
+                flux::token_secret(token.expose()),
+                live_secret,
+            )),
+            Vec::new(),
+        ),
+        Auth::DeployKey => {
+            // The key in the cluster, recognised by its value whatever its title.
+            let kept = live_secret
+                .and_then(|s| flux::secret_value(s, "identity"))
+                .and_then(|pem| KeyPair::from_private_openssh(&SecretString::from(pem)).ok())
+                .filter(|k| {
+                    github
+                        .keys
+                        .iter()
+                        .any(|d| d.matches_public_key(k.public_key_openssh()))
+                });
+            // Keys of this title that are not the one going into the cluster. Keys of other
+            // titles, and of the title used before titles carried a cluster id, may be another
+            // cluster's: never stale.
+            let stale = |keep: Option<&str>| {
+                github
+                    .keys
+                    .iter()
+                    .filter(|k| k.title == title && keep.is_none_or(|p| !k.matches_public_key(p)))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            match kept {
+                Some(pair) => {
+                    use secrecy::ExposeSecret;
+                    let desired = flux::deploy_key_secret(
+                        pair.private_key_openssh().expose_secret(),
+                        pair.public_key_openssh(),
+                        &known_hosts,
+                    );
+                    let stale = stale(Some(pair.public_key_openssh()));
+                    (
+                        Credentials::Reuse(pair),
+                        SecretPlan::Apply(Object::new(Kind::Secret, desired, live_secret)),
+                        stale,
+                    )
+                }
+                None => {
+                    let change = match live_secret {
+                        None => Change::Create,
+                        Some(_) => Change::Update(vec![FieldChange {
+                            field: "data".to_string(),
+                            old: Some("(the old deploy key)".to_string()),
+                            new: "(a new deploy key)".to_string(),
+                        }]),
+                    };
+                    (
+                        Credentials::NewKey,
+                        SecretPlan::NewKey { change },
+                        stale(None),
+                    )
+                }
+            }
+        }
+    };
+
+    // The decryption Secret, compared like the others: `unchanged` until the identity changes.
+    let sops_secret = match (cfg.decryption, &options.age_identity) {
+        (None, _) => None,
+        (Some(_), None) => return Err(Refusal::NoAgeIdentity),
+        (Some(_), Some(identity)) => Some(Object::new(
+            Kind::Secret,
+            flux::sops_age_secret(identity.expose()),
+            live.sops_secret.as_ref(),
+        )),
+    };
+
+    Ok(Plan {
+        install: live.flux_missing.clone(),
+        namespace: Object::new(Kind::Namespace, flux::namespace(), live.namespace.as_ref()),
+        credentials,
+        replace_secret,
+        secret,
+        git_repository: Object::new(
+            Kind::GitRepository,
+            flux::git_repository(&url, &branch),
+            live.git_repository.as_ref(),
+        ),
+        sops_secret,
+        kustomization: Object::new(
+            Kind::Kustomization,
+            flux::kustomization(cfg),
+            live.kustomization.as_ref(),
+        ),
+        stale_keys,
+        takeover,
+        head: github.head.clone(),
+        ssh_url: github.repo.ssh_url.clone(),
+        host_keys: github.host_keys.clone(),
+        known_hosts,
+        branch,
+        title,
+    })
+}
+
+/// How the run ends once everything is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Nothing was written and Flux is Ready at the commit: done.
+    Synced,
+    /// Watch until Flux is Ready at the commit. `request_reconcile`: Flux watches no Secrets
+    /// and an unchanged GitRepository is no new generation, so when the credentials changed,
+    /// or nothing changed and Flux is not at the commit, it is asked to fetch now (and the wait
+    /// holds out for that very request, so that Ready means the new credentials work).
+    /// `request_kustomization`: the same for the Kustomization when only its decryption
+    /// Secret changed (kustomize-controller does not watch it either).
+    Watch {
+        request_reconcile: bool,
+        request_kustomization: bool,
+    },
+}
+
+/// Decides the wait, once the commit to wait for is known.
+pub fn wait(plan: &Plan, live: &Live, sha: &str) -> Wait {
+    let at = |o: &Option<Value>| {
+        o.as_ref()
+            .map(flux::Observed::from_object)
+            .is_some_and(|o| o.ready_commit() == Some(sha))
+    };
+    let repo_synced = !plan.git_repository.change.is_write() && at(&live.git_repository);
+    let ks_synced = !plan.kustomization.change.is_write() && at(&live.kustomization);
+    if !plan.writes_objects() && repo_synced && ks_synced {
+        return Wait::Synced;
+    }
+    let secret_changed = plan.replace_secret || plan.secret.change().is_write();
+    Wait::Watch {
+        request_reconcile: !plan.git_repository.change.is_write()
+            && (secret_changed || !repo_synced),
+        request_kustomization: !plan.kustomization.change.is_write() && plan.sops_secret_changes(),
+    }
+}
+
+/// The GitRepository's URL: the SSH endpoint GitHub gives (`ssh_url`), or the clone URL for
+/// `auth: token`. Spelled as `bootstrap --export` spells it when both name the same repository
+/// (GitHub's casing may differ from `flux.yaml`'s), and as the live object spells it when that
+/// names the same repository too, so that an exported copy committed to the repository, applied
+/// by Flux itself, and bootstrap never rewrite each other's URL.
+fn source_url(
+    cfg: &FluxConfig,
+    repo: &Repository,
+    live: Option<&str>,
+) -> Result<String, git_remote::Error> {
+    let from_github = match cfg.auth {
+        Auth::DeployKey => git_remote::SshEndpoint::parse(&repo.ssh_url)?.url(),
+        Auth::Token => repo.clone_url.clone(),
+    };
+    let exported = flux::source_url(cfg);
+    let url = if flux::same_repo_url(&from_github, &exported) {
+        exported
+    } else {
+        from_github
+    };
+    Ok(match live {
+        Some(live) if flux::same_repo_url(live, &url) => live.to_string(),
+        _ => url,
+    })
+}
+
+/// The guards' findings: the live GitRepository follows another repository, the live
+/// Kustomization applies another path.
+fn takeovers(
+    live_url: Option<&str>,
+    url: &str,
+    live_path: Option<&str>,
+    path: &str,
+) -> Vec<String> {
+    let (ns, name) = (flux::NAMESPACE, flux::NAME);
+    let mut found = Vec::new();
+    if let Some(old) = live_url
+        && !flux::same_repo_url(old, url)
+    {
+        found.push(format!(
+            "GitRepository `{ns}/{name}` follows `{old}`, not `{url}`"
+        ));
+    }
+    if let Some(old) = live_path
+        && old != path
+    {
+        found.push(format!(
+            "Kustomization `{ns}/{name}` applies `{old}`, not `{path}`"
+        ));
+    }
+    found
+}
+
+/// The fields of `desired` that `live` does not hold as wanted, in order. A Secret's values are
+/// not shown, only that they change.
+fn diff(desired: &Value, live: &Value, secret: bool) -> Vec<FieldChange> {
+    fn walk(path: &str, d: &Value, l: Option<&Value>, secret: bool, out: &mut Vec<FieldChange>) {
+        if let (Value::Object(dm), Some(Value::Object(lm))) = (d, l) {
+            for (k, v) in dm {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                walk(&p, v, lm.get(k), secret, out);
+            }
+            return;
+        }
+        if l.is_some_and(|l| is_subset(d, l)) {
+            return;
+        }
+        let show = |v: &Value| match v {
+            _ if secret && path.starts_with("data") => "(secret)".to_string(),
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        out.push(FieldChange {
+            field: path.to_string(),
+            old: l.filter(|l| !l.is_null()).map(show),
+            new: show(d),
+        });
+    }
+    let mut out = Vec::new();
+    walk("", desired, Some(live), secret, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+    const SERVER: &str = "https://127.0.0.1:6443/";
+
+    fn config(yaml: &str) -> FluxConfig {
+        crate::config::parse_flux(yaml, "flux.yaml").0.unwrap()
+    }
+
+    fn deploy_key_config() -> FluxConfig {
+        config("repo: https://github.com/username/manifests\nbranch: main\npath: ./clusters/home\n")
+    }
+
+    fn repo() -> Repository {
+        serde_json::from_value(json!({
+            "full_name": "username/manifests",
+            "default_branch": "main",
+            "ssh_url": "git@github.com:username/manifests.git",
+            "clone_url": "https://github.com/username/manifests.git",
+            "private": true,
+        }))
+        .unwrap()
+    }
+
+    fn github(keys: Vec<DeployKey>) -> GitHubView {
+        GitHubView {
+            repo: repo(),
+            head: Some(SHA.to_string()),
+            keys,
+            host_keys: vec![
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+                    .to_string(),
+            ],
+        }
+    }
+
+    fn title() -> String {
+        keys::default_title("default", SERVER)
+    }
+
+    fn key(id: u64, title: &str, pair: &KeyPair) -> DeployKey {
+        DeployKey {
+            id,
+            key: pair.public_key_openssh().to_string(),
+            title: title.to_string(),
+            read_only: true,
+            created_at: None,
+            last_used: None,
+        }
+    }
+
+    fn token() -> Token {
+        Token::new("ghp_R8vK2mQ9xLp4Tz7Wn3Bc6Hd1Jf5Gs0YaEuVi")
+    }
+
+    /// The cluster as a finished bootstrap leaves it, with `pair` in the Secret; the objects
+    /// as the API server returns them (with status and fields of its own).
+    fn bootstrapped(cfg: &FluxConfig, pair: &KeyPair, known_hosts: &str) -> Live {
+        use secrecy::ExposeSecret;
+        let ready = |revision: &str| {
+            json!({
+                "observedGeneration": 1,
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "ok"}],
+                "artifact": {"revision": revision},
+                "lastAppliedRevision": revision,
+            })
+        };
+        let revision = format!("main@sha1:{SHA}");
+        let mut repo = flux::git_repository("ssh://git@github.com/username/manifests.git", "main");
+        repo["metadata"]["generation"] = 1.into();
+        repo["spec"]["timeout"] = "60s".into();
+        repo["status"] = ready(&revision);
+        let mut ks = flux::kustomization(cfg);
+        ks["metadata"]["generation"] = 1.into();
+        ks["status"] = ready(&revision);
+        Live {
+            context: "default".to_string(),
+            server: SERVER.to_string(),
+            version: (1, 33),
+            git_version: "v1.33.2".to_string(),
+            flux_missing: Vec::new(),
+            namespace: Some(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system", "uid": "x"}}),
+            ),
+            secret: Some(flux::deploy_key_secret(
+                pair.private_key_openssh().expose_secret(),
+                pair.public_key_openssh(),
+                known_hosts,
+            )),
+            git_repository: Some(repo),
+            kustomization: Some(ks),
+            sops_secret: None,
+        }
+    }
+
+    fn known_hosts() -> String {
+        let endpoint = git_remote::SshEndpoint::parse(&repo().ssh_url).unwrap();
+        git_remote::known_hosts(&endpoint, &github(vec![]).host_keys)
+    }
+
+    fn fresh() -> Live {
+        Live {
+            context: "default".to_string(),
+            server: SERVER.to_string(),
+            version: (1, 33),
+            git_version: "v1.33.2".to_string(),
+            ..Live::default()
+        }
+    }
+
+    #[test]
+    fn a_fresh_cluster_gets_a_new_key_and_every_object() {
+        let cfg = deploy_key_config();
+        let p = plan(
+            &cfg,
+            &token(),
+            &github(vec![]),
+            &fresh(),
+            &Options::default(),
+        )
+        .unwrap();
+        assert!(matches!(p.credentials, Credentials::NewKey));
+        assert_eq!(p.title, title());
+        assert_eq!(p.namespace.change, Change::Create);
+        assert_eq!(*p.secret.change(), Change::Create);
+        assert_eq!(p.git_repository.change, Change::Create);
+        assert_eq!(p.kustomization.change, Change::Create);
+        assert_eq!(
+            p.git_repository.desired["spec"]["url"],
+            "ssh://git@github.com/username/manifests.git"
+        );
+        assert_eq!(p.kustomization.desired["spec"]["path"], "./clusters/home");
+        assert!(p.stale_keys.is_empty() && p.install.is_empty() && !p.replace_secret);
+        assert!(
+            p.known_hosts.starts_with("github.com ssh-ed25519 "),
+            "{}",
+            p.known_hosts
+        );
+    }
+
+    #[test]
+    fn a_rerun_keeps_the_key_and_writes_nothing_and_is_synced() {
+        let cfg = deploy_key_config();
+        let pair = KeyPair::generate("x").unwrap();
+        let live = bootstrapped(&cfg, &pair, &known_hosts());
+        let gh = github(vec![key(7, &title(), &pair)]);
+        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        assert!(
+            matches!(&p.credentials, Credentials::Reuse(k) if k.fingerprint() == pair.fingerprint())
+        );
+        for c in [
+            &p.namespace.change,
+            p.secret.change(),
+            &p.git_repository.change,
+            &p.kustomization.change,
+        ] {
+            assert_eq!(*c, Change::Unchanged);
+        }
+        assert!(p.stale_keys.is_empty());
+        assert!(!p.writes_objects());
+        assert_eq!(p.head.as_deref(), Some(SHA));
+        assert_eq!(wait(&p, &live, SHA), Wait::Synced);
+        // A newer head on the branch: Flux is asked to fetch it now.
+        assert_eq!(
+            wait(&p, &live, "fedcba9876543210fedcba9876543210fedcba98"),
+            Wait::Watch {
+                request_reconcile: true,
+                request_kustomization: false
+            }
+        );
+    }
+
+    #[test]
+    fn sops_age_goes_in_with_the_identity_and_is_rewritten_only_when_it_changes() {
+        let identity = |id: &age::x25519::Identity| {
+            use secrecy::ExposeSecret;
+            AgeIdentity::parse(id.to_string().expose_secret()).unwrap()
+        };
+        let (first, second) = (
+            age::x25519::Identity::generate(),
+            age::x25519::Identity::generate(),
+        );
+        let cfg = config(
+            "repo: https://github.com/username/manifests\nbranch: main\npath: ./clusters/home\ndecryption: sops\n",
+        );
+        let pair = KeyPair::generate("x").unwrap();
+        let gh = github(vec![key(7, &title(), &pair)]);
+        let with = |id: &AgeIdentity| Options {
+            age_identity: Some(id.clone()),
+            ..Options::default()
+        };
+        // No identity: refused before anything is written (loading reports it first).
+        let live = bootstrapped(&cfg, &pair, &known_hosts());
+        assert!(matches!(
+            plan(&cfg, &token(), &gh, &live, &Options::default()),
+            Err(Refusal::NoAgeIdentity)
+        ));
+        // After a rebuild (no sops-age): created, and the Kustomization names it.
+        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&first))).unwrap();
+        let sops = p.sops_secret.as_ref().unwrap();
+        assert_eq!(sops.change, Change::Create);
+        assert_eq!(sops.name(), "flux-system/sops-age");
+        assert_eq!(
+            p.kustomization.desired["spec"]["decryption"]["secretRef"]["name"],
+            "sops-age"
+        );
+        assert!(p.writes_objects());
+        // The same identity in the cluster: unchanged, and a re-run is synced.
+        let mut live = live;
+        live.sops_secret = Some(sops.desired.clone());
+        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&first))).unwrap();
+        assert_eq!(p.sops_secret.as_ref().unwrap().change, Change::Unchanged);
+        assert!(!p.writes_objects());
+        assert_eq!(wait(&p, &live, SHA), Wait::Synced);
+        // Another identity: rewritten, its value never shown, and the Kustomization (which
+        // does not watch the Secret) asked to reconcile.
+        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&second))).unwrap();
+        let change = &p.sops_secret.as_ref().unwrap().change;
+        assert_eq!(
+            *change,
+            Change::Update(vec![FieldChange {
+                field: "data.age.agekey".to_string(),
+                old: Some("(secret)".to_string()),
+                new: "(secret)".to_string(),
+            }])
+        );
+        assert_eq!(
+            wait(&p, &live, SHA),
+            Wait::Watch {
+                request_reconcile: false,
+                request_kustomization: true
+            }
+        );
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains(&identity(&second).expose()[16..]),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_key_deleted_on_github_is_replaced_and_the_stale_one_of_this_title_goes() {
+        // The key in the cluster is gone from GitHub; another key of this title is listed
+        // (left by an interrupted run), one of another cluster and one of the legacy title too.
+        let cfg = deploy_key_config();
+        let pair = KeyPair::generate("x").unwrap();
+        let leftover = KeyPair::generate("y").unwrap();
+        let other = KeyPair::generate("z").unwrap();
+        let live = bootstrapped(&cfg, &pair, &known_hosts());
+        let gh = github(vec![
+            key(8, &title(), &leftover),
+            key(
+                9,
+                &keys::default_title("default", "https://10.0.0.9:6443"),
+                &other,
+            ),
+            key(10, &keys::legacy_title("default"), &other),
+        ]);
+        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        assert!(matches!(p.credentials, Credentials::NewKey));
+        assert!(matches!(p.secret.change(), Change::Update(_)));
+        assert_eq!(p.git_repository.change, Change::Unchanged);
+        assert_eq!(
+            p.stale_keys.iter().map(|k| k.id).collect::<Vec<_>>(),
+            [8],
+            "only this cluster's title"
+        );
+        // The credentials changed and the GitRepository did not: Flux is asked to fetch.
+        assert_eq!(
+            wait(&p, &live, SHA),
+            Wait::Watch {
+                request_reconcile: true,
+                request_kustomization: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_kept_key_makes_older_keys_of_its_title_stale() {
+        let cfg = deploy_key_config();
+        let pair = KeyPair::generate("x").unwrap();
+        let old = KeyPair::generate("y").unwrap();
+        let live = bootstrapped(&cfg, &pair, &known_hosts());
+        let gh = github(vec![key(3, &title(), &old), key(4, &title(), &pair)]);
+        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        assert!(matches!(p.credentials, Credentials::Reuse(_)));
+        assert_eq!(p.stale_keys.iter().map(|k| k.id).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn a_wiped_cluster_with_flux_missing_installs_and_deletes_its_old_key() {
+        let cfg = deploy_key_config();
+        let old = KeyPair::generate("y").unwrap();
+        let mut live = fresh();
+        live.flux_missing = vec![format!("CustomResourceDefinition `{}`", flux::CRDS[0])];
+        let p = plan(
+            &cfg,
+            &token(),
+            &github(vec![key(5, &title(), &old)]),
+            &live,
+            &Options::default(),
+        )
+        .unwrap();
+        assert_eq!(p.install.len(), 1);
+        assert!(matches!(p.credentials, Credentials::NewKey));
+        assert_eq!(p.stale_keys.len(), 1);
+    }
+
+    #[test]
+    fn too_old_a_kubernetes_is_refused() {
+        let mut live = fresh();
+        (live.version, live.git_version) = ((1, 32), "v1.32.9".to_string());
+        let e = plan(
+            &deploy_key_config(),
+            &token(),
+            &github(vec![]),
+            &live,
+            &Options::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the cluster runs Kubernetes v1.32.9; Flux needs 1.33 or newer: upgrade the cluster first"
+        );
+    }
+
+    #[test]
+    fn another_repository_or_path_stops_the_run_unless_forced() {
+        let cfg = deploy_key_config();
+        let pair = KeyPair::generate("x").unwrap();
+        let mut live = bootstrapped(&cfg, &pair, &known_hosts());
+        live.git_repository.as_mut().unwrap()["spec"]["url"] =
+            "ssh://git@github.com/username/other.git".into();
+        live.kustomization.as_mut().unwrap()["spec"]["path"] = "./a".into();
+        let gh = github(vec![key(7, &title(), &pair)]);
+        let e = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "GitRepository `flux-system/flux-system` follows `ssh://git@github.com/username/other.git`, not `ssh://git@github.com/username/manifests.git`; Kustomization `flux-system/flux-system` applies `./a`, not `./clusters/home`; nothing was changed. Run again with `--force` to point Flux at the new repository or path"
+        );
+        let forced = Options {
+            force: true,
+            ..Options::default()
+        };
+        let p = plan(&cfg, &token(), &gh, &live, &forced).unwrap();
+        assert!(
+            p.replace_secret,
+            "the Secret is never left on the old repository"
+        );
+        assert!(
+            matches!(p.credentials, Credentials::NewKey),
+            "the old Secret is not reused"
+        );
+        assert_eq!(p.takeover, Some(Takeover::Repository));
+        assert_eq!(
+            p.git_repository.change,
+            Change::Update(vec![FieldChange {
+                field: "spec.url".to_string(),
+                old: Some("ssh://git@github.com/username/other.git".to_string()),
+                new: "ssh://git@github.com/username/manifests.git".to_string(),
+            }])
+        );
+        assert_eq!(
+            p.kustomization.change,
+            Change::Update(vec![FieldChange {
+                field: "spec.path".to_string(),
+                old: Some("./a".to_string()),
+                new: "./clusters/home".to_string(),
+            }])
+        );
+        // Only the path differs: the note names the path.
+        let mut live = bootstrapped(&cfg, &pair, &known_hosts());
+        live.kustomization.as_mut().unwrap()["spec"]["path"] = "./a".into();
+        let p = plan(&cfg, &token(), &gh, &live, &forced).unwrap();
+        assert_eq!(p.takeover, Some(Takeover::Path));
+    }
+
+    #[test]
+    fn the_guard_ignores_case_and_dot_git_and_keeps_the_live_spelling() {
+        // Regression: GitHub's `ssh_url` casing tripped the guard.
+        let cfg = config(
+            "repo: https://github.com/Username/Manifests\nbranch: main\npath: ./clusters/home\n",
+        );
+        let pair = KeyPair::generate("x").unwrap();
+        let mut live = bootstrapped(&cfg, &pair, &known_hosts());
+        live.git_repository.as_mut().unwrap()["spec"]["url"] =
+            "ssh://git@github.com/username/manifests".into();
+        let gh = github(vec![key(7, &title(), &pair)]);
+        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        assert_eq!(p.git_repository.change, Change::Unchanged);
+    }
+
+    #[test]
+    fn bootstrap_spells_the_url_as_export_does_for_the_same_repository() {
+        let cfg = config("repo: https://github.com/Username/Manifests\n");
+        let exported = flux::source_url(&cfg);
+        assert_eq!(source_url(&cfg, &repo(), None).unwrap(), exported);
+        let live = "ssh://git@github.com/username/manifests";
+        assert_eq!(source_url(&cfg, &repo(), Some(live)).unwrap(), live);
+        // Another SSH endpoint (Enterprise Server, a port, the test environment) is GitHub's.
+        let mut elsewhere = repo();
+        elsewhere.ssh_url = "ssh://git@127.0.0.1:2222/srv/git/manifests.git".to_string();
+        assert_eq!(
+            source_url(&cfg, &elsewhere, Some(&exported)).unwrap(),
+            "ssh://git@127.0.0.1:2222/srv/git/manifests.git"
+        );
+        let token_cfg = config("repo: https://github.com/Username/Manifests\nauth: token\n");
+        assert_eq!(
+            source_url(&token_cfg, &repo(), None).unwrap(),
+            flux::source_url(&token_cfg)
+        );
+    }
+
+    #[test]
+    fn a_branch_change_is_shown_field_by_field() {
+        let cfg = config(
+            "repo: https://github.com/username/manifests\nbranch: dev\npath: ./clusters/home\n",
+        );
+        let pair = KeyPair::generate("x").unwrap();
+        let live = bootstrapped(&cfg, &pair, &known_hosts());
+        let gh = github(vec![key(7, &title(), &pair)]);
+        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        assert_eq!(p.branch, "dev");
+        assert_eq!(
+            p.git_repository.change,
+            Change::Update(vec![FieldChange {
+                field: "spec.ref.branch".to_string(),
+                old: Some("main".to_string()),
+                new: "dev".to_string(),
+            }])
+        );
+        // A new generation: no reconcile request needed, the wait sees the new spec.
+        assert_eq!(
+            wait(&p, &live, SHA),
+            Wait::Watch {
+                request_reconcile: false,
+                request_kustomization: false
+            }
+        );
+    }
+
+    #[test]
+    fn the_default_branch_comes_from_github() {
+        let cfg = config("repo: https://github.com/username/manifests\n");
+        let mut gh = github(vec![]);
+        gh.repo.default_branch = "trunk".to_string();
+        let p = plan(&cfg, &token(), &gh, &fresh(), &Options::default()).unwrap();
+        assert_eq!(p.git_repository.desired["spec"]["ref"]["branch"], "trunk");
+    }
+
+    #[test]
+    fn a_token_secret_is_rewritten_when_the_token_rotates_and_its_value_never_shown() {
+        let cfg =
+            config("repo: https://github.com/username/manifests\nbranch: main\nauth: token\n");
+        let mut live = fresh();
+        live.namespace = Some(flux::namespace());
+        live.secret = Some(flux::token_secret(
+            "ghp_OLDtokenQ9xLp4Tz7Wn3Bc6Hd1Jf5Gs0YaEuVi",
+        ));
+        let p = plan(&cfg, &token(), &github(vec![]), &live, &Options::default()).unwrap();
+        assert!(matches!(p.credentials, Credentials::Token));
+        assert_eq!(
+            *p.secret.change(),
+            Change::Update(vec![FieldChange {
+                field: "data.password".to_string(),
+                old: Some("(secret)".to_string()),
+                new: "(secret)".to_string(),
+            }])
+        );
+        assert_eq!(
+            p.git_repository.desired["spec"]["url"],
+            "https://github.com/username/manifests.git"
+        );
+        live.secret = Some(flux::token_secret(token().expose()));
+        let p = plan(&cfg, &token(), &github(vec![]), &live, &Options::default()).unwrap();
+        assert_eq!(*p.secret.change(), Change::Unchanged);
+    }
+
+    #[test]
+    fn a_key_title_can_be_given() {
+        let options = Options {
+            key_title: Some("my title".to_string()),
+            ..Options::default()
+        };
+        let p = plan(
+            &deploy_key_config(),
+            &token(),
+            &github(vec![]),
+            &fresh(),
+            &options,
+        )
+        .unwrap();
+        assert_eq!(p.title, "my title");
+    }
+}

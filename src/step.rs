@@ -1,0 +1,122 @@
+//! The progress of `bootstrap` as events. The command yields them; [`crate::output`] renders
+//! them as step lines or as JSON lines. Pure data: no event formats itself.
+
+use serde::Serialize;
+
+use crate::plan::{Change, Takeover};
+
+/// One thing `bootstrap` did, or (in a dry run) would do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// The configuration and GitHub's answers are fine.
+    Checked {
+        repo: String,
+    },
+    /// The API server answered.
+    Connected {
+        context: String,
+        kubernetes: String,
+    },
+    /// The install manifests were read.
+    ManifestsRead {
+        source: String,
+        sha256: String,
+        pinned: bool,
+    },
+    /// Flux's install manifests were applied.
+    Installed {
+        source: String,
+        objects: usize,
+    },
+    /// An object was applied (or found as wanted).
+    Applied {
+        kind: &'static str,
+        name: String,
+        #[serde(flatten)]
+        change: Change,
+    },
+    /// Dry run: the Secret would hold a deploy key not made yet.
+    SecretWithNewKey {
+        name: String,
+    },
+    /// `--force`: the Secret was deleted, to be written for the new repository.
+    SecretReplaced {
+        name: String,
+    },
+    /// `--force` took over a Kustomization whose `prune: true` cleans up after the old one.
+    TakeoverNote {
+        name: String,
+        what: Takeover,
+    },
+    /// Another run of this cluster held the Lease.
+    LeaseHeld {
+        name: String,
+        holder: String,
+    },
+    /// ... and has let it go.
+    LeaseFree,
+    /// The key in the cluster's Secret is still registered on GitHub.
+    KeyKept {
+        fingerprint: String,
+    },
+    /// Dry run: a new deploy key would be made.
+    KeyToCreate {
+        title: String,
+    },
+    KeyCreated {
+        title: String,
+        fingerprint: String,
+    },
+    /// The new key opened the repository over SSH; the branch's head there.
+    KeyProved {
+        branch: String,
+        commit: String,
+    },
+    /// The branch's head from the API (`token`: read with the token, `auth: token`).
+    BranchHead {
+        branch: String,
+        commit: String,
+        token: bool,
+    },
+    StaleKeyDeleted {
+        title: String,
+        id: u64,
+    },
+    /// Dry run: a stale key would be deleted.
+    StaleKeyToDelete {
+        title: String,
+        id: u64,
+    },
+    /// Nothing was written and Flux is Ready at the commit already.
+    Synced {
+        commit: String,
+    },
+    /// Waiting: the object's Ready condition, as the controller reports it.
+    Waiting {
+        kind: &'static str,
+        name: String,
+        condition: Option<(String, String, String)>,
+    },
+    /// The object is Ready at `commit`; `moved_from` the proven commit when a newer head
+    /// landed while bootstrap waited.
+    Ready {
+        kind: &'static str,
+        name: String,
+        branch: String,
+        commit: String,
+        moved_from: Option<String>,
+    },
+}
+
+impl Step {
+    /// Live progress, rewritten in place on a terminal, rather than a finished step.
+    pub fn is_progress(&self) -> bool {
+        matches!(self, Step::Waiting { .. } | Step::LeaseHeld { .. })
+    }
+}
+
+/// The first twelve characters of a commit, as step lines show it.
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
