@@ -288,6 +288,17 @@ fn a_broken_identity_file_is_an_error_naming_the_line() {
     );
     assert_no_identity_leak(&cluster, &r.transcript(), "broken keys file");
 
+    // A file far too large to be an identity file is refused, not read to its end.
+    write(root, "huge.txt", &"#".repeat(100 * 1024));
+    let huge = root.join("huge.txt");
+    let r = validate(root, &[("SOPS_AGE_KEY_FILE", huge.to_str().unwrap())]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("an identity file is at most 64 KiB"),
+        "{}",
+        r.stderr
+    );
+
     let missing = root.join("nowhere.txt");
     let r = validate(root, &[("SOPS_AGE_KEY_FILE", missing.to_str().unwrap())]);
     assert_eq!(r.code, 1, "{}", r.stderr);

@@ -127,6 +127,21 @@ fn from_file(
         return Ok(false);
     };
     let shown = path.display().to_string();
+    if contents.size > super::MAX_FILE_SIZE as u64 {
+        report.push(
+            Diagnostic::error(
+                Code::AgeKeyInvalid,
+                format!(
+                    "`{shown}` is {} bytes; an identity file is at most {} KiB",
+                    contents.size,
+                    super::MAX_FILE_SIZE / 1024
+                ),
+            )
+            .in_file(&shown)
+            .with_hint("check that the right file is named; `age-keygen` writes three lines"),
+        );
+        return Ok(true);
+    }
     let Ok(text) = std::str::from_utf8(&contents.bytes) else {
         report.push(
             Diagnostic::error(
