@@ -83,6 +83,7 @@ codes! {
     PathEscapes = "HF036", "path-escapes";
     PathInvalid = "HF037", "path-invalid";
     AuthInvalid = "HF038", "auth-invalid";
+    DecryptionInvalid = "HF039", "decryption-invalid";
     TokenNotString = "HF040", "token-not-string";
     TokenWhitespace = "HF041", "token-whitespace";
     TokenCharacters = "HF042", "token-characters";
@@ -101,6 +102,13 @@ codes! {
     SecretsPermissions = "HF062", "secrets-permissions";
     TokenInTrackedFile = "HF063", "token-in-tracked-file";
     PlaintextSecret = "HF064", "plaintext-secret-manifest";
+    AgeKeyInvalid = "HF070", "age-key-invalid";
+    AgeKeyMissing = "HF071", "age-key-missing";
+    SopsConfigInvalid = "HF072", "sops-config-invalid";
+    SopsRuleRecipient = "HF073", "sops-rule-recipient";
+    SopsFileRecipient = "HF074", "sops-file-recipient";
+    AgeKeyInTrackedFile = "HF075", "age-key-in-tracked-file";
+    AgeKeyUnused = "HF076", "age-key-unused";
     TokenRejected = "HF101", "token-rejected";
     TokenExpiring = "HF102", "token-expiring";
     TokenExpired = "HF103", "token-expired";

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::config::{Auth, FluxConfig};
+use crate::config::{Auth, Decryption, FluxConfig};
 
 /// The namespace Flux runs in, and the name of every object homelab-flux owns.
 pub const NAMESPACE: &str = "flux-system";
@@ -45,6 +45,10 @@ pub const DEPLOYMENTS: [&str; 2] = ["source-controller", "kustomize-controller"]
 pub const RECONCILE_ANNOTATION: &str = "reconcile.fluxcd.io/requestedAt";
 pub const GIT_REPOSITORY_INTERVAL: &str = "1m0s";
 pub const KUSTOMIZATION_INTERVAL: &str = "10m0s";
+/// The Secret with the age identity for `decryption: sops`, and its key, as Flux's SOPS guide
+/// names them (`kubectl create secret generic sops-age --from-file=age.agekey=...`).
+pub const SOPS_SECRET: &str = "sops-age";
+pub const SOPS_SECRET_KEY: &str = "age.agekey";
 
 /// The pinned Flux release's `install.yaml`.
 pub fn default_manifests_url() -> String {
@@ -90,6 +94,13 @@ pub fn token_secret(token: &str) -> Value {
     secret(&[("username", "git"), ("password", token)])
 }
 
+/// The Secret `sops-age` that kustomize-controller decrypts with.
+pub fn sops_age_secret(identity: &str) -> Value {
+    let mut s = secret(&[(SOPS_SECRET_KEY, identity)]);
+    s["metadata"]["name"] = Value::from(SOPS_SECRET);
+    s
+}
+
 fn secret(entries: &[(&str, &str)]) -> Value {
     let data: std::collections::BTreeMap<String, k8s_openapi::ByteString> = entries
         .iter()
@@ -129,9 +140,9 @@ pub fn git_repository(url: &str, branch: &str) -> Value {
     }))
 }
 
-/// The Kustomization `flux-system`.
+/// The Kustomization `flux-system`; with `decryption: sops` it decrypts with [`SOPS_SECRET`].
 pub fn kustomization(cfg: &FluxConfig) -> Value {
-    sorted(json!({
+    let mut k = json!({
         "apiVersion": KUSTOMIZATION_API,
         "kind": "Kustomization",
         "metadata": { "name": NAME, "namespace": NAMESPACE },
@@ -141,7 +152,12 @@ pub fn kustomization(cfg: &FluxConfig) -> Value {
             "prune": true,
             "sourceRef": { "kind": "GitRepository", "name": NAME },
         },
-    }))
+    });
+    if cfg.decryption == Some(Decryption::Sops) {
+        k["spec"]["decryption"] =
+            json!({ "provider": "sops", "secretRef": { "name": SOPS_SECRET } });
+    }
+    sorted(k)
 }
 
 /// One of `status.conditions`, as the Flux controllers write it.
@@ -353,6 +369,19 @@ mod tests {
         assert_eq!(s["data"]["password"], "YWJj");
         assert_eq!(s["data"]["username"], "Z2l0");
         assert_eq!(s["metadata"]["namespace"], NAMESPACE);
+    }
+
+    #[test]
+    fn sops_decryption_names_the_sops_age_secret() {
+        let (cfg, _) = parse_flux("repo: https://github.com/o/r\ndecryption: sops\n", "f");
+        let k = kustomization(&cfg.unwrap());
+        assert_eq!(
+            k["spec"]["decryption"],
+            json!({"provider": "sops", "secretRef": {"name": "sops-age"}})
+        );
+        let s = sops_age_secret("AGE-SECRET-KEY-1X");
+        assert_eq!(s["metadata"]["name"], "sops-age");
+        assert_eq!(s["data"]["age.agekey"], "QUdFLVNFQ1JFVC1LRVktMVg=");
     }
 
     #[test]

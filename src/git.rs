@@ -1,40 +1,59 @@
 //! Local git repositories, through git2: the secrets-hygiene checks of `validate`.
 //!
 //! When the config directory is inside a git work tree, the secrets file must never reach a
-//! commit: not tracked, not staged, ignored; and the token's value must not sit in any other file
-//! git tracks. Nothing here changes the repository.
+//! commit: not tracked, not staged, ignored; and neither the token nor an age identity may sit in
+//! any other file git tracks. The same pass collects what the repository says about SOPS
+//! (`.sops.yaml` creation rules, the recipients of every encrypted file) for [`crate::sops`].
+//! Nothing here changes the repository.
 
 use std::path::{Path, PathBuf};
 
 use git2::{Repository, RepositoryOpenFlags};
 
 use crate::diag::{Code, Diagnostic, Position};
+use crate::sops::{self, AgeIdentity, FileFormat, Inventory};
 use crate::token::Token;
+
+/// The secrets the scan looks for in tracked files.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Secrets<'a> {
+    pub token: Option<&'a Token>,
+    pub age_identities: &'a [AgeIdentity],
+}
+
+/// What the hygiene checks found.
+#[derive(Debug, Default)]
+pub struct Hygiene {
+    pub findings: Vec<Diagnostic>,
+    /// The SOPS side of the tracked files; empty outside a git work tree.
+    pub sops: Inventory,
+}
 
 /// Files larger than this are not searched for the token (they are not hand-edited text).
 const MAX_SCAN_SIZE: usize = 8 * 1024 * 1024;
 
 /// Runs every hygiene check. Outside a git work tree there is nothing to check.
 ///
-/// `secrets_path` is the secrets file as the user names it (it need not exist); `token` is the
-/// token, wherever it came from, for the search of tracked files.
-pub fn hygiene(config_dir: &Path, secrets_path: &Path, token: Option<&Token>) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
+/// `secrets_path` is the secrets file as the user names it (it need not exist); `secrets` are the
+/// token and the age identities, wherever they came from, for the search of tracked files.
+pub fn hygiene(config_dir: &Path, secrets_path: &Path, secrets: Secrets<'_>) -> Hygiene {
+    let mut hygiene = Hygiene::default();
+    let out = &mut hygiene.findings;
     let Ok(repo) = Repository::open_ext(
         config_dir,
         RepositoryOpenFlags::empty(),
         std::iter::empty::<&Path>(),
     ) else {
-        return out;
+        return hygiene;
     };
     let Some(workdir) = repo.workdir().and_then(|w| w.canonicalize().ok()) else {
-        return out;
+        return hygiene;
     };
     let Ok(dir) = config_dir.canonicalize() else {
-        return out;
+        return hygiene;
     };
     let Ok(rel_dir) = dir.strip_prefix(&workdir) else {
-        return out;
+        return hygiene;
     };
     let file_name = secrets_path
         .file_name()
@@ -94,9 +113,9 @@ pub fn hygiene(config_dir: &Path, secrets_path: &Path, token: Option<&Token>) ->
     }
 
     if let Some(index) = index {
-        scan_tracked(&repo, &index, &workdir, &rel, token, &mut out);
+        scan_tracked(&repo, &index, &workdir, &rel, secrets, &mut hygiene);
     }
-    out
+    hygiene
 }
 
 /// The .gitignore line that covers every secrets file of the config directory.
@@ -131,16 +150,24 @@ fn permissions(_: &Path, _: &str) -> Option<Diagnostic> {
 }
 
 /// Searches every tracked or staged file (staged content and working-tree content) for the
-/// token, and YAML files for plaintext Kubernetes Secrets.
+/// token and the age identities, YAML files for plaintext Kubernetes Secrets, and collects the
+/// SOPS creation rules and encrypted files.
 fn scan_tracked(
     repo: &Repository,
     index: &git2::Index,
     workdir: &Path,
     secrets_rel: &Path,
-    token: Option<&Token>,
-    out: &mut Vec<Diagnostic>,
+    secrets: Secrets<'_>,
+    hygiene: &mut Hygiene,
 ) {
-    let needle = token.map(|t| t.expose().as_bytes());
+    let needle = secrets.token.map(|t| t.expose().as_bytes());
+    // age writes identities upper-case; a hand-copied one may be lower-case.
+    let identities: Vec<[String; 2]> = secrets
+        .age_identities
+        .iter()
+        .map(|id| [id.expose().to_string(), id.expose().to_ascii_lowercase()])
+        .collect();
+    let out = &mut hygiene.findings;
     for entry in index.iter() {
         // Submodules (gitlinks) have no content here.
         if entry.mode == 0o160000 {
@@ -172,6 +199,26 @@ fn scan_tracked(
                     .with_hint("remove it from that file; if it was ever committed, revoke the token and create a new one"),
             );
         }
+        let contents = [on_disk.as_deref(), staged];
+        if identities.iter().any(|forms| {
+            contents.into_iter().flatten().any(|c| {
+                forms
+                    .iter()
+                    .any(|f| memchr::memmem::find(c, f.as_bytes()).is_some())
+            })
+        }) {
+            out.push(
+                Diagnostic::error(Code::AgeKeyInTrackedFile, format!("an age identity is in `{shown}`, a file git tracks"))
+                    .in_file(&shown)
+                    .with_hint("remove it from that file; if it was ever committed, make a new identity with `age-keygen` and re-encrypt the repository for it"),
+            );
+        }
+        // Only with an identity to check it against.
+        if !secrets.age_identities.is_empty()
+            && let Some(content) = on_disk.as_deref().or(staged)
+        {
+            collect_sops(&shown, content, &mut hygiene.sops);
+        }
         let is_yaml = rel.extension().is_some_and(|e| e == "yaml" || e == "yml");
         if is_yaml
             && let Some(content) = on_disk.as_deref().or(staged)
@@ -199,6 +246,32 @@ fn scan_tracked(
                 );
             }
         }
+    }
+}
+
+/// Adds a tracked file's SOPS facts to the inventory: the rules of a `.sops.yaml`, or the
+/// recipients of an encrypted file.
+fn collect_sops(shown: &str, content: &[u8], inventory: &mut Inventory) {
+    let Ok(text) = std::str::from_utf8(content) else {
+        return;
+    };
+    let name = shown.rsplit('/').next().unwrap_or(shown);
+    if name == ".sops.yaml" || name == ".sops.yml" {
+        match sops::creation_rules(text) {
+            Ok(rules) => inventory
+                .rules
+                .extend(rules.into_iter().map(|r| (shown.to_string(), r))),
+            Err(reason) => inventory
+                .unreadable_configs
+                .push((shown.to_string(), reason)),
+        }
+    } else if let Some(format) = FileFormat::of(shown)
+        // Only files that mention sops at all are parsed: a large repository costs a byte
+        // search per file.
+        && memchr::memmem::find(content, b"sops").is_some()
+        && let Some(found) = sops::encrypted(format, text)
+    {
+        inventory.files.push((shown.to_string(), found));
     }
 }
 

@@ -10,11 +10,12 @@
 //!   hashed.
 //!
 //! Pure logic beside them: [`repo_url`], [`branch`], [`repo_path`], [`token`] check and normalise
-//! values; [`token_host`] keeps the token to its own host; [`keys`] makes deploy keys in
-//! memory; [`flux`] holds what homelab-flux knows about Flux (its constants, the objects it
-//! applies, typed views of their status); [`online`] turns GitHub's answers into findings;
-//! [`plan`] decides every write of `bootstrap` from what is there, and [`step`] is its progress
-//! as events; [`diag`] holds findings. [`cmd`] has one module per
+//! values; [`token_host`] keeps the token to its own host; [`sops`] parses age identities and
+//! SOPS metadata and decides whether the repository is encrypted for the cluster's identity;
+//! [`keys`] makes deploy keys in memory; [`flux`] holds what homelab-flux knows about Flux (its
+//! constants, the objects it applies, typed views of their status); [`online`] turns GitHub's
+//! answers into findings; [`plan`] decides every write of `bootstrap` from what is there, and
+//! [`step`] is its progress as events; [`diag`] holds findings. [`cmd`] has one module per
 //! subcommand; [`output`] is the only module that prints.
 
 pub mod branch;
@@ -34,6 +35,7 @@ pub mod output;
 pub mod plan;
 pub mod repo_path;
 pub mod repo_url;
+pub mod sops;
 pub mod step;
 pub mod token;
 pub mod token_host;

@@ -44,10 +44,24 @@ pub fn redact(text: &str) -> Cow<'_, str> {
             }
         }
     }
-    for prefix in ["github_pat_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"] {
+    // Shaped like a GitHub token, or like an age identity (bech32 is one case throughout),
+    // registered or not.
+    let token_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let bech32_char = |c: char| c.is_ascii_alphanumeric();
+    let shapes: [(&str, &dyn Fn(char) -> bool); 8] = [
+        ("github_pat_", &token_char),
+        ("ghp_", &token_char),
+        ("gho_", &token_char),
+        ("ghu_", &token_char),
+        ("ghs_", &token_char),
+        ("ghr_", &token_char),
+        (crate::sops::IDENTITY_PREFIX, &bech32_char),
+        ("age-secret-key-1", &bech32_char),
+    ];
+    for (prefix, allowed) in shapes {
         for (i, _) in text.match_indices(prefix) {
             let end = text[i + prefix.len()..]
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .find(|c: char| !allowed(c))
                 .map_or(text.len(), |j| i + prefix.len() + j);
             if end - i - prefix.len() >= 16 {
                 ranges.push((i, end));

@@ -7,7 +7,8 @@
 //! decisions are a function of values, unit tests cover each of them with literals.
 //!
 //! New objects have an obvious place: a field of [`Plan`] beside [`Plan::secret`] for a Secret
-//! applied before the Kustomization, and the desired Kustomization built in [`plan`].
+//! applied before the Kustomization (as [`Plan::sops_secret`] is), and the desired Kustomization
+//! built in [`plan`].
 
 use secrecy::SecretString;
 use serde::Serialize;
@@ -17,6 +18,7 @@ use crate::cluster::{Kind, is_subset};
 use crate::config::{Auth, FluxConfig};
 use crate::github::{DeployKey, Repository};
 use crate::keys::{self, KeyPair};
+use crate::sops::AgeIdentity;
 use crate::token::Token;
 use crate::{flux, git_remote};
 
@@ -49,9 +51,12 @@ pub struct Live {
     pub secret: Option<Value>,
     pub git_repository: Option<Value>,
     pub kustomization: Option<Value>,
+    /// The Secret `sops-age`, read only for `decryption: sops`.
+    pub sops_secret: Option<Value>,
 }
 
-/// The choices of the command line that decide anything.
+/// The choices of the command line that decide anything, and the age identity found for
+/// `decryption: sops` (a secret like the token: `Debug` shows its recipient only).
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// `--force`: take over a GitRepository or Kustomization set up for another repository or
@@ -59,6 +64,8 @@ pub struct Options {
     pub force: bool,
     /// `--key-title`.
     pub key_title: Option<String>,
+    /// The identity that goes into Secret `sops-age`.
+    pub age_identity: Option<AgeIdentity>,
 }
 
 /// A field that differs: its path (`spec.ref.branch`), the live value and the one wanted.
@@ -172,6 +179,9 @@ pub struct Plan {
     pub replace_secret: bool,
     pub secret: SecretPlan,
     pub git_repository: Object,
+    /// `decryption: sops`: Secret `sops-age` with the age identity, applied before the
+    /// Kustomization that decrypts with it.
+    pub sops_secret: Option<Object>,
     pub kustomization: Object,
     /// Keys of this cluster's title that are not the key going into the cluster: deleted once
     /// the Secret holding the new key is applied.
@@ -198,6 +208,14 @@ impl Plan {
             ]
             .iter()
             .any(|c| c.is_write())
+            || self.sops_secret_changes()
+    }
+
+    /// Whether Secret `sops-age` is written (a new or another identity).
+    pub fn sops_secret_changes(&self) -> bool {
+        self.sops_secret
+            .as_ref()
+            .is_some_and(|o| o.change.is_write())
     }
 }
 
@@ -217,6 +235,10 @@ pub enum Refusal {
     TakenOver(Vec<String>),
     #[error("GitHub's SSH address of the repository cannot be used")]
     SshUrl(#[source] git_remote::Error),
+    #[error(
+        "`decryption: sops` is set, but no age identity was found: add `ageKey` to the secrets file, or set `SOPS_AGE_KEY`"
+    )]
+    NoAgeIdentity,
 }
 
 /// Decides every write of a run from what is there.
@@ -345,6 +367,17 @@ pub fn plan(
         }
     };
 
+    // The decryption Secret, compared like the others: `unchanged` until the identity changes.
+    let sops_secret = match (cfg.decryption, &options.age_identity) {
+        (None, _) => None,
+        (Some(_), None) => return Err(Refusal::NoAgeIdentity),
+        (Some(_), Some(identity)) => Some(Object::new(
+            Kind::Secret,
+            flux::sops_age_secret(identity.expose()),
+            live.sops_secret.as_ref(),
+        )),
+    };
+
     Ok(Plan {
         install: live.flux_missing.clone(),
         namespace: Object::new(Kind::Namespace, flux::namespace(), live.namespace.as_ref()),
@@ -356,6 +389,7 @@ pub fn plan(
             flux::git_repository(&url, &branch),
             live.git_repository.as_ref(),
         ),
+        sops_secret,
         kustomization: Object::new(
             Kind::Kustomization,
             flux::kustomization(cfg),
@@ -381,7 +415,12 @@ pub enum Wait {
     /// and an unchanged GitRepository is no new generation, so when the credentials changed,
     /// or nothing changed and Flux is not at the commit, it is asked to fetch now (and the wait
     /// holds out for that very request, so that Ready means the new credentials work).
-    Watch { request_reconcile: bool },
+    /// `request_kustomization`: the same for the Kustomization when only its decryption
+    /// Secret changed (kustomize-controller does not watch it either).
+    Watch {
+        request_reconcile: bool,
+        request_kustomization: bool,
+    },
 }
 
 /// Decides the wait, once the commit to wait for is known.
@@ -400,6 +439,7 @@ pub fn wait(plan: &Plan, live: &Live, sha: &str) -> Wait {
     Wait::Watch {
         request_reconcile: !plan.git_repository.change.is_write()
             && (secret_changed || !repo_synced),
+        request_kustomization: !plan.kustomization.change.is_write() && plan.sops_secret_changes(),
     }
 }
 
@@ -584,6 +624,7 @@ mod tests {
             )),
             git_repository: Some(repo),
             kustomization: Some(ks),
+            sops_secret: None,
         }
     }
 
@@ -658,8 +699,77 @@ mod tests {
         assert_eq!(
             wait(&p, &live, "fedcba9876543210fedcba9876543210fedcba98"),
             Wait::Watch {
-                request_reconcile: true
+                request_reconcile: true,
+                request_kustomization: false
             }
+        );
+    }
+
+    #[test]
+    fn sops_age_goes_in_with_the_identity_and_is_rewritten_only_when_it_changes() {
+        let identity = |id: &age::x25519::Identity| {
+            use secrecy::ExposeSecret;
+            AgeIdentity::parse(id.to_string().expose_secret()).unwrap()
+        };
+        let (first, second) = (
+            age::x25519::Identity::generate(),
+            age::x25519::Identity::generate(),
+        );
+        let cfg = config(
+            "repo: https://github.com/username/manifests\nbranch: main\npath: ./clusters/home\ndecryption: sops\n",
+        );
+        let pair = KeyPair::generate("x").unwrap();
+        let gh = github(vec![key(7, &title(), &pair)]);
+        let with = |id: &AgeIdentity| Options {
+            age_identity: Some(id.clone()),
+            ..Options::default()
+        };
+        // No identity: refused before anything is written (loading reports it first).
+        let live = bootstrapped(&cfg, &pair, &known_hosts());
+        assert!(matches!(
+            plan(&cfg, &token(), &gh, &live, &Options::default()),
+            Err(Refusal::NoAgeIdentity)
+        ));
+        // After a rebuild (no sops-age): created, and the Kustomization names it.
+        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&first))).unwrap();
+        let sops = p.sops_secret.as_ref().unwrap();
+        assert_eq!(sops.change, Change::Create);
+        assert_eq!(sops.name(), "flux-system/sops-age");
+        assert_eq!(
+            p.kustomization.desired["spec"]["decryption"]["secretRef"]["name"],
+            "sops-age"
+        );
+        assert!(p.writes_objects());
+        // The same identity in the cluster: unchanged, and a re-run is synced.
+        let mut live = live;
+        live.sops_secret = Some(sops.desired.clone());
+        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&first))).unwrap();
+        assert_eq!(p.sops_secret.as_ref().unwrap().change, Change::Unchanged);
+        assert!(!p.writes_objects());
+        assert_eq!(wait(&p, &live, SHA), Wait::Synced);
+        // Another identity: rewritten, its value never shown, and the Kustomization (which
+        // does not watch the Secret) asked to reconcile.
+        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&second))).unwrap();
+        let change = &p.sops_secret.as_ref().unwrap().change;
+        assert_eq!(
+            *change,
+            Change::Update(vec![FieldChange {
+                field: "data.age.agekey".to_string(),
+                old: Some("(secret)".to_string()),
+                new: "(secret)".to_string(),
+            }])
+        );
+        assert_eq!(
+            wait(&p, &live, SHA),
+            Wait::Watch {
+                request_reconcile: false,
+                request_kustomization: true
+            }
+        );
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains(&identity(&second).expose()[16..]),
+            "{shown}"
         );
     }
 
@@ -694,7 +804,8 @@ mod tests {
         assert_eq!(
             wait(&p, &live, SHA),
             Wait::Watch {
-                request_reconcile: true
+                request_reconcile: true,
+                request_kustomization: false
             }
         );
     }
@@ -857,7 +968,8 @@ mod tests {
         assert_eq!(
             wait(&p, &live, SHA),
             Wait::Watch {
-                request_reconcile: false
+                request_reconcile: false,
+                request_kustomization: false
             }
         );
     }

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject};
-use support::cli::{Run, Spawned, assert_no_leak, command, run_with_limit};
+use support::cli::{Run, Spawned, assert_has, assert_no_leak, command, run_with_limit};
 use support::cluster;
 use support::fake_github::{FakeGitHub, RepoSpec, TokenSpec};
 use support::git_server::{
@@ -249,14 +249,6 @@ fn write_summary(w: &World) -> Vec<String> {
         .iter()
         .map(|r| format!("{} {}", r.method, r.path))
         .collect()
-}
-
-fn assert_has(r: &Run, what: &str) {
-    assert!(
-        r.stderr.contains(what),
-        "missing `{what}` in:\n{}",
-        r.transcript()
-    );
 }
 
 /// The run after a failure converges: exit 0, Flux Ready at the seeded commit, one key titled

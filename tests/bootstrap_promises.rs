@@ -13,6 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use kube::Api;
+use support::cli::assert_has;
 use support::cluster;
 use support::fake_github::{Access, RepoSpec, TokenSpec};
 use support::world::{
@@ -41,14 +42,6 @@ async fn fresh(
 
 fn title_of(c: &cluster::Cluster, context: &str) -> String {
     homelab_flux::keys::default_title(context, c.server_url())
-}
-
-fn assert_has(r: &support::cli::Run, what: &str) {
-    assert!(
-        r.stderr.contains(what),
-        "missing `{what}` in:\n{}",
-        r.transcript()
-    );
 }
 
 /// Waits until the run prints `text`; fails if it ended without.

@@ -5,7 +5,10 @@ mod support;
 
 use std::path::Path;
 
-use support::cli::{assert_no_leak, canary_token, command, fixtures, run, scratch_copy};
+use support::cli::{
+    CANARY_COMMANDS, assert_no_leak, canary_token, closed_api_url, command, fixtures, run,
+    scratch_copy,
+};
 
 fn config_dir(flux: &str, secrets: Option<&str>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -252,31 +255,14 @@ fn the_canary_token_never_appears() {
             Some(format!("token: ghs_{}\n", &token[4..])),
         ),
     ];
-    let commands: &[&[&str]] = &[
-        &["-vv", "validate", "--offline"],
-        &["-vv", "validate", "--offline", "--format", "json"],
-        &["-vv", "validate", "--offline", "--strict"],
-        &["-vv", "validate"],
-        &["-vv", "bootstrap", "--export"],
-        &["-vv", "bootstrap"],
-        &["-vv", "bootstrap", "--dry-run"],
-        &["-vv", "status"],
-    ];
     // Online paths run against a closed loopback port here; tests/validate_online.rs runs them
     // against the fake GitHub, each with the same leak check.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let api = closed_api_url();
     for (name, flux, secrets) in &scenarios {
         let dir = config_dir(flux, secrets.as_deref());
-        for args in commands {
+        for args in CANARY_COMMANDS {
             let mut cmd = command(dir.path());
-            cmd.args(*args).env(
-                "HOMELAB_FLUX_GITHUB_API_URL",
-                format!("http://127.0.0.1:{closed}"),
-            );
+            cmd.args(*args).env("HOMELAB_FLUX_GITHUB_API_URL", &api);
             let r = run(cmd);
             assert_no_leak(
                 &token,

@@ -117,9 +117,11 @@ impl Error {
             Error::Reported(_)
             | Error::NotProven(_)
             | Error::NotReady(_)
-            | Error::Refused(plan::Refusal::OldKubernetes { .. } | plan::Refusal::TakenOver(_)) => {
-                1
-            }
+            | Error::Refused(
+                plan::Refusal::OldKubernetes { .. }
+                | plan::Refusal::TakenOver(_)
+                | plan::Refusal::NoAgeIdentity,
+            ) => 1,
             Error::Refused(plan::Refusal::SshUrl(_))
             | Error::Load(_)
             | Error::Runtime(_)
@@ -264,6 +266,8 @@ fn export(global: &Global, ui: &Ui) -> Result<(), Error> {
 struct Read {
     cfg: FluxConfig,
     token: crate::token::Token,
+    /// For `decryption: sops`: the identity the repository is encrypted for.
+    age_identity: Option<crate::sops::AgeIdentity>,
     gh: GitHub,
     github: GitHubView,
 }
@@ -277,6 +281,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
     let Read {
         cfg,
         token,
+        age_identity,
         gh,
         mut github,
     } = read;
@@ -291,7 +296,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
         cluster.context(),
         cluster.server()
     );
-    let mut live = read_live(&cluster).await?;
+    let mut live = read_live(&cluster, cfg.decryption.is_some()).await?;
     steps.emit(Step::Connected {
         context: live.context.clone(),
         kubernetes: live.git_version.clone(),
@@ -301,6 +306,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
     let options = plan::Options {
         force: args.force,
         key_title: args.key_title.clone(),
+        age_identity,
     };
     let mut plan = plan::plan(&cfg, &token, &github, &live, &options)?;
     for o in [&plan.git_repository, &plan.kustomization] {
@@ -378,6 +384,9 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
         }),
     }
     run.delete_stale_keys(&plan, &mut steps).await?;
+    if let Some(sops_secret) = &plan.sops_secret {
+        run.apply(sops_secret, pending, &mut steps).await?;
+    }
     run.apply(&plan.git_repository, pending, &mut steps).await?;
     run.apply(&plan.kustomization, pending, &mut steps).await?;
     // The credentials are settled: another run may go on while this one waits for Flux.
@@ -399,18 +408,19 @@ async fn read_config_and_github(global: &Global, ui: &Ui) -> Result<Read, Error>
     // The findings are for the person: on stderr as text, also with `--format json` (whose
     // stdout holds the steps, one JSON object per line).
     let format = Format::Text;
-    let loaded = super::load_config(&global.config_dir, Secrets::Required)?;
-    let (cfg, token, origin, mut findings) = match super::with_hygiene(loaded, &global.config_dir) {
-        Loaded::Valid(Valid {
-            flux,
-            credential: Some(Credential { token, origin }),
-            findings,
-        }) => (flux, token, origin, findings),
-        loaded => {
-            return super::finish(&loaded.into_findings(), ui, format, "the configuration")
-                .and(Err(Error::Reported(super::Reported)));
-        }
-    };
+    let (cfg, token, origin, age_identities, mut findings) =
+        match super::check_offline(&global.config_dir, Secrets::Required)? {
+            Loaded::Valid(Valid {
+                flux,
+                credential: Some(Credential { token, origin }),
+                age_identities,
+                findings,
+            }) => (flux, token, origin, age_identities, findings),
+            loaded => {
+                return super::finish(&loaded.into_findings(), ui, format, "the configuration")
+                    .and(Err(Error::Reported(super::Reported)));
+            }
+        };
     let gh = super::github_client(&cfg, &token, ui)?;
     tracing::debug!(
         "checking `{}` against the GitHub API at {}",
@@ -450,6 +460,9 @@ async fn read_config_and_github(global: &Global, ui: &Ui) -> Result<Read, Error>
             keys: keys.unwrap_or_default(),
             host_keys,
         },
+        age_identity: cfg
+            .decryption
+            .and_then(|_| age_identities.into_iter().next()),
         cfg,
         token,
         gh,
@@ -461,19 +474,27 @@ fn to_value(o: &kube::api::DynamicObject) -> Value {
 }
 
 /// Everything the plan needs from the cluster, in one round of reads. The Flux objects cannot
-/// be read before their CRDs exist; what comes back for them then is ignored.
-async fn read_live(cluster: &Cluster) -> anyhow::Result<Live> {
+/// be read before their CRDs exist; what comes back for them then is ignored. Secret
+/// `sops-age` is read only for `decryption: sops`.
+async fn read_live(cluster: &Cluster, sops: bool) -> anyhow::Result<Live> {
     let get = |kind: Kind, namespace: Option<&'static str>| async move {
         cluster.get(kind, namespace, flux::NAME).await
     };
     let ns = Some(flux::NAMESPACE);
-    let (version, missing, namespace, secret, repo, ks) = tokio::join!(
+    let sops_secret = async {
+        match sops {
+            true => cluster.get(Kind::Secret, ns, flux::SOPS_SECRET).await,
+            false => Ok(None),
+        }
+    };
+    let (version, missing, namespace, secret, repo, ks, sops_secret) = tokio::join!(
         cluster.version(),
         cluster.missing_flux_parts(),
         get(Kind::Namespace, None),
         get(Kind::Secret, ns),
         get(Kind::GitRepository, ns),
         get(Kind::Kustomization, ns),
+        sops_secret,
     );
     let ((version, git_version), missing) = (version?, missing?);
     let crds = !missing
@@ -496,6 +517,7 @@ async fn read_live(cluster: &Cluster) -> anyhow::Result<Live> {
         secret: secret?.map(|o| to_value(&o)),
         git_repository: flux_object(repo)?,
         kustomization: flux_object(ks)?,
+        sops_secret: sops_secret?.map(|o| to_value(&o)),
     })
 }
 
@@ -744,23 +766,30 @@ impl Run<'_> {
         ssh: Option<&SshAccess>,
         steps: &mut Steps<'_>,
     ) -> Result<(), Error> {
-        let request_reconcile = match plan::wait(plan, live, sha) {
+        let (request_reconcile, request_kustomization) = match plan::wait(plan, live, sha) {
             Wait::Synced => {
                 steps.emit(Step::Synced {
                     commit: sha.to_string(),
                 });
                 return Ok(());
             }
-            Wait::Watch { request_reconcile } => request_reconcile,
+            Wait::Watch {
+                request_reconcile,
+                request_kustomization,
+            } => (request_reconcile, request_kustomization),
         };
-        let mut requested = None;
-        if request_reconcile {
+        let request = |kind: Kind, asked: bool| async move {
+            if !asked {
+                return Ok::<_, anyhow::Error>(None);
+            }
             let stamp = jiff::Timestamp::now().to_string();
             self.cluster
-                .request_reconcile(Kind::GitRepository, flux::NAMESPACE, flux::NAME, &stamp)
+                .request_reconcile(kind, flux::NAMESPACE, flux::NAME, &stamp)
                 .await?;
-            requested = Some(stamp);
-        }
+            Ok(Some(stamp))
+        };
+        let requested = request(Kind::GitRepository, request_reconcile).await?;
+        let ks_requested = request(Kind::Kustomization, request_kustomization).await?;
         let deadline = tokio::time::Instant::now() + self.args.timeout;
         let mut heads = Heads {
             gh: self.gh,
@@ -769,14 +798,17 @@ impl Run<'_> {
             ssh,
             accepted: vec![sha.to_string()],
         };
-        let repo_done = |o: &flux::Observed| {
-            o.ready_commit().map(str::to_string).filter(|_| {
-                requested
-                    .as_deref()
-                    .is_none_or(|s| o.status.last_handled_reconcile_at.as_deref() == Some(s))
-            })
+        // Ready at a commit, and, when a reconcile was asked for, after handling that request.
+        let done_after = |requested: Option<String>| {
+            move |o: &flux::Observed| {
+                o.ready_commit().map(str::to_string).filter(|_| {
+                    requested
+                        .as_deref()
+                        .is_none_or(|s| o.status.last_handled_reconcile_at.as_deref() == Some(s))
+                })
+            }
         };
-        let ks_done = |o: &flux::Observed| o.ready_commit().map(str::to_string);
+        let (repo_done, ks_done) = (done_after(requested), done_after(ks_requested));
         for (kind, done) in [
             (
                 Kind::GitRepository,
@@ -1058,7 +1090,9 @@ fn not_ready(kind: Kind, condition: Option<&flux::Condition>) -> NotReady {
         return NotReady::NoCondition { kind };
     };
     let lower = c.message.to_lowercase();
-    let hint = if lower.contains("authenticat")
+    let hint = if let Some(hint) = crate::sops::decryption_failure_hint(&c.message) {
+        hint
+    } else if lower.contains("authenticat")
         || lower.contains("permission denied")
         || lower.contains("handshake failed")
     {

@@ -57,13 +57,39 @@ pub(crate) fn load_config(dir: &Path, secrets: Secrets) -> Result<Loaded, Cannot
     if let Some(token) = loaded.token() {
         crate::output::hide(token.secret());
     }
+    for identity in loaded.age_identities() {
+        crate::output::hide(identity.secret());
+    }
     Ok(loaded)
 }
 
-/// Adds the secrets-hygiene findings of the config directory's git work tree.
-pub(crate) fn with_hygiene(loaded: Loaded, dir: &Path) -> Loaded {
-    let hygiene = crate::git::hygiene(dir, &loaded.findings().secrets_path, loaded.token());
-    loaded.extend(hygiene)
+/// The offline checks every command that reads secrets runs: the configuration, the secrets
+/// hygiene of the git work tree, and, for `decryption: sops`, whether the repository is
+/// encrypted for the age identity the cluster gets (then the only one left in
+/// `age_identities`). An error among them makes the configuration [`Loaded::Invalid`].
+pub(crate) fn check_offline(dir: &Path, secrets: Secrets) -> Result<Loaded, CannotLoad> {
+    let loaded = load_config(dir, secrets)?;
+    let hygiene = crate::git::hygiene(
+        dir,
+        &loaded.findings().secrets_path,
+        crate::git::Secrets {
+            token: loaded.token(),
+            age_identities: loaded.age_identities(),
+        },
+    );
+    let mut loaded = loaded.extend(hygiene.findings);
+    if loaded.decryption().is_some()
+        && let Some(identity) = crate::sops::choose(loaded.age_identities(), &hygiene.sops).cloned()
+    {
+        tracing::debug!(
+            "the cluster gets the age identity of recipient `{}` (of {} found)",
+            identity.recipient(),
+            loaded.age_identities().len()
+        );
+        loaded = loaded.extend(crate::sops::check(&identity, &hygiene.sops));
+        loaded.keep_age_identity(identity);
+    }
+    Ok(loaded)
 }
 
 /// Prints the findings; [`Reported`] when they hold an error.

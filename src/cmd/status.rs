@@ -33,6 +33,8 @@ struct ObjectStatus {
     reason: Option<String>,
     revision: Option<String>,
     message: Option<String>,
+    /// Set when the object is not Ready because of a SOPS decryption error: what to do.
+    decryption_failure: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,11 +98,16 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
             .as_ref()
             .and_then(|o| o.condition("Ready"))
             .cloned();
+        let ready = observed.as_ref().is_some_and(flux::Observed::is_ready);
         ObjectStatus {
             kind: kind.name(),
             name: format!("{ns}/{}", flux::NAME),
             exists: o.is_some(),
-            ready: observed.as_ref().is_some_and(flux::Observed::is_ready),
+            ready,
+            decryption_failure: condition
+                .as_ref()
+                .filter(|_| !ready && kind == Kind::Kustomization)
+                .and_then(|c| crate::sops::decryption_failure_hint(&c.message)),
             reason: condition.as_ref().map(|c| c.reason.clone()),
             revision: observed
                 .as_ref()
@@ -176,6 +183,9 @@ fn render(s: &Status) -> Vec<String> {
         ));
         if let Some(m) = o.message.as_deref().filter(|m| !m.is_empty()) {
             out.push(format!("  {m}"));
+        }
+        if let Some(hint) = o.decryption_failure {
+            out.push(format!("  a SOPS decryption error: {hint}"));
         }
     }
     out.push(match s.deploy_key_registered {

@@ -58,8 +58,7 @@ impl Error {
 }
 
 pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
-    let loaded = super::load_config(&global.config_dir, Secrets::Optional)?;
-    let mut loaded = super::with_hygiene(loaded, &global.config_dir);
+    let mut loaded = super::check_offline(&global.config_dir, Secrets::Optional)?;
 
     let mut unreachable = None;
     if !args.offline {
@@ -68,6 +67,7 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
                 flux,
                 credential: Some(credential),
                 findings,
+                ..
             }) => {
                 let runtime = super::current_thread_runtime()?;
                 runtime

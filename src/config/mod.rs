@@ -5,6 +5,7 @@
 //! fields, then each field is checked into a type that cannot hold a bad value. Every problem in
 //! both files is collected before anything is returned.
 
+pub mod age;
 pub mod source;
 pub mod yaml;
 
@@ -16,6 +17,7 @@ use crate::branch::BranchName;
 use crate::diag::{Code, Diagnostic, Position, Report, Severity};
 use crate::repo_path::RepoPath;
 use crate::repo_url::{self, RepoUrl};
+use crate::sops::AgeIdentity;
 use crate::token::{self, Token};
 use crate::token_host::TokenHost;
 pub use source::Source;
@@ -54,6 +56,13 @@ impl fmt::Display for Auth {
     }
 }
 
+/// How the Kustomization decrypts the repository's secrets (`decryption:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decryption {
+    /// SOPS with an age identity, in Secret `flux-system/sops-age`.
+    Sops,
+}
+
 /// `flux.yaml`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FluxConfig {
@@ -62,6 +71,8 @@ pub struct FluxConfig {
     pub branch: Option<BranchName>,
     pub path: RepoPath,
     pub auth: Auth,
+    /// `None`: the Kustomization decrypts nothing.
+    pub decryption: Option<Decryption>,
 }
 
 /// Where the token came from.
@@ -86,6 +97,9 @@ pub struct Valid {
     /// The token; `None` only when it was not asked for ([`Secrets::Ignored`]) or the secrets
     /// file is missing where that is a warning ([`Secrets::Optional`]).
     pub credential: Option<Credential>,
+    /// The age identities found (see [`age`]): `ageKey` alone when it is set, else every one in
+    /// the places sops reads. Which one the cluster gets is decided against the repository.
+    pub age_identities: Vec<AgeIdentity>,
     pub findings: Findings,
 }
 
@@ -95,6 +109,10 @@ pub struct Invalid {
     /// A token without errors beside a broken `flux.yaml`, so that the hygiene scan can still
     /// look for it in tracked files.
     pub token: Option<Token>,
+    /// `decryption:` as `flux.yaml` sets it, also when the file has other errors.
+    pub decryption: Option<Decryption>,
+    /// As in [`Valid`], for the hygiene scan.
+    pub age_identities: Vec<AgeIdentity>,
     pub findings: Findings,
 }
 
@@ -138,6 +156,30 @@ impl Loaded {
         }
     }
 
+    /// `decryption:` as `flux.yaml` sets it.
+    pub fn decryption(&self) -> Option<Decryption> {
+        match self {
+            Loaded::Valid(v) => v.flux.decryption,
+            Loaded::Invalid(i) => i.decryption,
+        }
+    }
+
+    /// The age identities found (see [`Valid::age_identities`]).
+    pub fn age_identities(&self) -> &[AgeIdentity] {
+        match self {
+            Loaded::Valid(v) => &v.age_identities,
+            Loaded::Invalid(i) => &i.age_identities,
+        }
+    }
+
+    /// Keeps only the identity the cluster gets.
+    pub fn keep_age_identity(&mut self, identity: AgeIdentity) {
+        match self {
+            Loaded::Valid(v) => v.age_identities = vec![identity],
+            Loaded::Invalid(i) => i.age_identities = vec![identity],
+        }
+    }
+
     /// Adds findings made after loading (hygiene, GitHub); an error among them makes the
     /// configuration invalid.
     pub fn extend(self, found: impl IntoIterator<Item = Diagnostic>) -> Loaded {
@@ -147,6 +189,8 @@ impl Loaded {
                 if v.findings.report.has_errors() {
                     Loaded::Invalid(Invalid {
                         token: v.credential.map(|c| c.token),
+                        decryption: v.flux.decryption,
+                        age_identities: v.age_identities,
                         findings: v.findings,
                     })
                 } else {
@@ -192,11 +236,19 @@ pub enum Secrets {
 }
 
 /// What the environment holds for the configuration (`HOMELAB_FLUX_TOKEN`,
-/// `HOMELAB_FLUX_GITHUB_HOST`), read by the caller so that tests pass literals.
+/// `HOMELAB_FLUX_GITHUB_HOST`, and where sops finds age identities), read by the caller so that
+/// tests pass literals.
 #[derive(Clone, Default)]
 pub struct Env {
     pub token: Option<String>,
     pub host: Option<String>,
+    /// `SOPS_AGE_KEY`: identities themselves.
+    pub sops_age_key: Option<String>,
+    /// `SOPS_AGE_KEY_FILE`: a file of identities.
+    pub sops_age_key_file: Option<PathBuf>,
+    /// The user config directory as Go's `os.UserConfigDir` finds it on Linux, which is where
+    /// sops looks for `sops/age/keys.txt`: `$XDG_CONFIG_HOME`, else `$HOME/.config`.
+    pub config_home: Option<PathBuf>,
 }
 
 impl fmt::Debug for Env {
@@ -204,6 +256,12 @@ impl fmt::Debug for Env {
         f.debug_struct("Env")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("host", &self.host)
+            .field(
+                "sops_age_key",
+                &self.sops_age_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("sops_age_key_file", &self.sops_age_key_file)
+            .field("config_home", &self.config_home)
             .finish()
     }
 }
@@ -212,9 +270,17 @@ impl Env {
     /// The variables of this process; empty values count as unset.
     pub fn from_process() -> Env {
         let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+        // Go takes `XDG_CONFIG_HOME` only when it is an absolute path.
+        let config_home = var("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| var("HOME").map(|h| Path::new(&h).join(".config")));
         Env {
             token: var(TOKEN_ENV),
             host: var(HOST_ENV),
+            sops_age_key: var(age::KEY_ENV),
+            sops_age_key_file: var(age::KEY_FILE_ENV).map(PathBuf::from),
+            config_home,
         }
     }
 }
@@ -230,7 +296,8 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
         path: flux_path.display().to_string(),
     })?;
     let flux_name = flux_path.display().to_string();
-    let (mut flux, flux_source, repo_at) = parse_flux_bytes(&flux_file, &flux_name, &mut report);
+    let (mut flux, flux_source, repo_at, decryption) =
+        parse_flux_bytes(&flux_file, &flux_name, &mut report);
     sources.push(flux_source);
     let auth = flux.as_ref().map(|f| f.auth).unwrap_or_default();
 
@@ -238,6 +305,7 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
     let mut token_origin = None;
     // From the secrets file, when it is read; else from the environment.
     let mut file_host = None;
+    let mut age_key = None;
     if secrets != Secrets::Ignored {
         if let Some(value) = &env.token {
             let found = token::check(value, auth);
@@ -253,10 +321,11 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
             match read(&secrets_path)? {
                 Some(contents) => {
                     let name = secrets_path.display().to_string();
-                    let (t, source, host) =
+                    let (t, source, host, key) =
                         parse_secrets_bytes(&contents, &name, auth, &mut report);
                     sources.push(source);
                     token = t;
+                    age_key = key;
                     token_origin = Some(TokenOrigin::File(secrets_path.clone()));
                     file_host = Some(host);
                 }
@@ -318,6 +387,15 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
         flux = None;
     }
 
+    let age_identities = age::find(
+        age_key,
+        decryption,
+        secrets,
+        &secrets_path,
+        env,
+        &mut report,
+    )?;
+
     let findings = Findings {
         report,
         sources,
@@ -329,9 +407,15 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
             credential: token
                 .zip(token_origin)
                 .map(|(token, origin)| Credential { token, origin }),
+            age_identities,
             findings,
         }),
-        _ => Loaded::Invalid(Invalid { token, findings }),
+        _ => Loaded::Invalid(Invalid {
+            token,
+            decryption: decryption.ok().flatten(),
+            age_identities,
+            findings,
+        }),
     })
 }
 
@@ -396,14 +480,14 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
 /// Parses `flux.yaml` text. Findings go to `report`; the config is returned when there were no errors.
 pub fn parse_flux(text: &str, name: &str) -> (Option<FluxConfig>, Report) {
     let mut report = Report::default();
-    let (cfg, _, _) = parse_flux_bytes(&Contents::of(text), name, &mut report);
+    let (cfg, _, _, _) = parse_flux_bytes(&Contents::of(text), name, &mut report);
     (cfg, report)
 }
 
 /// Parses `secrets-flux.yaml` text for the given `auth`.
 pub fn parse_secrets(text: &str, name: &str, auth: Auth) -> (Option<Token>, Report) {
     let mut report = Report::default();
-    let (token, _, _) = parse_secrets_bytes(&Contents::of(text), name, auth, &mut report);
+    let (token, _, _, _) = parse_secrets_bytes(&Contents::of(text), name, auth, &mut report);
     (token, report)
 }
 
@@ -416,17 +500,37 @@ impl Contents {
     }
 }
 
-const FLUX_KEYS: &[&str] = &["repo", "branch", "path", "auth", "apiVersion", "kind"];
-const SECRETS_KEYS: &[&str] = &["token", "host", "apiVersion", "kind"];
+const FLUX_KEYS: &[&str] = &[
+    "repo",
+    "branch",
+    "path",
+    "auth",
+    "decryption",
+    "apiVersion",
+    "kind",
+];
+const SECRETS_KEYS: &[&str] = &["token", "host", "ageKey", "apiVersion", "kind"];
+
+/// The age identity of the secrets file, and where it stands.
+type AgeKeyAt = Option<(AgeIdentity, Position)>;
+/// `decryption:` as written: unset, set, or set to an invalid value (reported).
+type DecryptionSeen = Result<Option<Decryption>, ()>;
 
 /// Also returns the repository and where its value stands whenever `repo` itself is valid (for
-/// the token-host check, which needs it even when other fields have errors).
+/// the token-host check, which needs it even when other fields have errors), and `decryption`
+/// whenever it is valid (so that the age identity is still found and hidden).
 fn parse_flux_bytes(
     bytes: &Contents,
     name: &str,
     report: &mut Report,
-) -> (Option<FluxConfig>, Source, Option<(RepoUrl, Position)>) {
+) -> (
+    Option<FluxConfig>,
+    Source,
+    Option<(RepoUrl, Position)>,
+    DecryptionSeen,
+) {
     let mut repo_at = None;
+    let mut decryption_seen = Ok(None);
     let (cfg, source) = with_fields(bytes, name, false, FLUX_KEYS, report, |ctx| {
         let repo = ctx.string("repo", true).and_then(|(value, node)| {
             let parsed = repo_url::parse(&value);
@@ -480,30 +584,80 @@ fn parse_flux_bytes(
                 }
             }
         };
+        let decryption = match ctx.string("decryption", false) {
+            None => Some(None),
+            Some((value, node)) => {
+                let pos = ctx.value_position(&node, &value);
+                if value == "sops" {
+                    decryption_seen = Ok(Some(Decryption::Sops));
+                    Some(Some(Decryption::Sops))
+                } else {
+                    // A pasted identity is a secret in a committed file: never echoed.
+                    let d = if value.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
+                        Diagnostic::error(
+                            Code::DecryptionInvalid,
+                            "`decryption` holds an age identity, a secret, in a committed file",
+                        )
+                        .with_hint(format!(
+                            "write `decryption: sops` here and put the identity into `{SECRETS_FILE}` as `ageKey:`"
+                        ))
+                    } else {
+                        Diagnostic::error(
+                            Code::DecryptionInvalid,
+                            format!("`decryption` must be `sops`, not `{value}`"),
+                        )
+                        .with_hint("write `decryption: sops` (SOPS with age), or remove the line")
+                    };
+                    ctx.report.push(d.at(name, pos));
+                    decryption_seen = Err(());
+                    None
+                }
+            }
+        };
         Some(FluxConfig {
             repo: repo?,
             branch,
             path: path?,
             auth: auth?,
+            decryption: decryption?,
         })
     });
-    (cfg, source, repo_at)
+    (cfg, source, repo_at, decryption_seen)
 }
 
+/// Also returns `ageKey` when it is a valid identity, whatever else is wrong in the file, so
+/// that it is hidden from all output from then on.
 fn parse_secrets_bytes(
     bytes: &Contents,
     name: &str,
     auth: Auth,
     report: &mut Report,
-) -> (Option<Token>, Source, Result<Option<TokenHost>, ()>) {
+) -> (
+    Option<Token>,
+    Source,
+    Result<Option<TokenHost>, ()>,
+    AgeKeyAt,
+) {
     // `Ok(None)`: no `host:`; `Err`: an invalid one (reported).
     let mut host = Ok(None);
+    let mut age_key = None;
     let (token, source) = with_fields(bytes, name, true, SECRETS_KEYS, report, |ctx| {
         if let Some((value, node)) = ctx.string("host", false) {
             let pos = ctx.value_position(&node, &value);
             host = TokenHost::parse(&value)
                 .map(Some)
                 .map_err(|d| ctx.report.push(d.at(name, pos)));
+        }
+        if let Some((value, node)) = ctx.string("ageKey", false) {
+            let pos = ctx.value_position(&node, &value);
+            match AgeIdentity::parse(&value) {
+                Ok(identity) => age_key = Some((identity, pos)),
+                Err(e) => ctx.report.push(
+                    Diagnostic::error(Code::AgeKeyInvalid, format!("`ageKey` {e}"))
+                        .at(name, pos)
+                        .with_hint(age::IDENTITY_HINT),
+                ),
+            }
         }
         ctx.string("token", true).map(|(value, node)| {
             let pos = ctx.value_position(&node, &value);
@@ -515,7 +669,7 @@ fn parse_secrets_bytes(
             Token::new(&value)
         })
     });
-    (token, source, host)
+    (token, source, host, age_key)
 }
 
 /// Reads a file's document, checks its header, and hands its fields to `read`; the value is
@@ -953,16 +1107,53 @@ mod tests {
     }
 
     #[test]
-    fn debug_of_the_environment_never_shows_the_token() {
+    fn debug_of_the_environment_never_shows_the_token_or_the_age_key() {
+        const AGE_KEY: &str =
+            "AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQS0D4QXM";
         let env = Env {
             token: Some(TOKEN.to_string()),
             host: Some("github.com".into()),
+            sops_age_key: Some(AGE_KEY.to_string()),
+            ..Env::default()
         };
         let shown = format!("{env:?}");
         assert!(
             !shown.contains(&TOKEN[4..]) && shown.contains("github.com"),
             "{shown}"
         );
+        assert!(!shown.contains(&AGE_KEY[16..]), "{shown}");
+    }
+
+    #[test]
+    fn decryption_and_age_key_load_and_debug_hides_the_key() {
+        let identity = ::age::x25519::Identity::generate();
+        let value = secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_string();
+        let (cfg, report) = parse_flux("repo: https://github.com/o/r\ndecryption: sops\n", "f");
+        assert!(report.is_empty(), "{report:?}");
+        assert_eq!(cfg.unwrap().decryption, Some(Decryption::Sops));
+        let env = Env::default();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FLUX_FILE),
+            "repo: https://github.com/o/r\ndecryption: sops\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(SECRETS_FILE),
+            format!("token: {TOKEN}\nageKey: {value}\n"),
+        )
+        .unwrap();
+        let loaded = load(dir.path(), Secrets::Required, &env).unwrap();
+        let report = &loaded.findings().report;
+        assert!(report.is_empty(), "{report:?}");
+        assert!(matches!(loaded, Loaded::Valid(_)));
+        assert_eq!(loaded.decryption(), Some(Decryption::Sops));
+        assert_eq!(
+            loaded.age_identities()[0].recipient(),
+            identity.to_public().to_string()
+        );
+        let shown = format!("{loaded:?}");
+        assert!(!shown.contains(&value[16..]), "{shown}");
     }
 
     /// Found by the fuzzer: a duplicate or unknown key was reported, yet the value came back.
@@ -991,7 +1182,7 @@ mod tests {
         std::fs::write(dir.path().join(FLUX_FILE), "repo: https://github.com/o/r\n").unwrap();
         let env = Env {
             token: Some(TOKEN.to_string()),
-            host: None,
+            ..Env::default()
         };
         let loaded = load(dir.path(), Secrets::Required, &env).unwrap();
         let Loaded::Valid(v) = &loaded else {

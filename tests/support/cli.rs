@@ -244,3 +244,65 @@ pub fn canary_token() -> String {
     }
     s
 }
+
+/// A fresh age identity and its recipient, made by `age-keygen` (Debian's `age`, installed by
+/// tests/env/setup): the canary identity that must never appear in any output.
+pub fn age_keygen() -> (String, String) {
+    let out = Command::new("age-keygen")
+        .output()
+        .expect("`age-keygen` is missing: run tests/env/setup (it installs Debian's `age`)");
+    assert!(out.status.success(), "age-keygen failed");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let identity = text
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .expect("an identity line")
+        .to_string();
+    let recipient = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("a public key line")
+        .to_string();
+    (identity, recipient)
+}
+
+/// Fails if any 8-character piece of the identity's key material (after the
+/// `AGE-SECRET-KEY-1` every identity shares, and which hints name) appears in `text`, in
+/// either case.
+pub fn assert_no_identity_leak(identity: &str, text: &str, context: &str) {
+    let key = &identity["AGE-SECRET-KEY-1".len()..];
+    assert_no_leak(key, text, context);
+    assert_no_leak(&key.to_ascii_lowercase(), text, context);
+}
+
+/// Fails, showing the whole run, unless stderr holds `what`.
+pub fn assert_has(r: &Run, what: &str) {
+    assert!(
+        r.stderr.contains(what),
+        "missing `{what}` in:\n{}",
+        r.transcript()
+    );
+}
+
+/// Every command and mode the canary checks run, at the highest verbosity.
+pub const CANARY_COMMANDS: &[&[&str]] = &[
+    &["-vv", "validate", "--offline"],
+    &["-vv", "validate", "--offline", "--format", "json"],
+    &["-vv", "validate", "--offline", "--strict"],
+    &["-vv", "validate"],
+    &["-vv", "bootstrap", "--export"],
+    &["-vv", "bootstrap"],
+    &["-vv", "bootstrap", "--dry-run"],
+    &["-vv", "status"],
+];
+
+/// `http://127.0.0.1:PORT` on a port nothing listens on: the online paths of the canary checks
+/// end "unreachable" there.
+pub fn closed_api_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}")
+}

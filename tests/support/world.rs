@@ -205,7 +205,7 @@ pub fn flux_api(client: kube::Client, kind: &str) -> kube::Api<kube::api::Dynami
 
 /// Puts a cluster back to "Flux installed and running, nothing bootstrapped": the API server
 /// and controllers up, the CRDs and Deployments in place, no Lease, Kustomization, GitRepository
-/// or Secret. Objects are deleted while the controllers run, so that they remove their
+/// or Secret (nor `sops-age`). Objects are deleted while the controllers run, so that they remove their
 /// finalizers; one a controller never got to loses its finalizer after 30 s.
 pub async fn reset(c: &super::cluster::Cluster) {
     use kube::runtime::wait::await_condition;
@@ -244,6 +244,10 @@ pub async fn reset(c: &super::cluster::Cluster) {
             .unwrap();
         }
     }
+    // The age identity of `decryption: sops` (no finalizers: gone at once).
+    let _ = flux_api(client, "Secret")
+        .delete("sops-age", &Default::default())
+        .await;
 }
 
 /// Asks source-controller to fetch now (as `flux reconcile source git` does) and waits, with a

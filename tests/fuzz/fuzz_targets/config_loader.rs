@@ -150,9 +150,10 @@ fn fuzz_load(mode: u8, rest: &[u8]) {
     } else {
         Secrets::Optional
     };
+    // No `SOPS_AGE_KEY*` and no user config directory: only what the input holds is read.
     let env = config::Env {
         token: env_token,
-        host: None,
+        ..config::Env::default()
     };
     let loaded = config::load(&dir, need, &env).expect("both files are readable");
     let flux_name = flux_path.display().to_string();
