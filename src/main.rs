@@ -11,7 +11,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     homelab_flux::output::init_logging(cli.global.quiet, cli.global.verbose);
     let ui = Ui::new(cli.global.quiet);
-    match homelab_flux::run(cli, &ui) {
+    let result = homelab_flux::run(cli, &ui);
+    homelab_flux::output::close_log();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,
         Err(err) => {

@@ -266,6 +266,18 @@ pub fn init_logging(quiet: bool, verbose: u8) {
     let _ = tracing_log::LogTracer::builder().with_max_level(max).init();
 }
 
+/// True once the command has returned: see [`close_log`]. A log line is written while holding
+/// it, so once `close_log` returns no line is being written and none will be.
+static LOG_CLOSED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+
+/// Ends the `-v`/`-vv` log before the final line is printed. Connections that a finished
+/// command leaves to background threads are closed a moment later (rustls's `CloseNotify`, a
+/// pool's "stream closed"); their events would otherwise land after the error line, which is
+/// meant to be the last thing a failed run prints.
+pub fn close_log() {
+    *LOG_CLOSED.lock().unwrap_or_else(|e| e.into_inner()) = true;
+}
+
 /// Writes each `tracing` event as one stderr line: `debug: message` for homelab-flux's own,
 /// `debug: target: message field=value` for a library's.
 struct LogLines {
@@ -275,6 +287,10 @@ struct LogLines {
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLines {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         use tracing_log::NormalizeEvent as _;
+        let closed = LOG_CLOSED.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return;
+        }
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut fields = LogFields::default();
