@@ -19,7 +19,7 @@ pub const NAME: &str = "flux-system";
 pub const OFFLINE_DEFAULT_BRANCH: &str = "main";
 
 /// The Flux release whose `install.yaml` is applied when Flux is missing.
-pub const FLUX_VERSION: &str = "v2.9.0";
+pub const FLUX_VERSION: &str = "v2.9.4";
 /// Flux 2.9 needs Kubernetes 1.33 or newer.
 pub const MIN_KUBERNETES: (u32, u32) = (1, 33);
 
