@@ -178,10 +178,16 @@ fn scan_tracked(
             continue;
         }
         let on_disk = read_regular(&workdir.join(&rel));
-        // The size from the object's header first: a large blob is never loaded.
+        // The staged blob only when it differs from the file on disk (usually it is the same
+        // content, which is then scanned once); its size from the header first, so a large blob
+        // is never loaded.
+        let same_as_disk = on_disk.as_deref().is_some_and(|c| {
+            git2::Oid::hash_object(git2::ObjectType::Blob, c).is_ok_and(|oid| oid == entry.id)
+        });
         let staged = repo
             .odb()
             .ok()
+            .filter(|_| !same_as_disk)
             .and_then(|odb| odb.read_header(entry.id).ok())
             .filter(|&(size, _)| size <= MAX_SCAN_SIZE)
             .and_then(|_| repo.find_blob(entry.id).ok());
