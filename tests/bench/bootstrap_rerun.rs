@@ -15,6 +15,9 @@
 //!    200 ms).
 //! 2. The delay between the Kustomization turning Ready, seen by a watch in this process, and
 //!    the bootstrap process exiting.
+//! 3. A fresh bootstrap to Ready after the cluster is rebuilt (etcd wiped, the controllers
+//!    restarted): a new deploy key, its proof over SSH, the four objects applied, the wait until
+//!    Flux has synced; wall time from spawn to exit.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -34,6 +37,7 @@ use support::git_server::SshGitServer;
 const TOKEN: &str = "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3fE2d";
 const RUNS: usize = 15;
 const WAIT_RUNS: usize = 8;
+const FRESH_RUNS: usize = 5;
 
 fn bin() -> PathBuf {
     std::env::var_os("HOMELAB_FLUX_BIN").map_or_else(support::cli::bin, PathBuf::from)
@@ -487,6 +491,27 @@ async fn bootstrap_rerun_and_wait_latency() {
             .join(", "),
         sorted[sorted.len() / 2],
         sorted[sorted.len() - 1]
+    );
+
+    // --- 3. a fresh bootstrap after a cluster rebuild -----------------------------------
+    let mut fresh = Vec::new();
+    for _ in 0..FRESH_RUNS {
+        c.wipe();
+        assert_eq!(resource_versions().await, [None, None, None, None]);
+        let (t, out, _) = timed(bootstrap(&s, false));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("created the read-only deploy key"), "{stderr}");
+        assert!(stderr.contains("is Ready at"), "{stderr}");
+        fresh.push(t);
+    }
+    eprintln!(
+        "\n=== fresh bootstrap to Ready after a cluster rebuild ({FRESH_RUNS} runs)\n\
+         wall ms: {}\nmedian {} ms, min {} ms, max {} ms",
+        fresh.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", "),
+        ms(median(fresh.clone())),
+        ms(*fresh.iter().min().unwrap()),
+        ms(*fresh.iter().max().unwrap()),
     );
 }
 
