@@ -513,68 +513,119 @@ impl Ui {
         }
     }
 
-    /// One diagnostic, compiler style:
+    /// One diagnostic, compiler style, rendered by annotate-snippets (what rustc and cargo
+    /// render with):
     ///
     /// ```text
     /// error[HF007]: unknown key `brnch`
-    ///   --> config/flux.yaml:2:1
-    ///    |
-    ///  2 | brnch: main
-    ///    | ^^^^^
-    ///    = hint: did you mean `branch`?
+    ///  --> config/flux.yaml:2:1
+    ///   |
+    /// 2 | brnch: main
+    ///   | ^^^^^
+    ///   |
+    ///   = hint: did you mean `branch`?
     /// ```
+    ///
+    /// The source line is ours, not the library's: `source_window` cuts it to about
+    /// [`LINE_WINDOW`] characters and escapes it, and annotate-snippets is given only that (with a
+    /// width it never needs to cut at) and the marker's byte span in it. Message, file name and
+    /// hint are clipped and escaped here too; the caller redacts the finished text.
     pub fn render(&self, d: &Diagnostic, sources: &[Source]) -> String {
-        let (sgr, word) = match d.severity {
-            Severity::Error => ("1;31", "error"),
-            Severity::Warning => ("1;33", "warning"),
-            Severity::Note => ("1;36", "note"),
+        use annotate_snippets::{AnnotationKind, Group, Level, Origin, Renderer, Snippet};
+        let level = match d.severity {
+            Severity::Error => Level::ERROR,
+            Severity::Warning => Level::WARNING,
+            Severity::Note => Level::NOTE,
         };
-        let mut s = format!(
-            "{}: {}\n",
-            self.paint(sgr, &format!("{word}[{}]", d.code)),
-            escape(&clip(&d.message))
-        );
+        let title = level
+            .clone()
+            .primary_title(escape(&clip(&d.message)).into_owned())
+            .id(d.code.to_string());
+        let mut group = Group::with_title(title);
         let pos = d.location.as_ref().and_then(|l| l.position);
-        let line_text = match (&d.location, pos) {
-            (Some(loc), Some(p)) => sources
-                .iter()
-                .find(|src| src.name() == loc.file)
-                .and_then(|src| src.display_line(p.line)),
-            _ => None,
-        };
-        let gutter = pos.map_or(1, |p| p.line.to_string().len());
-        let pad = " ".repeat(gutter);
-        let bar = self.paint("1;34", "|");
+        // The column annotate-snippets prints, when it is not the diagnostic's (see below).
+        let mut library_column = None;
         if let Some(loc) = &d.location {
-            let arrow = self.paint("1;34", "-->");
-            let file = escape(&loc.file);
-            match pos {
-                Some(p) => {
-                    let _ = writeln!(s, "{pad}{arrow} {file}:{}:{}", p.line, p.column);
+            let file = escape(&loc.file).into_owned();
+            let line_text = pos.and_then(|p| {
+                sources
+                    .iter()
+                    .find(|src| src.name() == loc.file)
+                    .and_then(|src| src.display_line(p.line))
+            });
+            group = match (pos, line_text) {
+                (Some(p), Some(text)) => {
+                    let (shown, at, width) = source_window(&text, p.column, p.width);
+                    // annotate-snippets replaces indentation of over 20 columns by `...`, at any
+                    // width. A zero-width joiner first makes the line start with no whitespace
+                    // for that count, and it drops the joiner when it prints the line.
+                    let (shown, at) = if shown.starts_with(char::is_whitespace) {
+                        (format!("\u{200d}{shown}"), at + 1)
+                    } else {
+                        (shown, at)
+                    };
+                    let span = byte_offset(&shown, at)..byte_offset(&shown, at + width);
+                    if at + 1 != p.column {
+                        library_column = Some((p.line, at + 1, p.column));
+                    }
+                    group.element(
+                        Snippet::source(shown)
+                            .line_start(p.line)
+                            .path(file)
+                            .annotation(AnnotationKind::Primary.span(span)),
+                    )
                 }
-                None => {
-                    let _ = writeln!(s, "{pad}{arrow} {file}");
+                (Some(p), None) => {
+                    group.element(Origin::path(file).line(p.line).char_column(p.column))
                 }
-            }
-        }
-        if let (Some(p), Some(text)) = (pos, line_text) {
-            let number = self.paint("1;34", &p.line.to_string());
-            let (shown, at, width) = source_window(&text, p.column, p.width);
-            let _ = writeln!(s, "{pad} {bar}");
-            let _ = writeln!(s, "{number} {bar} {shown}");
-            let _ = writeln!(
-                s,
-                "{pad} {bar} {}{}",
-                " ".repeat(at),
-                self.paint(sgr, &"^".repeat(width))
-            );
+                (None, _) => group.element(Origin::path(file)),
+            };
         }
         if let Some(hint) = &d.hint {
-            let hint = clip(hint);
-            let hint = escape(&hint);
-            let _ = writeln!(s, "{pad} {} hint: {hint}", self.paint("1;34", "="));
+            let hint = escape(&clip(hint)).into_owned();
+            group = group.element(Level::HELP.with_name(Some("hint")).message(hint));
         }
+        let renderer = if self.color {
+            Renderer::styled()
+        } else {
+            Renderer::plain()
+        };
+        let mut s = renderer.term_width(RENDER_WIDTH).render(&[group]);
+        if let Some((line, shown, column)) = library_column {
+            fix_column(&mut s, line, shown, column);
+        }
+        s.push('\n');
         s
+    }
+}
+
+/// Wide enough that annotate-snippets never cuts or re-centres a source line itself: the window
+/// is at most [`LINE_WINDOW`] + 2 characters, each shown as at most an 8-character escape
+/// (`\u{2069}`) or 2 columns, plus the gutter.
+const RENDER_WIDTH: usize = 16 * LINE_WINDOW + 64;
+
+/// The byte offset of the `chars`-th character of `text` (its length past the end).
+fn byte_offset(text: &str, chars: usize) -> usize {
+    text.char_indices()
+        .nth(chars)
+        .map_or(text.len(), |(i, _)| i)
+}
+
+/// annotate-snippets prints the column of the marker in the text it was given, which for a
+/// window of a long line or a line with escapes before the marker is not the column in the
+/// file. The `-->` line (the one after the title, which is one line: its text is escaped) then
+/// gets the file's column back.
+fn fix_column(rendered: &mut String, line: usize, shown: usize, column: usize) {
+    let Some(title_end) = rendered.find('\n') else {
+        return;
+    };
+    let origin_end = rendered[title_end + 1..]
+        .find('\n')
+        .map_or(rendered.len(), |i| title_end + 1 + i);
+    let wrong = format!(":{line}:{shown}");
+    if let Some(i) = rendered[title_end..origin_end].rfind(&wrong) {
+        let at = title_end + i;
+        rendered.replace_range(at..at + wrong.len(), &format!(":{line}:{column}"));
     }
 }
 
@@ -899,6 +950,112 @@ mod tests {
         assert_eq!(shown, "k: \\u{1b}[2Jv");
         assert_eq!((at, width), (3, 10), "the marker covers the escape");
         assert_eq!(source_window("short", 9, 3), ("short".into(), 5, 1));
+    }
+
+    /// annotate-snippets places the marker by display width and prints the column of the text it
+    /// was given; the marker must sit under the value after wide and multi-byte characters and
+    /// an escape, and the `-->` line must keep the file's column.
+    #[test]
+    fn the_marker_sits_under_the_value_after_wide_characters_and_escapes() {
+        use crate::diag::{Code, Diagnostic, Position};
+        let source = Source::new("config/flux.yaml", "repo: x\nk: 日本é\u{7} bad\n");
+        let position = Position {
+            line: 2,
+            column: 9,
+            width: 3,
+        };
+        let d = Diagnostic::error(Code::UnknownKey, "unknown key `bad`")
+            .at("config/flux.yaml", position)
+            .with_hint("did you mean `branch`?");
+        let plain = Ui {
+            quiet: false,
+            color: false,
+        };
+        let text = plain.render(&d, std::slice::from_ref(&source));
+        // `k: ` 3 columns, `日本` 4, `é` 1, the escape `\u{7}` 5, a space 1: 14 columns.
+        assert_eq!(
+            text,
+            "error[HF007]: unknown key `bad`\n \
+             --> config/flux.yaml:2:9\n  \
+             |\n\
+             2 | k: 日本é\\u{7} bad\n  \
+             |               ^^^\n  \
+             |\n  \
+             = hint: did you mean `branch`?\n"
+        );
+        // In colour the same text, column included, between the escape sequences.
+        let styled = Ui {
+            quiet: false,
+            color: true,
+        }
+        .render(&d, std::slice::from_ref(&source));
+        assert_ne!(styled, text);
+        assert_eq!(strip_sgr(&styled), text);
+    }
+
+    /// annotate-snippets would show a deep indentation as `...`; the line is shown whole.
+    #[test]
+    fn a_deeply_indented_line_is_shown_whole() {
+        use crate::diag::{Code, Diagnostic, Position};
+        let indent = " ".repeat(32);
+        let source = Source::new("f.yaml", format!("repo: x\n{indent}branch: main\n"));
+        let position = Position {
+            line: 2,
+            column: 39,
+            width: 1,
+        };
+        let d = Diagnostic::error(Code::YamlSyntax, "invalid YAML").at("f.yaml", position);
+        let ui = Ui {
+            quiet: false,
+            color: false,
+        };
+        assert_eq!(
+            ui.render(&d, std::slice::from_ref(&source)),
+            format!(
+                "error[HF001]: invalid YAML\n --> f.yaml:2:39\n  |\n2 | {indent}branch: main\n  | {}^\n",
+                " ".repeat(38)
+            )
+        );
+    }
+
+    /// A file without a position, and a position without a source line, keep the file's name
+    /// and column.
+    #[test]
+    fn a_file_without_a_source_line_is_named_with_its_position() {
+        use crate::diag::{Code, Diagnostic, Position};
+        let ui = Ui {
+            quiet: false,
+            color: false,
+        };
+        let d = Diagnostic::warning(Code::EmptyFile, "the file is empty").in_file("f\x1b.yaml");
+        assert_eq!(
+            ui.render(&d, &[]),
+            "warning[HF004]: the file is empty\n--> f\\u{1b}.yaml\n"
+        );
+        let position = Position {
+            line: 3,
+            column: 60_009,
+            width: 1,
+        };
+        let d = Diagnostic::note(Code::EmptyFile, "gone").at("f.yaml", position);
+        assert_eq!(
+            ui.render(&d, &[]),
+            "note[HF004]: gone\n--> f.yaml:3:60009\n"
+        );
+    }
+
+    /// The text without SGR colour sequences.
+    fn strip_sgr(text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("\x1b[") {
+            out.push_str(&rest[..i]);
+            let tail = &rest[i + 2..];
+            let end = tail.find('m').map_or(tail.len(), |j| j + 1);
+            rest = &tail[end..];
+        }
+        out.push_str(rest);
+        out
     }
 }
 

@@ -686,7 +686,7 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
     assert_eq!(r.code, 1, "{}", r.transcript());
     assert_has(
         &r,
-        "error[HF108]: branch `nope` not found in `username/manifests`\n --> config/flux.yaml\n  = hint: the default branch is `main`: set `branch: main`, or push the branch `nope` first\n",
+        "error[HF108]: branch `nope` not found in `username/manifests`\n--> config/flux.yaml\n = hint: the default branch is `main`: set `branch: main`, or push the branch `nope` first\n",
     );
     assert!(
         r.stderr
@@ -723,7 +723,7 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
     assert_eq!(r.code, 1, "{}", r.transcript());
     assert_has(
         &r,
-        "error[HF105]: repository `username/missing` not found, or the token cannot see it\n --> config/flux.yaml\n  = hint: check the spelling of `username/missing`; that the token's resource owner is `username`; and that its repository access includes this repository\n",
+        "error[HF105]: repository `username/missing` not found, or the token cannot see it\n--> config/flux.yaml\n = hint: check the spelling of `username/missing`; that the token's resource owner is `username`; and that its repository access includes this repository\n",
     );
     assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
 

@@ -223,7 +223,11 @@ fn a_tracked_plaintext_secret_manifest_is_a_warning_and_sops_files_are_not() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains(" --> apps/db.yaml:2:1"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("\n--> apps/db.yaml:2:1\n"),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("apps/enc.yaml"), "{}", r.stderr);
 }
 

@@ -180,7 +180,7 @@ fn a_rejected_token() {
         r.stderr
     );
     assert!(
-        r.stderr.contains(" --> config/secrets-flux.yaml"),
+        r.stderr.contains("\n--> config/secrets-flux.yaml\n"),
         "{}",
         r.stderr
     );
