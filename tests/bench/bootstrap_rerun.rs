@@ -503,7 +503,10 @@ async fn bootstrap_rerun_and_wait_latency() {
         let (t, out, _) = timed(bootstrap(&s, false));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
-        assert!(stderr.contains("created the read-only deploy key"), "{stderr}");
+        assert!(
+            stderr.contains("created the read-only deploy key"),
+            "{stderr}"
+        );
         assert!(stderr.contains("is Ready at"), "{stderr}");
         assert_no_leak(TOKEN, &stderr, "a fresh bootstrap");
         last_steps = stderr.into_owned();
