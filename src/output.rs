@@ -106,6 +106,36 @@ pub fn install_panic_hook() {
     }));
 }
 
+/// What clap has to say about the command line. Help and version are clap's own text and go out
+/// as clap prints them. An error quotes the arguments as they were typed, and those are the
+/// user's bytes: an escape sequence, a bidi control or a pasted token. So it is printed plain,
+/// line by line through [`escape`] and [`redact`], with only `error:` in colour on a terminal.
+pub fn command_line(err: &clap::Error) {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return;
+    }
+    let color = stderr_color();
+    let mut out = String::new();
+    for line in err.render().ansi().to_string().lines() {
+        let line = redact(&escape(line)).into_owned();
+        match line.strip_prefix("error:") {
+            Some(rest) if color => {
+                let _ = write!(out, "\x1b[1;31merror\x1b[0m:{rest}");
+            }
+            _ => out.push_str(&line),
+        }
+        out.push('\n');
+    }
+    let _ = io::stderr().lock().write_all(out.as_bytes());
+}
+
 /// Shows text safely on a terminal: C0 and C1 control characters (newlines and tabs included),
 /// DEL and the Unicode bidi controls become `\u{1b}`-style escapes, so that a value from a file,
 /// GitHub or Flux cannot move the cursor, set the clipboard (OSC 52), fake a line or reorder what

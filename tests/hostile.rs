@@ -134,6 +134,56 @@ fn flags_that_can_only_end_badly_are_usage_errors() {
     insta::assert_snapshot!("usage_errors", transcript);
 }
 
+/// Regression: clap quoted the arguments of a bad command line as they were typed. A carriage
+/// return, a backspace, a bidi control or a C1 control reached the terminal raw, an escape
+/// sequence vanished from the message (or, on a terminal, was sent as it was), and a token
+/// pasted in the wrong place was shown. Now each is shown escaped and the token masked, and the
+/// exit code stays 2.
+#[test]
+fn a_bad_command_line_is_quoted_escaped_and_masked() {
+    let token = canary_token();
+    let dir = config_dir(Some(FLUX), &token);
+    let hostile = "a\rb\u{202e}c\u{8}d\u{1b}[31m\u{9b}e";
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["validate", "--format", hostile],
+            "error: invalid value 'a\\u{d}b\\u{202e}c\\u{8}d\\u{1b}[31m\\u{9b}e' for '--format <FORMAT>'",
+        ),
+        (
+            &["bootstrap", "--timeout", "\u{1b}]52;c;aGk=\u{7}"],
+            "'\\u{1b}]52;c;aGk=\\u{7}'",
+        ),
+        (&["validate", &token], "error: unexpected argument '****"),
+        (
+            &["\u{1b}[2Jvalidate"],
+            "error: unrecognized subcommand '\\u{1b}[2Jvalidate'",
+        ),
+    ];
+    for (args, shown) in cases {
+        let r = homelab_flux(dir.path(), args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{args:?}: {}", r.stdout);
+        assert!(r.stderr.contains(shown), "{args:?}: {}", r.stderr);
+        let raw: Vec<char> = r
+            .stderr
+            .chars()
+            .filter(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+            .collect();
+        assert!(raw.is_empty(), "{args:?}: raw {raw:?} in {}", r.stderr);
+        assert_no_leak(&token, &r.stderr, "a bad command line");
+    }
+    // Help and version are clap's own text, on stdout, exit 0.
+    let r = homelab_flux(dir.path(), &["validate", "--help"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("Check the configuration files"),
+        "{}",
+        r.stdout
+    );
+    let r = homelab_flux(dir.path(), &["--version"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "homelab-flux 0.1.0\n"));
+}
+
 /// A fine-grained token shaped like GitHub's, unique per test.
 fn fine_grained(tag: &str) -> String {
     let mut t = format!("github_pat_11HOSTILE{tag}");
