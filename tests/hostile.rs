@@ -184,6 +184,54 @@ fn a_bad_command_line_is_quoted_escaped_and_masked() {
     assert_eq!((r.code, r.stdout.as_str()), (0, "homelab-flux 0.1.0\n"));
 }
 
+/// The panic hook (issue 10): a crash, on any thread, exits 2 (not Rust's 101) with one line
+/// that names it a bug, the message escaped and the token masked. The test runs itself again as
+/// a child process with `HOMELAB_FLUX_PANIC_CHILD` set; the child installs the hook, hides the
+/// token and panics with both in the message.
+#[test]
+fn a_panic_exits_2_with_the_message_escaped_and_the_token_masked() {
+    const CHILD: &str = "HOMELAB_FLUX_PANIC_CHILD";
+    if let Some(how) = std::env::var_os(CHILD) {
+        let token = std::env::var("HOMELAB_FLUX_PANIC_TOKEN").unwrap();
+        homelab_flux::output::hide(&secrecy::SecretString::from(token.clone()));
+        homelab_flux::output::install_panic_hook();
+        let message = format!("boom \u{1b}[2J {token}");
+        if how == "thread" {
+            let _ = std::thread::spawn(move || panic!("{message}")).join();
+        } else {
+            panic!("{message}");
+        }
+        unreachable!("the hook exits");
+    }
+    for how in ["main", "thread"] {
+        let token = canary_token();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_panic_exits_2_with_the_message_escaped_and_the_token_masked",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, how)
+            .env("HOMELAB_FLUX_PANIC_TOKEN", &token)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{how}: {stderr}");
+        assert!(
+            stderr.contains("error: homelab-flux crashed at tests/hostile.rs:"),
+            "{how}: {stderr}"
+        );
+        assert!(
+            stderr.contains(": boom \\u{1b}[2J ****************************************\nThis is a bug; please report it.\n"),
+            "{how}: {stderr}"
+        );
+        assert!(!stderr.contains('\u{1b}'), "{how}: {stderr}");
+        assert_no_leak(&token, &stderr, "a panic");
+        assert_no_leak(&token, &String::from_utf8_lossy(&out.stdout), "a panic");
+    }
+}
+
 /// A fine-grained token shaped like GitHub's, unique per test.
 fn fine_grained(tag: &str) -> String {
     let mut t = format!("github_pat_11HOSTILE{tag}");
