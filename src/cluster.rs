@@ -242,8 +242,9 @@ impl Cluster {
             e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => Error::Unreachable {
                 server: self.server.clone(),
                 cause: match root_cause(&e) {
-                    // hyper-timeout's words for a server that accepts and stays silent.
-                    c if c.contains("deadline has elapsed") => format!(
+                    // hyper-timeout's words for a server that accepts and stays silent: the
+                    // connect timeout's elapsed deadline, the read timeout's `TimedOut`.
+                    c if c.contains("deadline has elapsed") || has_timed_out(&e) => format!(
                         "no answer within the {} s connect or {} s read timeout",
                         CONNECT_TIMEOUT.as_secs(),
                         READ_TIMEOUT.as_secs()
@@ -740,6 +741,20 @@ where
 }
 
 /// The last error of a source chain, which names what actually failed.
+/// True when an I/O error in the chain timed out (hyper-timeout's read and write timeouts).
+fn has_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut last = e;
     while let Some(next) = last.source() {

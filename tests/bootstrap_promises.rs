@@ -530,14 +530,7 @@ async fn a_stalled_api_server_ends_the_run_at_the_request_timeout() {
     let silent = SilentServer::start();
     let w = World::new("stalledapi", "./clusters/home", c.kubeconfig_path());
     let kubeconfig = w.dir.path().join("stalled.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: stalled\n  cluster:\n    server: https://127.0.0.1:{}\n    insecure-skip-tls-verify: true\nusers:\n- name: stalled\n  user:\n    token: not-a-real-token\ncontexts:\n- name: stalled\n  context:\n    cluster: stalled\n    user: stalled\ncurrent-context: stalled\n",
-            silent.port()
-        ),
-    )
-    .unwrap();
+    support::world::kubeconfig_for_port(&kubeconfig, silent.port());
     for args in [vec!["bootstrap", "--timeout", "2m"], vec!["status"]] {
         let begin = Instant::now();
         let r = support::cli::run_with_limit(
@@ -562,6 +555,50 @@ async fn a_stalled_api_server_ends_the_run_at_the_request_timeout() {
             args[0]
         );
     }
+    assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
+}
+
+/// Issue 9, the read timeout: a server that completes the TLS handshake, takes the request and
+/// never answers ends `bootstrap` and `status` with "cannot reach" (exit 2) once the 30 s read
+/// timeout has passed, never earlier, with nothing written to GitHub. Both runs go at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_server_that_takes_the_request_and_never_answers_ends_the_run_at_the_read_timeout() {
+    let c = cluster::cluster();
+    let _shared = c.shared().await;
+    let silent = support::world::SilentTlsServer::start();
+    let w = World::new("silenttls", "./clusters/home", c.kubeconfig_path());
+    let kubeconfig = w.dir.path().join("silent.kubeconfig");
+    support::world::kubeconfig_for_port(&kubeconfig, silent.port());
+    let runs: Vec<_> = [vec!["bootstrap", "--timeout", "2m"], vec!["status"]]
+        .into_iter()
+        .map(|args| {
+            let cmd = w.command_with(&kubeconfig, &args);
+            std::thread::spawn(move || {
+                let begin = Instant::now();
+                let r = support::cli::run_with_limit(cmd, Duration::from_secs(180));
+                (args, r, begin.elapsed())
+            })
+        })
+        .collect();
+    for run in runs {
+        let (args, r, took) = run.join().unwrap();
+        w.check(&r, &args.join(" "));
+        assert_eq!(r.code, 2, "{}", r.transcript());
+        assert!(
+            r.stderr.contains(&format!(
+                "cannot reach the Kubernetes API server at https://127.0.0.1:{}/ (no answer within the 10 s connect or 30 s read timeout)",
+                silent.port()
+            )),
+            "{}",
+            r.stderr
+        );
+        assert!(took >= Duration::from_secs(30), "gave up early: {took:?}");
+        eprintln!(
+            "{}: gave up on the silent API server after {took:?}",
+            args[0]
+        );
+    }
+    assert!(silent.received() > 0, "the requests went out over TLS");
     assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
 }
 

@@ -5,4 +5,5 @@ pub mod cli;
 pub mod cluster;
 pub mod fake_github;
 pub mod git_server;
+pub mod tls;
 pub mod world;

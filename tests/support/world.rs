@@ -189,6 +189,80 @@ impl SilentServer {
     }
 }
 
+/// A server that completes the TLS handshake, reads what it is sent and never answers: an API
+/// server that hangs once the connection is up. Where [`SilentServer`] stands for the connect
+/// timeout, this one stands for the read timeout.
+pub struct SilentTlsServer {
+    port: u16,
+    received: Arc<std::sync::atomic::AtomicUsize>,
+    _certs: tempfile::TempDir,
+}
+
+impl SilentTlsServer {
+    pub fn start() -> SilentTlsServer {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncReadExt as _;
+        let certs = tempfile::tempdir().unwrap();
+        let (config, _) = super::tls::config(certs.path());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&received);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config));
+                    let seen = Arc::clone(&seen);
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let mut buf = [0u8; 4096];
+                        // Takes the request, and never writes a byte back.
+                        while let Ok(n @ 1..) = tls.read(&mut buf).await {
+                            seen.fetch_add(n, Ordering::SeqCst);
+                        }
+                    });
+                }
+            });
+        });
+        SilentTlsServer {
+            port,
+            received,
+            _certs: certs,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How many bytes of requests it has read over TLS so far.
+    pub fn received(&self) -> usize {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A kubeconfig for `https://127.0.0.1:port` that skips TLS verification, written to `path`.
+pub fn kubeconfig_for_port(path: &Path, port: u16) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stalled\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: stalled\n  user:\n    token: not-a-real-token\ncontexts:\n- name: stalled\n  context:\n    cluster: stalled\n    user: stalled\ncurrent-context: stalled\n"
+        ),
+    )
+    .unwrap();
+}
+
 /// The Flux objects' API in `flux-system` (`Secret`, `GitRepository`, `Kustomization`).
 pub fn flux_api(client: kube::Client, kind: &str) -> kube::Api<kube::api::DynamicObject> {
     let (group, plural) = match kind {
