@@ -842,6 +842,9 @@ pub fn step_lines(step: &Step, dry_run: bool) -> Vec<String> {
         Step::StaleKeyDeleted { title, id } => {
             one(format!("deleted the stale deploy key `{title}` (id {id})"))
         }
+        Step::StaleKeyLeft { title, id, reason } => one(format!(
+            "could not delete the stale deploy key `{title}` (id {id}): {reason}; the run goes on"
+        )),
         Step::StaleKeyToDelete { title, id } => one(format!(
             "{prefix}would delete the stale deploy key `{title}` (id {id})"
         )),

@@ -83,6 +83,12 @@ pub enum Step {
         title: String,
         id: u64,
     },
+    /// GitHub did not delete a stale key (the run goes on; it ends with exit 1).
+    StaleKeyLeft {
+        title: String,
+        id: u64,
+        reason: String,
+    },
     /// Dry run: a stale key would be deleted.
     StaleKeyToDelete {
         title: String,

@@ -602,6 +602,69 @@ async fn an_api_server_that_takes_the_request_and_never_answers_ends_the_run_at_
     assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
 }
 
+/// Issue 9, a failed clean-up: after a rebuild, GitHub fails every DELETE (502, through all
+/// retries) while the stale key of the old cluster is deleted. The run says which key is left
+/// and what to do; the next run, with GitHub well again, deletes it and ends synced.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_key_github_fails_to_delete_is_reported_and_deleted_by_the_next_run() {
+    let (c, _exclusive, w) = fresh("cleanup").await;
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let title = title_of(c, c.context());
+    let old = w.gh.deploy_keys("username", "manifests");
+    assert_eq!(old.len(), 1, "{old:?}");
+
+    c.wipe();
+    w.gh.fail_deletes(Some(502));
+    let r = w.bootstrap(&[]);
+    w.gh.fail_deletes(None);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    let id = old[0].id;
+    assert_has(
+        &r,
+        &format!(
+            "- could not delete the stale deploy key `{title}` (id {id}): DELETE /repos/username/manifests/keys/{id}: GitHub answered 502 after 4 attempts; try again later; the run goes on"
+        ),
+    );
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    assert!(
+        r.stderr.trim_end().ends_with(&format!(
+            "error: the cluster holds its new deploy key, but GitHub did not delete the stale key `{title}` (id {id}); run `homelab-flux bootstrap` again to delete it, or delete it under the repository's Settings → Deploy keys"
+        )),
+        "{}",
+        r.stderr
+    );
+    let keys = w.gh.deploy_keys("username", "manifests");
+    assert_eq!(
+        keys.len(),
+        2,
+        "the old key is left, beside the new: {keys:?}"
+    );
+    let in_cluster = key_in_cluster(c.client().await).await;
+    assert!(keys.iter().any(|k| k.id == id && k.key != in_cluster));
+
+    w.gh.clear_log();
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        &format!("- deleted the stale deploy key `{title}` (id {id})"),
+    );
+    let writes: Vec<String> =
+        w.gh.writes()
+            .iter()
+            .map(|q| format!("{} {}", q.method, q.path))
+            .collect();
+    assert_eq!(
+        writes,
+        [format!("DELETE /repos/username/manifests/keys/{id}")],
+        "no new key: the cluster's is kept"
+    );
+    let keys = w.gh.deploy_keys("username", "manifests");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].key, key_in_cluster(c.client().await).await);
+}
+
 /// Defect 6: the API server restarts while bootstrap waits. The watch drops, is resumed, and
 /// the run ends Ready (exit 0) once Flux syncs.
 #[tokio::test(flavor = "multi_thread")]

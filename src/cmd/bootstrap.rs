@@ -96,6 +96,9 @@ pub enum Error {
     /// Flux did not get Ready in time, or stalled (exit 1).
     #[error(transparent)]
     NotReady(#[from] NotReady),
+    /// Everything was applied (and synced), but GitHub did not delete stale keys (exit 1).
+    #[error(transparent)]
+    StaleKeysLeft(#[from] StaleKeysLeft),
     #[error("interrupted; run `homelab-flux bootstrap` again: it finishes what this run started")]
     Interrupted,
     #[error(transparent)]
@@ -117,6 +120,7 @@ impl Error {
             Error::Reported(_)
             | Error::NotProven(_)
             | Error::NotReady(_)
+            | Error::StaleKeysLeft(_)
             | Error::Refused(
                 plan::Refusal::OldKubernetes { .. }
                 | plan::Refusal::TakenOver(_)
@@ -160,6 +164,31 @@ impl std::fmt::Display for NotProven {
         Ok(())
     }
 }
+
+/// Stale keys of this cluster that GitHub did not delete. The cluster holds its new key and
+/// the run went on; the next run deletes them as stale again.
+#[derive(Debug)]
+pub struct StaleKeysLeft(pub Vec<(String, u64)>);
+
+impl std::fmt::Display for StaleKeysLeft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<String> = self
+            .0
+            .iter()
+            .map(|(title, id)| format!("`{title}` (id {id})"))
+            .collect();
+        write!(
+            f,
+            "the cluster holds its new deploy key, but GitHub did not delete the stale key{} {}; run `homelab-flux bootstrap` again to delete {}, or delete {} under the repository's Settings → Deploy keys",
+            if keys.len() == 1 { "" } else { "s" },
+            keys.join(", "),
+            if keys.len() == 1 { "it" } else { "them" },
+            if keys.len() == 1 { "it" } else { "them" },
+        )
+    }
+}
+
+impl std::error::Error for StaleKeysLeft {}
 
 /// The proof's message is this error's own, so the chain goes on below it (libgit2's words are
 /// not shown: the proof's message says what to do).
@@ -383,7 +412,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
             name: format!("{}/{}", flux::NAMESPACE, flux::NAME),
         }),
     }
-    run.delete_stale_keys(&plan, &mut steps).await?;
+    let left = run.delete_stale_keys(&plan, &mut steps).await;
     if let Some(sops_secret) = &plan.sops_secret {
         run.apply(sops_secret, pending, &mut steps).await?;
     }
@@ -392,14 +421,15 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
     // The credentials are settled: another run may go on while this one waits for Flux.
     lease.release().await;
 
-    if args.dry_run || args.no_wait {
-        return Ok(());
+    if let (false, false, Some(sha)) = (args.dry_run, args.no_wait, &settled.sha) {
+        run.wait(&plan, &live, sha, settled.ssh.as_ref(), &mut steps)
+            .await?;
     }
-    let Some(sha) = settled.sha else {
-        return Ok(());
-    };
-    run.wait(&plan, &live, &sha, settled.ssh.as_ref(), &mut steps)
-        .await
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(StaleKeysLeft(left).into())
+    }
 }
 
 /// The configuration with its hygiene, and GitHub's answers, all read in one round; the
@@ -736,25 +766,33 @@ impl Run<'_> {
     }
 
     /// Deletes the keys of this cluster's title that the cluster no longer holds (in a dry run,
-    /// says which).
-    async fn delete_stale_keys(&self, plan: &Plan, steps: &mut Steps<'_>) -> anyhow::Result<()> {
+    /// says which). A key GitHub does not delete is a step line and is returned: the cluster
+    /// already holds its new key, so the run goes on, and the next run deletes it as stale.
+    async fn delete_stale_keys(&self, plan: &Plan, steps: &mut Steps<'_>) -> Vec<(String, u64)> {
+        let mut left = Vec::new();
         for key in &plan.stale_keys {
             let (title, id) = (key.title.clone(), key.id);
             if self.args.dry_run {
                 steps.emit(Step::StaleKeyToDelete { title, id });
                 continue;
             }
-            self.gh
+            match self
+                .gh
                 .delete_deploy_key(&self.cfg.repo.owner, &self.cfg.repo.name, id)
                 .await
-                .with_context(|| {
-                    format!(
-                        "the cluster holds its new deploy key, but the stale key `{title}` (id {id}) could not be deleted; run `homelab-flux bootstrap` again to delete it"
-                    )
-                })?;
-            steps.emit(Step::StaleKeyDeleted { title, id });
+            {
+                Ok(()) => steps.emit(Step::StaleKeyDeleted { title, id }),
+                Err(e) => {
+                    steps.emit(Step::StaleKeyLeft {
+                        title: title.clone(),
+                        id,
+                        reason: e.to_string(),
+                    });
+                    left.push((title, id));
+                }
+            }
         }
-        Ok(())
+        left
     }
 
     /// Waits until Flux has synced the commit, or a newer head of the branch.

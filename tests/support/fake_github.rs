@@ -352,6 +352,7 @@ struct State {
     authorized_keys_file: Option<PathBuf>,
     delay: Duration,
     server_errors: Vec<u16>,
+    delete_errors: Option<u16>,
     secondary_limits: Vec<(u16, Option<u64>)>,
     primary_limit: Option<(u16, u64)>,
     used: u64,
@@ -584,6 +585,13 @@ impl FakeGitHub {
         state
             .server_errors
             .extend(std::iter::repeat_n(status, count));
+    }
+
+    /// While set, every DELETE fails with `status` (a 5xx) and errors.json `server-error-500`'s
+    /// body, through all of the client's retries; `None` lets them through again. The rest of
+    /// the API answers as usual: GitHub failing in the middle of a run's clean-up.
+    pub fn fail_deletes(&self, status: Option<u16>) {
+        self.state().delete_errors = status;
     }
 
     /// The next `count` authenticated requests hit a secondary rate limit: `status` 403 or 429
@@ -869,8 +877,9 @@ impl App {
 
         // A 5xx burst comes before anything else: GitHub's front end fails independently of
         // the token.
-        if !state.server_errors.is_empty() {
-            let status = state.server_errors.remove(0);
+        let delete_error = state.delete_errors.filter(|_| method == "DELETE");
+        if !state.server_errors.is_empty() || delete_error.is_some() {
+            let status = delete_error.unwrap_or_else(|| state.server_errors.remove(0));
             let (_, headers, body) = self.refs.error("server-error-500");
             let mut reply = Reply::json(StatusCode::from_u16(status).expect("5xx"), body);
             reply.headers = headers;
