@@ -224,7 +224,7 @@ pub fn prove_key(
     let url = endpoint.url();
     let blobs: Vec<Vec<u8>> = host_keys
         .iter()
-        .filter_map(|line| keys::public_key_blob(line).ok())
+        .filter_map(|line| keys::host_key_blob(line))
         .collect();
     if blobs.is_empty() {
         return Err(Error::NoHostKeys {

@@ -108,6 +108,20 @@ pub fn public_key_blob(public_openssh: &str) -> Result<Vec<u8>, Error> {
         .map_err(|_| invalid_public(public_openssh))
 }
 
+/// The key blob of a host key line from `/meta` (`TYPE BASE64`, any key type: GitHub lists
+/// ed25519, ECDSA and RSA keys, and a server may offer any of them): the base64 part decoded,
+/// kept only when its wire-format type name is the line's `TYPE`.
+pub fn host_key_blob(line: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let mut parts = line.split_whitespace();
+    let (kind, encoded) = (parts.next()?, parts.next()?);
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
+    (blob.get(4..4usize.checked_add(len)?)? == kind.as_bytes()).then_some(blob)
+}
+
 /// True when two public key lines hold the same key, comments ignored.
 pub fn same_public_key(a: &str, b: &str) -> bool {
     match (public_key_blob(a), public_key_blob(b)) {
@@ -170,6 +184,37 @@ fn normalise_server(server: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_key_blob_is_read_for_any_type_and_only_when_its_type_matches() {
+        use base64::Engine as _;
+        let wire = |kind: &str, rest: &[u8]| {
+            let mut blob = (kind.len() as u32).to_be_bytes().to_vec();
+            blob.extend_from_slice(kind.as_bytes());
+            blob.extend_from_slice(rest);
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        };
+        for kind in ["ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"] {
+            let line = format!("{kind} {}", wire(kind, b"key material"));
+            let blob = host_key_blob(&line).unwrap();
+            assert!(blob.ends_with(b"key material"), "{kind}");
+        }
+        let ed = wire("ssh-ed25519", b"k");
+        assert_eq!(
+            host_key_blob(&format!("ssh-rsa {ed}")),
+            None,
+            "type and blob differ"
+        );
+        assert_eq!(host_key_blob("ssh-ed25519 not*base64"), None);
+        assert_eq!(host_key_blob("ssh-ed25519 AAAA"), None, "truncated");
+        assert_eq!(host_key_blob("ssh-ed25519"), None);
+        let huge = base64::engine::general_purpose::STANDARD.encode([0xff, 0xff, 0xff, 0xff, b'x']);
+        assert_eq!(
+            host_key_blob(&format!("x {huge}")),
+            None,
+            "a length past the end"
+        );
+    }
 
     #[test]
     fn titles_tell_clusters_with_one_context_name_apart() {

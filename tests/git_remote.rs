@@ -145,3 +145,54 @@ fn a_missing_branch_is_reported() {
         "{err:?}"
     );
 }
+
+/// A repository on `server`, a fake GitHub for it, and a deploy key registered there (so in
+/// sshd's `authorized_keys`).
+async fn registered_key_on(server: &SshGitServer) -> (GitRepo, FakeGitHub, KeyPair) {
+    let repo = server.create_repo("manifests");
+    let fake = FakeGitHub::start();
+    fake.add_token(TEST_TOKEN, TokenSpec::fine_grained("octocat"));
+    fake.add_repo(RepoSpec::new("octocat", "manifests").ssh_url(&server.url(&repo)));
+    fake.set_authorized_keys_file(server.authorized_keys_path());
+    let gh = GitHub::new(&fake.url(), &SecretString::from(TEST_TOKEN)).unwrap();
+    let key = KeyPair::generate("homelab-flux test").unwrap();
+    gh.create_deploy_key(
+        "octocat",
+        "manifests",
+        "homelab-flux test",
+        key.public_key_openssh(),
+        true,
+    )
+    .await
+    .unwrap();
+    (repo, fake, key)
+}
+
+/// GitHub's `/meta` lists ed25519, ECDSA and RSA host keys, and a server may offer any of them.
+/// Only ed25519 lines used to be read, so a server with an ECDSA or RSA host key alone was
+/// refused although `/meta` listed its key. Each type alone is proven now, with `/meta` listing
+/// it beside another server's keys (and refused without it); and a server offering all three,
+/// all listed.
+#[tokio::test]
+async fn a_host_key_of_each_type_meta_lists_is_accepted() {
+    let other = SshGitServer::with_host_keys(&["ed25519", "ecdsa", "rsa"]);
+    for kind in ["ecdsa", "rsa", "ed25519"] {
+        let server = SshGitServer::with_host_keys(&[kind]);
+        let (repo, _fake, key) = registered_key_on(&server).await;
+        let mut listed = other.host_keys().to_vec();
+        listed.push(server.host_key().to_string());
+        let sha = prove(&server.url(&repo), &key, &listed, "main")
+            .unwrap_or_else(|e| panic!("a server with an {kind} host key: {e}"));
+        assert_eq!(sha, repo.seeded_commit(), "{kind}");
+        let err = prove(&server.url(&repo), &key, other.host_keys(), "main").unwrap_err();
+        assert!(
+            matches!(err, Error::HostKeyMismatch { .. }),
+            "{kind}, not listed: {err:?}"
+        );
+    }
+    let (repo, _fake, key) = registered_key_on(&other).await;
+    assert_eq!(
+        prove(&other.url(&repo), &key, other.host_keys(), "main").unwrap(),
+        repo.seeded_commit()
+    );
+}

@@ -35,18 +35,26 @@ pub struct SshGitServer {
     dir: PathBuf,
     port: u16,
     host_key: String,
+    host_keys: Vec<String>,
     authorized_keys: PathBuf,
     keys: Mutex<()>,
     sshd: Process,
 }
 
 impl SshGitServer {
-    /// Starts sshd on a free 127.0.0.1 port with no authorized key yet.
+    /// Starts sshd on a free 127.0.0.1 port with no authorized key yet, and an ed25519 host key.
     pub fn start() -> SshGitServer {
-        Self::try_start().unwrap_or_else(|err| panic!("the SSH git server did not start: {err:#}"))
+        Self::with_host_keys(&["ed25519"])
     }
 
-    fn try_start() -> Result<SshGitServer> {
+    /// The same with a host key of each `ssh-keygen -t` type given (`ed25519`, `ecdsa`, `rsa`),
+    /// all offered by sshd; [`SshGitServer::host_key`] is the first.
+    pub fn with_host_keys(types: &[&str]) -> SshGitServer {
+        Self::try_start(types)
+            .unwrap_or_else(|err| panic!("the SSH git server did not start: {err:#}"))
+    }
+
+    fn try_start(types: &[&str]) -> Result<SshGitServer> {
         let sshd_binary = Path::new("/usr/sbin/sshd");
         let git_shell = ["/usr/bin/git-shell", "/usr/lib/git-core/git-shell"]
             .into_iter()
@@ -63,25 +71,24 @@ impl SshGitServer {
 
         let dir = scratch_dir("ssh")?;
         fs::create_dir_all(dir.join("repos"))?;
-        let key = dir.join("ssh_host_ed25519_key");
-        run(Command::new("ssh-keygen")
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "homelab-test-host",
-                "-f",
-            ])
-            .arg(&key))?;
-        let public = fs::read_to_string(key.with_extension("pub"))?;
-        let host_key = public
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let mut host_keys = Vec::new();
+        let mut host_key_lines = String::new();
+        for kind in types {
+            let key = dir.join(format!("ssh_host_{kind}_key"));
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", kind, "-N", "", "-C", "homelab-test-host", "-f"])
+                .arg(&key))?;
+            let public = fs::read_to_string(key.with_extension("pub"))?;
+            host_keys.push(
+                public
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+            host_key_lines.push_str(&format!("HostKey {}\n", key.display()));
+        }
+        let host_key = host_keys.first().cloned().context("no host key type")?;
         let authorized_keys = dir.join("authorized_keys");
         fs::write(&authorized_keys, "")?;
 
@@ -92,8 +99,7 @@ impl SshGitServer {
             format!(
                 "Port {port}
 ListenAddress 127.0.0.1
-HostKey {key}
-PidFile {pid}
+{host_key_lines}PidFile {pid}
 AuthorizedKeysFile {authorized_keys}
 AllowUsers git
 UsePAM no
@@ -109,7 +115,6 @@ LogLevel VERBOSE
 # git refuses repositories owned by another user (root made these) unless told otherwise.
 SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
 ",
-                key = key.display(),
                 pid = dir.join("sshd.pid").display(),
                 authorized_keys = authorized_keys.display(),
             ),
@@ -128,6 +133,7 @@ SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
             dir,
             port,
             host_key,
+            host_keys,
             authorized_keys,
             keys: Mutex::new(()),
             sshd,
@@ -142,6 +148,11 @@ SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
     /// The server's host key as `ssh-ed25519 AAAA...` (what GitHub's `/meta` lists).
     pub fn host_key(&self) -> &str {
         &self.host_key
+    }
+
+    /// Every host key sshd offers, `TYPE BASE64`, in the order they were asked for.
+    pub fn host_keys(&self) -> &[String] {
+        &self.host_keys
     }
 
     /// The `known_hosts` line for this server: `[127.0.0.1]:PORT ssh-ed25519 AAAA...`.
