@@ -70,46 +70,29 @@ fn answer(path: &str, http_port: u16) -> Response<Body> {
 
 /// Serves [`answer`] on loopback, over TLS when a config is given; returns the port.
 fn serve(tls: Option<Arc<rustls::ServerConfig>>, http_port: u16) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let service =
-                        service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                            Ok::<_, Infallible>(answer(req.uri().path(), http_port))
-                        });
-                    match tls {
-                        Some(config) => {
-                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                            if let Ok(stream) = acceptor.accept(stream).await {
-                                let _ = http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
-                            }
-                        }
-                        None => {
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        }
+    support::loopback::serve(move |stream| {
+        let tls = tls.clone();
+        async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                Ok::<_, Infallible>(answer(req.uri().path(), http_port))
+            });
+            match tls {
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
                     }
-                });
+                }
+                None => {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
             }
-        });
-    });
-    port
+        }
+    })
 }
 
 /// A fine-grained token shaped like GitHub's.

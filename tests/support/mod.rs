@@ -5,5 +5,6 @@ pub mod cli;
 pub mod cluster;
 pub mod fake_github;
 pub mod git_server;
+pub mod loopback;
 pub mod tls;
 pub mod world;

@@ -204,36 +204,21 @@ impl SilentTlsServer {
         use tokio::io::AsyncReadExt as _;
         let certs = tempfile::tempdir().unwrap();
         let (config, _) = super::tls::config(certs.path());
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let received = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&received);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config));
-                    let seen = Arc::clone(&seen);
-                    tokio::spawn(async move {
-                        let Ok(mut tls) = acceptor.accept(stream).await else {
-                            return;
-                        };
-                        let mut buf = [0u8; 4096];
-                        // Takes the request, and never writes a byte back.
-                        while let Ok(n @ 1..) = tls.read(&mut buf).await {
-                            seen.fetch_add(n, Ordering::SeqCst);
-                        }
-                    });
+        let port = super::loopback::serve(move |stream| {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config));
+            let seen = Arc::clone(&seen);
+            async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                // Takes the request, and never writes a byte back.
+                while let Ok(n @ 1..) = tls.read(&mut buf).await {
+                    seen.fetch_add(n, Ordering::SeqCst);
                 }
-            });
+            }
         });
         SilentTlsServer {
             port,
