@@ -45,6 +45,19 @@ fn setup() -> Setup {
     }
 }
 
+/// Registers `key` read-only on `octocat/manifests` (so in sshd's `authorized_keys`).
+async fn register(gh: &GitHub, key: &KeyPair) {
+    gh.create_deploy_key(
+        "octocat",
+        "manifests",
+        "homelab-flux test",
+        key.public_key_openssh(),
+        true,
+    )
+    .await
+    .unwrap();
+}
+
 fn prove(
     ssh_url: &str,
     key: &KeyPair,
@@ -60,15 +73,7 @@ async fn a_registered_deploy_key_is_proven_and_gives_the_branch_head() {
     let key = KeyPair::generate("homelab-flux test").unwrap();
     let repo = s.gh.get_repo("octocat", "manifests").await.unwrap();
     let meta = s.gh.meta().await.unwrap();
-    s.gh.create_deploy_key(
-        "octocat",
-        "manifests",
-        "homelab-flux test",
-        key.public_key_openssh(),
-        true,
-    )
-    .await
-    .unwrap();
+    register(&s.gh, &key).await;
     let sha =
         tokio::task::spawn_blocking(move || prove(&repo.ssh_url, &key, &meta.ssh_keys, "main"))
             .await
@@ -156,15 +161,7 @@ async fn registered_key_on(server: &SshGitServer) -> (GitRepo, FakeGitHub, KeyPa
     fake.set_authorized_keys_file(server.authorized_keys_path());
     let gh = GitHub::new(&fake.url(), &SecretString::from(TEST_TOKEN)).unwrap();
     let key = KeyPair::generate("homelab-flux test").unwrap();
-    gh.create_deploy_key(
-        "octocat",
-        "manifests",
-        "homelab-flux test",
-        key.public_key_openssh(),
-        true,
-    )
-    .await
-    .unwrap();
+    register(&gh, &key).await;
     (repo, fake, key)
 }
 
