@@ -4,6 +4,12 @@ use std::fmt;
 
 use crate::diag::{Code, Diagnostic};
 
+/// Bidi controls, zero-width characters, the word joiner, the BOM and the soft hyphen.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
 /// A valid git branch name (without `refs/heads/`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BranchName(String);
@@ -34,6 +40,24 @@ impl BranchName {
             )
             .with_hint("see `git check-ref-format --branch`; for example `main`")),
         }
+    }
+
+    /// A warning when the name holds a character that is not seen as written: a bidi control
+    /// (the name reads in another order), a zero-width character or a soft hyphen (the name
+    /// looks like another, `main` for example). git accepts them, so the branch may well exist;
+    /// Flux gets exactly the name in the file.
+    pub fn invisible_character(&self) -> Option<Diagnostic> {
+        let c = self.0.chars().find(|&c| is_invisible(c))?;
+        Some(
+            Diagnostic::warning(
+                Code::BranchInvisible,
+                format!(
+                    "`branch` holds the invisible character U+{:04X}, so it is not the name it looks like",
+                    u32::from(c)
+                ),
+            )
+            .with_hint("type the branch name again; if the branch really has this name, rename it"),
+        )
     }
 
     pub fn as_str(&self) -> &str {
@@ -95,6 +119,31 @@ fn rule_broken(v: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invisible_characters_are_a_warning_and_the_name_is_kept() {
+        for v in [
+            "ma\u{202e}in",
+            "main\u{200b}",
+            "\u{feff}main",
+            "ma\u{ad}in",
+            "m\u{2066}a",
+        ] {
+            let b = BranchName::parse(v).unwrap_or_else(|d| panic!("{v:?}: {}", d.message));
+            let d = b.invisible_character().unwrap_or_else(|| panic!("{v:?}"));
+            assert_eq!(d.code, Code::BranchInvisible);
+            assert_eq!(b.as_str(), v);
+        }
+        for v in ["main", "feature/flux-v2", "日本", "café"] {
+            assert!(
+                BranchName::parse(v)
+                    .unwrap()
+                    .invisible_character()
+                    .is_none(),
+                "{v}"
+            );
+        }
+    }
 
     #[test]
     fn accepts_ordinary_names() {

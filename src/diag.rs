@@ -79,6 +79,7 @@ codes! {
     RepoHostNotTokenHost = "HF029", "repo-host-not-token-host";
     BranchInvalid = "HF030", "branch-invalid";
     BranchFullRef = "HF031", "branch-full-ref";
+    BranchInvisible = "HF032", "branch-invisible";
     PathAbsolute = "HF035", "path-absolute";
     PathEscapes = "HF036", "path-escapes";
     PathInvalid = "HF037", "path-invalid";

@@ -547,9 +547,13 @@ fn parse_flux_bytes(
         });
         let branch = ctx.string("branch", false).and_then(|(value, node)| {
             let pos = ctx.value_position(&node, &value);
-            BranchName::parse(&value)
+            let branch = BranchName::parse(&value)
                 .map_err(|d| ctx.report.push(d.at(name, pos)))
-                .ok()
+                .ok()?;
+            if let Some(d) = branch.invisible_character() {
+                ctx.report.push(d.at(name, pos));
+            }
+            Some(branch)
         });
         let path = match ctx.string("path", false) {
             None => Some(RepoPath::default()),
