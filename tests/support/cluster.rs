@@ -277,6 +277,28 @@ impl Cluster {
         self.start_api_server();
     }
 
+    /// Stops kube-apiserver, writes a key outside `/registry` straight to etcd (its JSON gateway,
+    /// `POST /v3/kv/put`) and starts kube-apiserver again. Its watch cache then starts past
+    /// every resourceVersion a client saw before, so a watch resumed from one is answered
+    /// 410 Gone ("too old resource version"), every time. Returns etcd's new revision.
+    pub fn restart_api_server_past_every_watch(&self) -> u64 {
+        self.stop_api_server();
+        let body = http_post(
+            self.etcd_port,
+            "/v3/kv/put",
+            // base64 of `homelab-flux-test/bump` and `x`.
+            r#"{"key": "aG9tZWxhYi1mbHV4LXRlc3QvYnVtcA==", "value": "eA=="}"#,
+        )
+        .unwrap_or_else(|err| panic!("writing to etcd: {err:#}"));
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let revision = answer["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("etcd's answer has no revision: {body}"));
+        self.start_api_server();
+        revision
+    }
+
     /// Whether kube-apiserver is running (not stopped by a test, not crashed).
     pub fn api_server_running(&self) -> bool {
         self.lock()
@@ -885,18 +907,28 @@ fn block_on<T: Send + 'static>(
 
 /// Minimal `GET http://127.0.0.1:PORT/path`; the body if the status is 200.
 pub fn http_get(port: u16, path: &str) -> Result<String> {
+    http_request(port, "GET", path, "")
+}
+
+/// `POST path` with a JSON `body` to 127.0.0.1:`port` over plain HTTP/1.0; the body of a 200.
+pub fn http_post(port: u16, path: &str, body: &str) -> Result<String> {
+    http_request(port, "POST", path, body)
+}
+
+fn http_request(port: u16, method: &str, path: &str, body: &str) -> Result<String> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response.lines().next().unwrap_or_default();
     if !status.contains(" 200 ") {
-        bail!("GET {path}: {status}");
+        bail!("{method} {path}: {status}");
     }
     Ok(response
         .split_once("\r\n\r\n")
