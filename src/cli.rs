@@ -28,6 +28,37 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The process's arguments, parsed. An error (other than help and version, which are clap's
+    /// own text) is that of a second parse without styles: clap's plain rendering drops what
+    /// looks like styling from the arguments it quotes, so an escape sequence the user typed
+    /// would vanish instead of being shown escaped by [`crate::output::command_line`].
+    pub fn from_args() -> Result<Cli, clap::Error> {
+        use clap::CommandFactory as _;
+        let err = match Cli::try_parse() {
+            Ok(cli) => return Ok(cli),
+            Err(err) if is_help_or_version(&err) => return Err(err),
+            Err(err) => err,
+        };
+        Err(Cli::command()
+            .styles(clap::builder::Styles::plain())
+            .try_get_matches_from(std::env::args_os())
+            .err()
+            .unwrap_or(err))
+    }
+}
+
+/// True when clap has help or a version to print rather than an error.
+pub fn is_help_or_version(err: &clap::Error) -> bool {
+    use clap::error::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    )
+}
+
 /// Options every command takes.
 #[derive(Debug, clap::Args)]
 pub struct Global {

@@ -3,15 +3,13 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory as _, Parser as _};
 use homelab_flux::{cli::Cli, output::Ui};
 
 fn main() -> ExitCode {
     homelab_flux::output::install_panic_hook();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::from_args() {
         Ok(cli) => cli,
         Err(err) => {
-            let err = unstyled(err);
             homelab_flux::output::command_line(&err);
             return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
         }
@@ -30,25 +28,4 @@ fn main() -> ExitCode {
             ExitCode::from(err.exit_code())
         }
     }
-}
-
-/// clap's plain rendering of an error drops what looks like styling from the arguments it quotes
-/// (an escape sequence typed by the user simply vanishes). The same arguments parsed again
-/// without styles give the same error with the user's bytes intact, for `command_line` to show
-/// escaped. Help and version keep clap's own rendering.
-fn unstyled(err: clap::Error) -> clap::Error {
-    use clap::error::ErrorKind;
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        return err;
-    }
-    Cli::command()
-        .styles(clap::builder::Styles::plain())
-        .try_get_matches_from(std::env::args_os())
-        .err()
-        .unwrap_or(err)
 }

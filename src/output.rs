@@ -111,13 +111,7 @@ pub fn install_panic_hook() {
 /// user's bytes: an escape sequence, a bidi control or a pasted token. So it is printed plain,
 /// line by line through [`escape`] and [`redact`], with only `error:` in colour on a terminal.
 pub fn command_line(err: &clap::Error) {
-    use clap::error::ErrorKind;
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
+    if crate::cli::is_help_or_version(err) {
         let _ = err.print();
         return;
     }
