@@ -36,7 +36,7 @@ pub struct GitHubView {
 }
 
 /// What the cluster holds, as read before anything is written.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Live {
     pub context: String,
     pub server: String,
@@ -93,11 +93,60 @@ impl Change {
 }
 
 /// One object to apply, and what that changes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Object {
     pub kind: Kind,
     pub desired: Value,
     pub change: Change,
+}
+
+/// An object as JSON for `Debug`, with the values of a Secret's `data` and `stringData` shown
+/// as `(secret)`: they hold the token, the deploy key or the age identity (base64 or plain),
+/// and `Debug` output never shows those (SPEC §1).
+struct Masked<'a>(&'a Value);
+
+impl std::fmt::Debug for Masked<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.clone();
+        for field in ["data", "stringData"] {
+            if let Some(Value::Object(values)) = shown.get_mut(field) {
+                values
+                    .values_mut()
+                    .for_each(|v| *v = Value::from("(secret)"));
+            }
+        }
+        write!(f, "{shown}")
+    }
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Object")
+            .field("kind", &self.kind)
+            .field("desired", &Masked(&self.desired))
+            .field("change", &self.change)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn masked(v: &Option<Value>) -> Option<Masked<'_>> {
+            v.as_ref().map(Masked)
+        }
+        f.debug_struct("Live")
+            .field("context", &self.context)
+            .field("server", &self.server)
+            .field("version", &self.version)
+            .field("git_version", &self.git_version)
+            .field("flux_missing", &self.flux_missing)
+            .field("namespace", &masked(&self.namespace))
+            .field("secret", &masked(&self.secret))
+            .field("git_repository", &masked(&self.git_repository))
+            .field("kustomization", &masked(&self.kustomization))
+            .field("sops_secret", &masked(&self.sops_secret))
+            .finish()
+    }
 }
 
 impl Object {
@@ -533,6 +582,7 @@ fn diff(desired: &Value, live: &Value, secret: bool) -> Vec<FieldChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use serde_json::json;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -766,11 +816,17 @@ mod tests {
                 request_kustomization: true
             }
         );
-        let shown = format!("{p:?}");
+        let shown = format!("{p:?} {live:?}");
         assert!(
             !shown.contains(&identity(&second).expose()[16..]),
             "{shown}"
         );
+        // Nor its base64 form, the one a Secret's `data` holds.
+        for id in [&first, &second] {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(identity(id).expose());
+            assert!(!shown.contains(&encoded[..40]), "{shown}");
+        }
+        assert!(shown.contains("(secret)"), "{shown}");
     }
 
     #[test]
