@@ -123,24 +123,6 @@ impl Kind {
     }
 }
 
-/// What an apply did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Applied {
-    Unchanged,
-    Created,
-    Updated,
-}
-
-impl std::fmt::Display for Applied {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Applied::Unchanged => "unchanged",
-            Applied::Created => "created",
-            Applied::Updated => "updated",
-        })
-    }
-}
-
 /// A connection to one cluster.
 #[derive(Clone)]
 pub struct Cluster {
@@ -338,37 +320,21 @@ impl Cluster {
         Ok(missing)
     }
 
-    /// Server-side applies `desired` (a JSON object) unless `live` already holds every field of
-    /// it. With `dry_run`, the API server checks the write without persisting it.
-    pub async fn apply(
-        &self,
-        kind: Kind,
-        desired: &Value,
-        live: Option<&DynamicObject>,
-        dry_run: bool,
-    ) -> Result<Applied, Error> {
+    /// Server-side applies `desired` (a JSON object); whether anything differs is the plan's to
+    /// decide. With `dry_run`, the API server checks the write without persisting it.
+    pub async fn apply(&self, kind: Kind, desired: &Value, dry_run: bool) -> Result<(), Error> {
         let name = desired["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_string();
         let namespace = desired["metadata"]["namespace"].as_str();
-        if let Some(live) = live {
-            let live = serde_json::to_value(live).unwrap_or(Value::Null);
-            if is_subset(desired, &live) {
-                return Ok(Applied::Unchanged);
-            }
-        }
         let mut params = PatchParams::apply(FIELD_MANAGER).force();
         params.dry_run = dry_run;
         self.api(kind, namespace)
             .patch(&name, &params, &Patch::Apply(desired))
             .await
             .map_err(|e| self.unreachable_or(&format!("applying {} `{name}`", kind.name()), e))?;
-        Ok(if live.is_some() {
-            Applied::Updated
-        } else {
-            Applied::Created
-        })
+        Ok(())
     }
 
     /// Deletes an object (used by `--force` to replace the Secret).
@@ -740,7 +706,6 @@ where
         .boxed()
 }
 
-/// The last error of a source chain, which names what actually failed.
 /// True when an I/O error in the chain timed out (hyper-timeout's read and write timeouts).
 fn has_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
@@ -755,6 +720,7 @@ fn has_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The last error of a source chain, which names what actually failed.
 pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut last = e;
     while let Some(next) = last.source() {

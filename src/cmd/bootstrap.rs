@@ -520,7 +520,7 @@ async fn read_live(cluster: &Cluster, sops: bool) -> anyhow::Result<Live> {
     let (version, missing, namespace, secret, repo, ks, sops_secret) = tokio::join!(
         cluster.version(),
         cluster.missing_flux_parts(),
-        get(Kind::Namespace, None),
+        cluster.get(Kind::Namespace, None, flux::NAMESPACE),
         get(Kind::Secret, ns),
         get(Kind::GitRepository, ns),
         get(Kind::Kustomization, ns),
@@ -588,7 +588,7 @@ impl Run<'_> {
     ) -> anyhow::Result<()> {
         if object.change.is_write() && !pending {
             self.cluster
-                .apply(object.kind, &object.desired, None, self.args.dry_run)
+                .apply(object.kind, &object.desired, self.args.dry_run)
                 .await?;
         }
         steps.emit(Step::Applied {
@@ -971,7 +971,7 @@ fn holder_identity() -> String {
     )
 }
 
-/// Who holds/// Lists the remote's refs over SSH with the key, checking the host key; the branch's head.
+/// Lists the remote's refs over SSH with the key, checking the host key; the branch's head.
 /// Gives up after [`git_remote::PROOF_DEADLINE`]; the blocking thread is then abandoned (git2
 /// cannot be interrupted) and ends with the process.
 async fn prove(
