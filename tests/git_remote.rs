@@ -21,7 +21,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let server = SshGitServer::start();
+    setup_on(SshGitServer::start())
+}
+
+/// A repository on `server` and a fake GitHub for it that lists the server's first host key.
+fn setup_on(server: SshGitServer) -> Setup {
     let repo = server.create_repo("manifests");
     let fake = FakeGitHub::start();
     fake.add_token(TEST_TOKEN, TokenSpec::fine_grained("octocat"));
@@ -151,20 +155,6 @@ fn a_missing_branch_is_reported() {
     );
 }
 
-/// A repository on `server`, a fake GitHub for it, and a deploy key registered there (so in
-/// sshd's `authorized_keys`).
-async fn registered_key_on(server: &SshGitServer) -> (GitRepo, FakeGitHub, KeyPair) {
-    let repo = server.create_repo("manifests");
-    let fake = FakeGitHub::start();
-    fake.add_token(TEST_TOKEN, TokenSpec::fine_grained("octocat"));
-    fake.add_repo(RepoSpec::new("octocat", "manifests").ssh_url(&server.url(&repo)));
-    fake.set_authorized_keys_file(server.authorized_keys_path());
-    let gh = GitHub::new(&fake.url(), &SecretString::from(TEST_TOKEN)).unwrap();
-    let key = KeyPair::generate("homelab-flux test").unwrap();
-    register(&gh, &key).await;
-    (repo, fake, key)
-}
-
 /// GitHub's `/meta` lists ed25519, ECDSA and RSA host keys, and a server may offer any of them.
 /// Only ed25519 lines used to be read, so a server with an ECDSA or RSA host key alone was
 /// refused although `/meta` listed its key. Each type alone is proven now, with `/meta` listing
@@ -172,24 +162,28 @@ async fn registered_key_on(server: &SshGitServer) -> (GitRepo, FakeGitHub, KeyPa
 /// all listed.
 #[tokio::test]
 async fn a_host_key_of_each_type_meta_lists_is_accepted() {
-    let other = SshGitServer::with_host_keys(&["ed25519", "ecdsa", "rsa"]);
+    let other = setup_on(SshGitServer::with_host_keys(&["ed25519", "ecdsa", "rsa"]));
     for kind in ["ecdsa", "rsa", "ed25519"] {
-        let server = SshGitServer::with_host_keys(&[kind]);
-        let (repo, _fake, key) = registered_key_on(&server).await;
-        let mut listed = other.host_keys().to_vec();
-        listed.push(server.host_key().to_string());
-        let sha = prove(&server.url(&repo), &key, &listed, "main")
+        let s = setup_on(SshGitServer::with_host_keys(&[kind]));
+        let key = KeyPair::generate("homelab-flux test").unwrap();
+        register(&s.gh, &key).await;
+        let url = s.server.url(&s.repo);
+        let mut listed = other.server.host_keys().to_vec();
+        listed.push(s.server.host_key().to_string());
+        let sha = prove(&url, &key, &listed, "main")
             .unwrap_or_else(|e| panic!("a server with an {kind} host key: {e}"));
-        assert_eq!(sha, repo.seeded_commit(), "{kind}");
-        let err = prove(&server.url(&repo), &key, other.host_keys(), "main").unwrap_err();
+        assert_eq!(sha, s.repo.seeded_commit(), "{kind}");
+        let err = prove(&url, &key, other.server.host_keys(), "main").unwrap_err();
         assert!(
             matches!(err, Error::HostKeyMismatch { .. }),
             "{kind}, not listed: {err:?}"
         );
     }
-    let (repo, _fake, key) = registered_key_on(&other).await;
+    let key = KeyPair::generate("homelab-flux test").unwrap();
+    register(&other.gh, &key).await;
+    let url = other.server.url(&other.repo);
     assert_eq!(
-        prove(&other.url(&repo), &key, other.host_keys(), "main").unwrap(),
-        repo.seeded_commit()
+        prove(&url, &key, other.server.host_keys(), "main").unwrap(),
+        other.repo.seeded_commit()
     );
 }

@@ -17,7 +17,7 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// A `homelab-flux` command run in `dir`, with an environment that does not leak from the
-/// developer's shell (no token, no colours, no kubeconfig, no GitHub override).
+/// developer's shell (no token, no colours, no kubeconfig, no GitHub override, no age identity).
 pub fn command(dir: &Path) -> Command {
     let mut cmd = Command::new(bin());
     cmd.current_dir(dir)
@@ -25,6 +25,10 @@ pub fn command(dir: &Path) -> Command {
         .env_remove("HOMELAB_FLUX_GITHUB_API_URL")
         .env_remove("KUBECONFIG")
         .env_remove("NO_COLOR")
+        // Where sops (and so homelab-flux) looks for an age identity besides `ageKey`.
+        .env_remove("SOPS_AGE_KEY")
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .env_remove("XDG_CONFIG_HOME")
         .env("HOME", dir)
         .stdin(Stdio::null());
     cmd

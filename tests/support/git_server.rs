@@ -34,7 +34,6 @@ pub const SEED_CONFIG_MAP: &str = "homelab-seed";
 pub struct SshGitServer {
     dir: PathBuf,
     port: u16,
-    host_key: String,
     host_keys: Vec<String>,
     authorized_keys: PathBuf,
     keys: Mutex<()>,
@@ -88,7 +87,9 @@ impl SshGitServer {
             );
             host_key_lines.push_str(&format!("HostKey {}\n", key.display()));
         }
-        let host_key = host_keys.first().cloned().context("no host key type")?;
+        if host_keys.is_empty() {
+            bail!("no host key type");
+        }
         let authorized_keys = dir.join("authorized_keys");
         fs::write(&authorized_keys, "")?;
 
@@ -132,7 +133,6 @@ SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
         Ok(SshGitServer {
             dir,
             port,
-            host_key,
             host_keys,
             authorized_keys,
             keys: Mutex::new(()),
@@ -147,7 +147,7 @@ SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
 
     /// The server's host key as `ssh-ed25519 AAAA...` (what GitHub's `/meta` lists).
     pub fn host_key(&self) -> &str {
-        &self.host_key
+        &self.host_keys[0]
     }
 
     /// Every host key sshd offers, `TYPE BASE64`, in the order they were asked for.
@@ -157,7 +157,7 @@ SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
 
     /// The `known_hosts` line for this server: `[127.0.0.1]:PORT ssh-ed25519 AAAA...`.
     pub fn known_hosts_line(&self) -> String {
-        format!("[127.0.0.1]:{} {}", self.port, self.host_key)
+        format!("[127.0.0.1]:{} {}", self.port, self.host_key())
     }
 
     /// The file sshd reads the `git` user's authorized keys from.
