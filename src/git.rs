@@ -160,13 +160,20 @@ fn scan_tracked(
     secrets: Secrets<'_>,
     hygiene: &mut Hygiene,
 ) {
-    let needle = secrets.token.map(|t| t.expose().as_bytes());
+    use memchr::memmem::Finder;
+    let token = secrets.token.map(|t| Finder::new(t.expose().as_bytes()));
     // age writes identities upper-case; a hand-copied one may be lower-case.
-    let identities: Vec<[String; 2]> = secrets
+    let identities: Vec<String> = secrets
         .age_identities
         .iter()
-        .map(|id| [id.expose().to_string(), id.expose().to_ascii_lowercase()])
+        .flat_map(|id| [id.expose().to_string(), id.expose().to_ascii_lowercase()])
         .collect();
+    let identities: Vec<Finder<'_>> = identities.iter().map(|f| Finder::new(f)).collect();
+    // Every file is searched for the secrets when there are any; otherwise only YAML files
+    // (plaintext Secrets) and, with an identity, the SOPS files are read at all.
+    let search = token.is_some() || !identities.is_empty();
+    let sops = !secrets.age_identities.is_empty();
+    let odb = repo.odb().ok();
     let out = &mut hygiene.findings;
     for entry in index.iter() {
         // Submodules (gitlinks) have no content here.
@@ -177,42 +184,45 @@ fn scan_tracked(
         if rel == secrets_rel {
             continue;
         }
+        let shown = rel.display().to_string();
+        let is_yaml = rel.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        if !search && !is_yaml && !(sops && is_sops_file(&shown)) {
+            continue;
+        }
         let on_disk = read_regular(&workdir.join(&rel));
-        // The staged blob only when it differs from the file on disk (usually it is the same
-        // content, which is then scanned once); its size from the header first, so a large blob
-        // is never loaded.
-        let same_as_disk = on_disk.as_deref().is_some_and(|c| {
-            git2::Oid::hash_object(git2::ObjectType::Blob, c).is_ok_and(|oid| oid == entry.id)
-        });
-        let staged = repo
-            .odb()
-            .ok()
-            .filter(|_| !same_as_disk)
+        // Searched, the staged blob counts too when it differs from the file on disk (usually
+        // it is the same content, which is then scanned once); otherwise it stands in for a
+        // file missing on disk. Its size comes from the header first, so a large blob is never
+        // loaded.
+        let wants_staged = match on_disk.as_deref() {
+            Some(c) if search => {
+                git2::Oid::hash_object(git2::ObjectType::Blob, c).is_ok_and(|oid| oid != entry.id)
+            }
+            Some(_) => false,
+            None => true,
+        };
+        let staged = odb
+            .as_ref()
+            .filter(|_| wants_staged)
             .and_then(|odb| odb.read_header(entry.id).ok())
             .filter(|&(size, _)| size <= MAX_SCAN_SIZE)
             .and_then(|_| repo.find_blob(entry.id).ok());
         let staged = staged.as_ref().map(git2::Blob::content);
-        let shown = rel.display().to_string();
-        if let Some(needle) = needle
-            && [on_disk.as_deref(), staged]
+        let contents = [on_disk.as_deref(), staged];
+        let holds = |finder: &Finder<'_>| {
+            contents
                 .into_iter()
                 .flatten()
-                .any(|c| memchr::memmem::find(c, needle).is_some())
-        {
+                .any(|c| finder.find(c).is_some())
+        };
+        if token.as_ref().is_some_and(holds) {
             out.push(
                 Diagnostic::error(Code::TokenInTrackedFile, format!("the token's value is in `{shown}`, a file git tracks"))
                     .in_file(&shown)
                     .with_hint("remove it from that file; if it was ever committed, revoke the token and create a new one"),
             );
         }
-        let contents = [on_disk.as_deref(), staged];
-        if identities.iter().any(|forms| {
-            contents.into_iter().flatten().any(|c| {
-                forms
-                    .iter()
-                    .any(|f| memchr::memmem::find(c, f.as_bytes()).is_some())
-            })
-        }) {
+        if identities.iter().any(holds) {
             out.push(
                 Diagnostic::error(Code::AgeKeyInTrackedFile, format!("an age identity is in `{shown}`, a file git tracks"))
                     .in_file(&shown)
@@ -220,12 +230,9 @@ fn scan_tracked(
             );
         }
         // Only with an identity to check it against.
-        if !secrets.age_identities.is_empty()
-            && let Some(content) = on_disk.as_deref().or(staged)
-        {
+        if sops && let Some(content) = on_disk.as_deref().or(staged) {
             collect_sops(&shown, content, &mut hygiene.sops);
         }
-        let is_yaml = rel.extension().is_some_and(|e| e == "yaml" || e == "yml");
         if is_yaml
             && let Some(content) = on_disk.as_deref().or(staged)
             && let Some(line) = plaintext_secret(&String::from_utf8_lossy(content))
@@ -255,14 +262,23 @@ fn scan_tracked(
     }
 }
 
+/// A `.sops.yaml`, or a file of a format SOPS encrypts (YAML, JSON, `.env`).
+fn is_sops_file(shown: &str) -> bool {
+    is_sops_config(shown) || FileFormat::of(shown).is_some()
+}
+
+fn is_sops_config(shown: &str) -> bool {
+    let name = shown.rsplit('/').next().unwrap_or(shown);
+    name == ".sops.yaml" || name == ".sops.yml"
+}
+
 /// Adds a tracked file's SOPS facts to the inventory: the rules of a `.sops.yaml`, or the
 /// recipients of an encrypted file.
 fn collect_sops(shown: &str, content: &[u8], inventory: &mut Inventory) {
     let Ok(text) = std::str::from_utf8(content) else {
         return;
     };
-    let name = shown.rsplit('/').next().unwrap_or(shown);
-    if name == ".sops.yaml" || name == ".sops.yml" {
+    if is_sops_config(shown) {
         match sops::creation_rules(text) {
             Ok(rules) => inventory
                 .rules
