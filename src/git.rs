@@ -168,7 +168,7 @@ fn scan_tracked(
         .iter()
         .flat_map(|id| [id.expose().to_string(), id.expose().to_ascii_lowercase()])
         .collect();
-    let identities: Vec<Finder<'_>> = identities.iter().map(|f| Finder::new(f)).collect();
+    let identities: Vec<Finder<'_>> = identities.iter().map(Finder::new).collect();
     // Every file is searched for the secrets when there are any; otherwise only YAML files
     // (plaintext Secrets) and, with an identity, the SOPS files are read at all.
     let search = token.is_some() || !identities.is_empty();
@@ -186,7 +186,7 @@ fn scan_tracked(
         }
         let shown = rel.display().to_string();
         let is_yaml = rel.extension().is_some_and(|e| e == "yaml" || e == "yml");
-        if !search && !is_yaml && !(sops && is_sops_file(&shown)) {
+        if !(search || is_yaml || sops && is_sops_file(&shown)) {
             continue;
         }
         let on_disk = read_regular(&workdir.join(&rel));
