@@ -127,7 +127,7 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
         flux: cfg,
         credential: Some(Credential { token, .. }),
         ..
-    })) = super::load_config(&global.config_dir, Secrets::Optional)
+    })) = super::load_config(&global.config_dir, Secrets::TokenOnly)
         && cfg.auth == Auth::DeployKey
         && let Some(public) = secret
             .as_ref()

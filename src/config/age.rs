@@ -32,6 +32,9 @@ pub(super) fn find(
     env: &Env,
     report: &mut Report,
 ) -> Result<Vec<AgeIdentity>, LoadError> {
+    if secrets == Secrets::TokenOnly {
+        return Ok(Vec::new());
+    }
     let shown_secrets = secrets_path.display().to_string();
     if let Some((identity, pos)) = age_key {
         if decryption == Ok(None) {

@@ -233,6 +233,9 @@ pub enum Secrets {
     Required,
     /// `bootstrap --export`: the token is not read at all.
     Ignored,
+    /// `status`: the token when there is one (as `Optional`), and no age identity looked for:
+    /// `status` has no use for it, so a broken `keys.txt` must not cost it the deploy-key check.
+    TokenOnly,
 }
 
 /// What the environment holds for the configuration (`HOMELAB_FLUX_TOKEN`,
@@ -1158,6 +1161,31 @@ mod tests {
         );
         let shown = format!("{loaded:?}");
         assert!(!shown.contains(&value[16..]), "{shown}");
+    }
+
+    /// `status` asks for the token only: an age identity that sops would not find (here a
+    /// `SOPS_AGE_KEY_FILE` that does not exist, an error for `validate`) is not looked for.
+    #[test]
+    fn the_token_alone_is_loaded_without_looking_for_an_age_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FLUX_FILE),
+            "repo: https://github.com/o/r\ndecryption: sops\n",
+        )
+        .unwrap();
+        let env = Env {
+            token: Some(TOKEN.to_string()),
+            sops_age_key_file: Some(dir.path().join("missing-keys.txt")),
+            ..Env::default()
+        };
+        let loaded = load(dir.path(), Secrets::Optional, &env).unwrap();
+        assert!(matches!(loaded, Loaded::Invalid(_)), "{loaded:?}");
+        let loaded = load(dir.path(), Secrets::TokenOnly, &env).unwrap();
+        let Loaded::Valid(v) = &loaded else {
+            panic!("{loaded:?}")
+        };
+        assert!(v.credential.is_some());
+        assert!(v.age_identities.is_empty());
     }
 
     /// Found by the fuzzer: a duplicate or unknown key was reported, yet the value came back.
