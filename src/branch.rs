@@ -6,9 +6,8 @@ use crate::diag::{Code, Diagnostic};
 
 /// Bidi controls, zero-width characters, the word joiner, the BOM and the soft hyphen.
 fn is_invisible(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    crate::output::is_bidi_control(c)
+        || matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
 }
 /// A valid git branch name (without `refs/heads/`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -56,7 +56,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         ("ghs_", &token_char),
         ("ghr_", &token_char),
         (crate::sops::IDENTITY_PREFIX, &bech32_char),
-        ("age-secret-key-1", &bech32_char),
+        (crate::sops::IDENTITY_PREFIX_LOWER, &bech32_char),
     ];
     for (prefix, allowed) in shapes {
         for (i, _) in text.match_indices(prefix) {
@@ -147,12 +147,12 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 
 /// Characters a terminal may act on rather than show.
 fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-                | '\u{2028}' | '\u{2029}'
-        )
+    c.is_control() || is_bidi_control(c) || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// The Unicode bidi controls: text around them is shown in another order than it is stored.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn push_escaped(out: &mut String, c: char) {
@@ -673,10 +673,6 @@ impl<'a> Steps<'a> {
             last: std::time::Instant::now(),
             shown: String::new(),
         }
-    }
-
-    pub fn ui(&self) -> &'a Ui {
-        self.ui
     }
 
     /// Shows one event. Progress that repeats the last one shown is skipped.

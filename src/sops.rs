@@ -16,6 +16,8 @@ use crate::diag::{Code, Diagnostic, Position};
 
 /// What every age X25519 identity starts with (age writes it upper-case).
 pub const IDENTITY_PREFIX: &str = "AGE-SECRET-KEY-1";
+/// The same in lower case: bech32 may be written so, and a hand-copied identity may be.
+pub const IDENTITY_PREFIX_LOWER: &str = "age-secret-key-1";
 
 /// An age X25519 identity and its public recipient. `Debug` shows the recipient only; the
 /// identity is reachable through [`AgeIdentity::expose`] alone.

@@ -58,11 +58,12 @@ impl Error {
 }
 
 pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
-    let mut loaded = super::check_offline(&global.config_dir, Secrets::Optional)?;
+    let loaded = super::check_offline(&global.config_dir, Secrets::Optional)?;
 
     let mut unreachable = None;
+    let mut found = Vec::new();
     if !args.offline {
-        let found = match &loaded {
+        found = match &loaded {
             Loaded::Valid(Valid {
                 flux,
                 credential: Some(credential),
@@ -95,9 +96,9 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
                 .with_hint("fix them and run again"),
             ],
         };
-        loaded = loaded.extend(found);
     }
     let mut findings = loaded.into_findings();
+    findings.report.extend(found);
     if args.strict {
         findings.report.make_strict();
     }

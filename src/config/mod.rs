@@ -596,11 +596,13 @@ fn parse_flux_bytes(
             Some((value, node)) => {
                 let pos = ctx.value_position(&node, &value);
                 if value == "sops" {
-                    decryption_seen = Ok(Some(Decryption::Sops));
                     Some(Some(Decryption::Sops))
                 } else {
                     // A pasted identity is a secret in a committed file: never echoed.
-                    let d = if value.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
+                    let d = if value
+                        .to_ascii_uppercase()
+                        .contains(crate::sops::IDENTITY_PREFIX)
+                    {
                         Diagnostic::error(
                             Code::DecryptionInvalid,
                             "`decryption` holds an age identity, a secret, in a committed file",
@@ -616,11 +618,11 @@ fn parse_flux_bytes(
                         .with_hint("write `decryption: sops` (SOPS with age), or remove the line")
                     };
                     ctx.report.push(d.at(name, pos));
-                    decryption_seen = Err(());
                     None
                 }
             }
         };
+        decryption_seen = decryption.ok_or(());
         Some(FluxConfig {
             repo: repo?,
             branch,
