@@ -834,6 +834,7 @@ impl Run<'_> {
             cfg: self.cfg,
             branch: &plan.branch,
             ssh,
+            api_refuses: false,
             accepted: vec![sha.to_string()],
         };
         // Ready at a commit, and, when a reconcile was asked for, after handling that request.
@@ -1005,6 +1006,9 @@ struct Heads<'a> {
     cfg: &'a FluxConfig,
     branch: &'a str,
     ssh: Option<&'a SshAccess>,
+    /// The API answered 403 for the branch (a token without contents access): from then on the
+    /// SSH remote is asked alone, not after another refusal each time.
+    api_refuses: bool,
     /// Commits known good: the proven one, and heads seen since.
     accepted: Vec<String>,
 }
@@ -1013,17 +1017,20 @@ impl Heads<'_> {
         if self.accepted.iter().any(|a| a == sha) {
             return true;
         }
-        let head = match self
-            .gh
-            .get_branch(&self.cfg.repo.owner, &self.cfg.repo.name, self.branch)
-            .await
-        {
-            Ok(b) => Some(b.commit_sha),
+        let from_api = match self.api_refuses {
+            true => None,
+            false => self
+                .gh
+                .get_branch(&self.cfg.repo.owner, &self.cfg.repo.name, self.branch)
+                .await
+                .inspect_err(|e| self.api_refuses = matches!(e, github::Error::Forbidden { .. }))
+                .ok(),
+        };
+        let head = match (from_api, self.ssh) {
+            (Some(b), _) => Some(b.commit_sha),
             // A token without contents access (deploy-key set-ups): ask the SSH remote.
-            Err(_) => match self.ssh {
-                Some(access) => prove(access, self.branch).await.ok().and_then(Result::ok),
-                None => None,
-            },
+            (None, Some(access)) => prove(access, self.branch).await.ok().and_then(Result::ok),
+            (None, None) => None,
         };
         tracing::debug!(
             "Flux reports {}; `{}` is at {}",
