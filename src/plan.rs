@@ -642,22 +642,24 @@ mod tests {
     /// as the API server returns them (with status and fields of its own).
     fn bootstrapped(cfg: &FluxConfig, pair: &KeyPair, known_hosts: &str) -> Live {
         use secrecy::ExposeSecret;
-        let ready = |revision: &str| {
-            json!({
+        // As Flux writes them: a GitRepository's revision is its artifact's, a Kustomization's
+        // is the last one it applied (it has no artifact).
+        let ready = |revision_field: &str, revision: Value| {
+            let mut status = json!({
                 "observedGeneration": 1,
                 "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "ok"}],
-                "artifact": {"revision": revision},
-                "lastAppliedRevision": revision,
-            })
+            });
+            status[revision_field] = revision;
+            status
         };
         let revision = format!("main@sha1:{SHA}");
         let mut repo = flux::git_repository("ssh://git@github.com/username/manifests.git", "main");
         repo["metadata"]["generation"] = 1.into();
         repo["spec"]["timeout"] = "60s".into();
-        repo["status"] = ready(&revision);
+        repo["status"] = ready("artifact", json!({"revision": revision}));
         let mut ks = flux::kustomization(cfg);
         ks["metadata"]["generation"] = 1.into();
-        ks["status"] = ready(&revision);
+        ks["status"] = ready("lastAppliedRevision", json!(revision));
         Live {
             context: "default".to_string(),
             server: SERVER.to_string(),
