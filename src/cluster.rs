@@ -224,9 +224,9 @@ impl Cluster {
             e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => Error::Unreachable {
                 server: self.server.clone(),
                 cause: match root_cause(&e) {
-                    // hyper-timeout's words for a server that accepts and stays silent: the
-                    // connect timeout's elapsed deadline, the read timeout's `TimedOut`.
-                    c if c.contains("deadline has elapsed") || has_timed_out(&e) => format!(
+                    // A server that accepts and stays silent: hyper-timeout reports its connect
+                    // timeout and its read timeout alike, as an I/O `TimedOut`.
+                    _ if has_timed_out(&e) => format!(
                         "no answer within the {} s connect or {} s read timeout",
                         CONNECT_TIMEOUT.as_secs(),
                         READ_TIMEOUT.as_secs()
@@ -706,7 +706,8 @@ where
         .boxed()
 }
 
-/// True when an I/O error in the chain timed out (hyper-timeout's read and write timeouts).
+/// True when an I/O error in the chain timed out (hyper-timeout's connect, read and write
+/// timeouts).
 fn has_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(e) = next {

@@ -934,7 +934,14 @@ impl HeldLease {
                 loop {
                     tokio::time::sleep(cluster::LEASE_DURATION / 3).await;
                     // A failed renewal is tried again; the Lease only lapses if every try fails.
-                    let _ = cluster.renew_lease(ns, &holder).await;
+                    match cluster.renew_lease(ns, &holder).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::debug!(
+                            "the Lease `{ns}/{}` lapsed and another run holds it now",
+                            cluster::LEASE_NAME
+                        ),
+                        Err(e) => tracing::debug!("renewing the Lease failed ({e}); trying again"),
+                    }
                 }
             })
         };
