@@ -9,17 +9,14 @@
 mod support;
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject};
-use support::cli::{Run, Spawned, assert_has, assert_no_leak, command, run_with_limit};
+use support::cli::{Run, assert_has};
 use support::cluster;
-use support::fake_github::{FakeGitHub, RepoSpec, TokenSpec};
-use support::git_server::{
-    GitRepo, HttpGitServer, SEED_CONFIG_MAP, SshGitServer, generate_ssh_key,
-};
-use support::world::token;
+use support::fake_github::{RepoSpec, TokenSpec};
+use support::git_server::{HttpGitServer, SEED_CONFIG_MAP, generate_ssh_key};
+use support::world::{World, ready_line, token};
 
 /// The deploy key's title: the context and the id of this API server's address (SPEC §3).
 fn title() -> String {
@@ -29,96 +26,6 @@ fn title() -> String {
 /// The progress line a run prints once its watch on the GitRepository has delivered the object
 /// and no controller has reported on it yet: the run is in its wait.
 const WAITING_LINE: &str = "  GitRepository `flux-system`: waiting for the controller";
-
-/// One scenario: a GitHub repository served over SSH, a config directory, the binary.
-struct World {
-    gh: FakeGitHub,
-    ssh: SshGitServer,
-    repo: GitRepo,
-    dir: tempfile::TempDir,
-    token: String,
-    /// Every token this world has used (a rotation adds one): none may show in any output.
-    tokens: Mutex<Vec<String>>,
-}
-
-impl World {
-    fn new(tag: &str, path: &str) -> World {
-        let ssh = SshGitServer::start();
-        let repo = ssh.create_repo(&format!("manifests-{tag}"));
-        let token = token(tag);
-        let gh = support::world::github_serving(&ssh, &repo, &token);
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("config")).unwrap();
-        write_flux(dir.path(), &format!("branch: main\npath: {path}\n"));
-        std::fs::write(
-            dir.path().join("config/secrets-flux.yaml"),
-            format!("token: {token}\n"),
-        )
-        .unwrap();
-        World {
-            gh,
-            ssh,
-            repo,
-            dir,
-            tokens: Mutex::new(vec![token.clone()]),
-            token,
-        }
-    }
-
-    /// Replaces the token in the secrets file (the old one stays in the leak check).
-    fn set_token(&self, token: &str) {
-        std::fs::write(
-            self.dir.path().join("config/secrets-flux.yaml"),
-            format!("token: {token}\n"),
-        )
-        .unwrap();
-        self.tokens.lock().unwrap().push(token.to_string());
-    }
-
-    /// `homelab-flux -vv ARGS --kubeconfig ...` against this world's fake GitHub.
-    fn command(&self, args: &[&str]) -> std::process::Command {
-        let c = cluster::cluster();
-        let mut cmd = command(self.dir.path());
-        cmd.arg("-vv")
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(c.kubeconfig_path())
-            .env("HOMELAB_FLUX_GITHUB_API_URL", self.gh.url());
-        cmd
-    }
-
-    /// Fails if any token of this world shows in the run's output; prints the run.
-    fn check(&self, r: &Run, args: &[&str]) {
-        for token in self.tokens.lock().unwrap().iter() {
-            assert_no_leak(token, &r.transcript(), &format!("{args:?}"));
-        }
-        eprintln!("{}", r.transcript());
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let r = run_with_limit(self.command(args), Duration::from_secs(300));
-        self.check(&r, args);
-        r
-    }
-
-    /// Starts a run whose output the test can wait on; [`World::finish`] ends it.
-    fn spawn(&self, args: &[&str]) -> Spawned {
-        Spawned::start(self.command(args))
-    }
-
-    /// Waits for a spawned run (a hang guard of 300 s) and checks it like [`World::run`].
-    fn finish(&self, run: Spawned, args: &[&str]) -> Run {
-        let r = run.finish(Duration::from_secs(300));
-        self.check(&r, args);
-        r
-    }
-
-    fn bootstrap(&self, extra: &[&str]) -> Run {
-        let mut args = vec!["bootstrap", "--timeout", "150s"];
-        args.extend_from_slice(extra);
-        self.run(&args)
-    }
-}
 
 fn write_flux(dir: &Path, extra: &str) {
     write_flux_for(dir, "manifests", extra);
@@ -261,13 +168,6 @@ fn assert_converges(w: &World) -> Run {
     r
 }
 
-fn ready_line(sha: &str) -> String {
-    format!(
-        "Kustomization `flux-system/flux-system` is Ready at {}",
-        &sha[..12]
-    )
-}
-
 /// Scenarios 1 and 2 of the issue: a fresh bootstrap reaches Ready at the seeded commit with a
 /// read-only key titled after the context; a re-run changes nothing anywhere.
 #[tokio::test(flavor = "multi_thread")]
@@ -275,7 +175,11 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive().await;
     reset_cluster().await;
-    let w = World::new("fresh", "./clusters/home");
+    let w = World::new(
+        "fresh",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
 
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -351,7 +255,11 @@ async fn a_rebuilt_cluster_gets_a_new_key_and_the_stale_one_goes_after_the_proof
     let c = cluster::cluster();
     let _exclusive = c.exclusive().await;
     reset_cluster().await;
-    let w = World::new("rebuilt", "./clusters/home");
+    let w = World::new(
+        "rebuilt",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     let other = generate_ssh_key("other cluster");
     let other_title = "homelab-flux other-cluster";
     let other_id = w.gh.add_deploy_key(
@@ -413,7 +321,11 @@ async fn a_deploy_key_deleted_on_github_is_replaced_and_flux_recovers() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive().await;
     reset_cluster().await;
-    let w = World::new("keygone", "./clusters/home");
+    let w = World::new(
+        "keygone",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     let old = keys_titled(&w, "manifests", &title());
@@ -480,7 +392,11 @@ async fn auth_token_over_https_then_a_new_token_rotates_the_secret() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive().await;
     reset_cluster().await;
-    let w = World::new("httptoken", "./clusters/home");
+    let w = World::new(
+        "httptoken",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     let http = HttpGitServer::start("git", &w.token);
     let repo = http.create_repo("manifests-httptoken");
     w.gh.add_repo(
@@ -539,7 +455,11 @@ async fn another_repository_or_path_is_refused_without_force_and_applied_with_it
     let c = cluster::cluster();
     let _exclusive = c.exclusive().await;
     reset_cluster().await;
-    let w = World::new("movea", "./clusters/home");
+    let w = World::new(
+        "movea",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     let repo_b = w.ssh.create_repo("manifests-moveb");
@@ -611,7 +531,11 @@ async fn the_api_server_stopped_before_or_during_a_bootstrap() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive().await;
     reset_cluster().await;
-    let w = World::new("apidown", "./clusters/home");
+    let w = World::new(
+        "apidown",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     // The cause in parentheses is the innermost error: refused before the run, reset (or
     // refused) when the server goes away under an open watch.
     let unreachable = format!(
@@ -680,7 +604,11 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
     assert_eq!(before[1..], [None, None, None]);
 
     // A branch missing everywhere: GitHub says so.
-    let w = World::new("nobranch", "./clusters/home");
+    let w = World::new(
+        "nobranch",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     write_flux(w.dir.path(), "branch: nope\npath: ./clusters/home\n");
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 1, "{}", r.transcript());
@@ -696,7 +624,11 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
 
     // A branch GitHub lists that the git server lacks: the key is made, fails its proof, and is
     // deleted again.
-    let w = World::new("gitlacks", "./clusters/home");
+    let w = World::new(
+        "gitlacks",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     w.gh.set_branch("username", "manifests", "release", w.repo.seeded_commit());
     write_flux(w.dir.path(), "branch: release\npath: ./clusters/home\n");
     let r = w.bootstrap(&[]);
@@ -713,7 +645,11 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
     assert_eq!(write_summary(&w).len(), 2, "{:?}", write_summary(&w));
 
     // A repository that does not exist (or that the token cannot see).
-    let w = World::new("norepo", "./clusters/home");
+    let w = World::new(
+        "norepo",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     write_flux_for(
         w.dir.path(),
         "missing",
@@ -728,7 +664,11 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
     assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
 
     // A key the SSH server never sees: GitHub takes it, the server refuses it.
-    let w = World::new("refused", "./clusters/home");
+    let w = World::new(
+        "refused",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     let elsewhere = tempfile::tempdir().unwrap();
     w.gh.set_authorized_keys_file(elsewhere.path().join("authorized_keys"));
     let r = w.bootstrap(&[]);
@@ -766,7 +706,11 @@ async fn flux_is_installed_from_a_manifests_file_when_its_crds_are_missing() {
     reset_cluster().await;
     c.stop_flux();
     c.delete_crds();
-    let w = World::new("install", "./clusters/home");
+    let w = World::new(
+        "install",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     let mut manifests =
         String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flux-system\n");
     let crds = cluster::testenv_dir().join("crds");
@@ -842,7 +786,11 @@ async fn a_dry_run_prints_the_plan_and_writes_nothing() {
     let _exclusive = c.exclusive().await;
     reset_cluster().await;
     let before = flux_state().await;
-    let w = World::new("dryrun", "./clusters/home");
+    let w = World::new(
+        "dryrun",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     let r = w.bootstrap(&["--dry-run"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     for line in [
@@ -903,7 +851,11 @@ async fn an_interrupted_bootstrap_says_so_and_the_next_run_converges() {
     let _exclusive = c.exclusive().await;
     reset_cluster().await;
     c.stop_flux(); // so that the wait cannot end before the interrupt
-    let w = World::new("interrupted", "./clusters/home");
+    let w = World::new(
+        "interrupted",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     let args = ["bootstrap", "--timeout", "150s"];
     let run = w.spawn(&args);
     // Into the wait: its first progress line comes from the watch it opened.
@@ -937,7 +889,11 @@ async fn github_errors_are_retried_or_stop_the_run_cleanly() {
     let _exclusive = c.exclusive().await;
     reset_cluster().await;
     let before = flux_state().await;
-    let w = World::new("ghfail", "./clusters/home");
+    let w = World::new(
+        "ghfail",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
 
     let reset = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -972,7 +928,11 @@ async fn a_dry_run_shows_each_field_old_to_new_and_json_gives_the_steps() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive().await;
     reset_cluster().await;
-    let w = World::new("plan", "./clusters/home");
+    let w = World::new(
+        "plan",
+        "./clusters/home",
+        cluster::cluster().kubeconfig_path(),
+    );
     let r = w.bootstrap(&["--no-wait"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     let key = w.gh.deploy_keys("username", "manifests");

@@ -17,7 +17,7 @@ use support::cli::assert_has;
 use support::cluster;
 use support::fake_github::{Access, RepoSpec, TokenSpec};
 use support::world::{
-    self, SilentServer, World, condition_status, flux_api, key_in_cluster,
+    self, SilentServer, World, condition_status, flux_api, key_in_cluster, ready_line,
     reconcile_git_repository, signal,
 };
 
@@ -50,13 +50,6 @@ fn wait_for(run: &support::cli::Spawned, text: &str, limit: Duration) {
         run.wait_for_stderr(text, limit),
         "the run ended without printing `{text}`"
     );
-}
-
-fn ready_line(sha: &str) -> String {
-    format!(
-        "Kustomization `flux-system/flux-system` is Ready at {}",
-        &sha[..12]
-    )
 }
 
 /// Defect 1: k3s names every context `default`. Two clusters on one repository (paths `./a`

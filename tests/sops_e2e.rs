@@ -18,7 +18,7 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject};
 use support::cli::{Run, age_keygen, assert_has, assert_no_identity_leak};
 use support::cluster;
-use support::world::{self, World, flux_api};
+use support::world::{self, World, flux_api, ready_line};
 
 const SECRET_NAME: &str = "homelab-sops";
 const ENCRYPTED_PATH: &str = "clusters/home/secret.enc.yaml";
@@ -153,13 +153,6 @@ impl Sops {
         self.check(&r, &args.join(" "));
         r
     }
-}
-
-fn ready_line(sha: &str) -> String {
-    format!(
-        "Kustomization `flux-system/flux-system` is Ready at {}",
-        &sha[..12]
-    )
 }
 
 /// The decrypted Secret as kustomize-controller applied it, decoded.

@@ -51,6 +51,8 @@ pub struct World {
     pub repo: GitRepo,
     pub dir: tempfile::TempDir,
     pub token: String,
+    /// Every token this world has used (a rotation adds one): none may show in any output.
+    tokens: Mutex<Vec<String>>,
     kubeconfig: PathBuf,
 }
 
@@ -68,6 +70,7 @@ impl World {
             ssh,
             repo,
             dir,
+            tokens: Mutex::new(vec![token.clone()]),
             token,
             kubeconfig: kubeconfig.to_path_buf(),
         };
@@ -106,10 +109,44 @@ impl World {
         cmd
     }
 
-    /// Fails if the token shows in the run's output; prints the run.
+    /// Replaces the token in the secrets file (the old one stays in the leak check).
+    pub fn set_token(&self, token: &str) {
+        std::fs::write(
+            self.dir.path().join("config/secrets-flux.yaml"),
+            format!("token: {token}\n"),
+        )
+        .unwrap();
+        self.tokens.lock().unwrap().push(token.to_string());
+    }
+
+    /// Fails if any token of this world shows in the run's output; prints the run.
     pub fn check(&self, r: &Run, what: &str) {
-        assert_no_leak(&self.token, &r.transcript(), what);
+        for token in self.tokens.lock().unwrap().iter() {
+            assert_no_leak(token, &r.transcript(), what);
+        }
         eprintln!("{}", r.transcript());
+    }
+
+    /// `homelab-flux -vv ARGS` on the world's cluster, checked (a hang guard of 300 s).
+    pub fn run(&self, args: &[&str]) -> Run {
+        let r = run_with_limit(
+            self.command_with(&self.kubeconfig, args),
+            Duration::from_secs(300),
+        );
+        self.check(&r, &args.join(" "));
+        r
+    }
+
+    /// Starts `homelab-flux -vv ARGS` on the world's cluster; [`World::finish`] ends it.
+    pub fn spawn(&self, args: &[&str]) -> Spawned {
+        Spawned::start(self.command_with(&self.kubeconfig, args))
+    }
+
+    /// Waits for a spawned run (a hang guard of 300 s) and checks it like [`World::run`].
+    pub fn finish(&self, run: Spawned, args: &[&str]) -> Run {
+        let r = run.finish(Duration::from_secs(300));
+        self.check(&r, &args.join(" "));
+        r
     }
 
     /// `bootstrap EXTRA` on the world's cluster (see [`bootstrap_args`]).
@@ -246,6 +283,14 @@ pub fn kubeconfig_for_port(path: &Path, port: u16) {
         ),
     )
     .unwrap();
+}
+
+/// The step line of a run that ended synced: the Kustomization Ready at `sha`.
+pub fn ready_line(sha: &str) -> String {
+    format!(
+        "Kustomization `flux-system/flux-system` is Ready at {}",
+        &sha[..12]
+    )
 }
 
 /// The Flux objects' API in `flux-system` (`Secret`, `GitRepository`, `Kustomization`).
