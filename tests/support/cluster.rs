@@ -799,20 +799,18 @@ pub fn flux_deployment(name: &str) -> serde_json::Value {
 pub fn flux_manifests() -> (String, usize) {
     let mut manifests =
         String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flux-system\n");
-    let mut files: Vec<_> = fs::read_dir(testenv_dir().join("crds"))
-        .expect("the CRDs of tests/env/setup")
-        .map(|e| e.expect("a CRD file").path())
-        .collect();
-    files.sort();
-    for f in &files {
+    // The same seven CRDs the cluster gets (`apply_crds`).
+    let crds_dir = testenv_dir().join("crds");
+    for name in FLUX_CRDS {
+        let path = crd_file(&crds_dir, name).unwrap_or_else(|err| panic!("{err:#}"));
         manifests.push_str("---\n");
-        manifests.push_str(&fs::read_to_string(f).expect("a CRD file"));
+        manifests.push_str(&fs::read_to_string(path).expect("a CRD file"));
     }
     for name in FLUX_DEPLOYMENTS {
         manifests.push_str("---\n");
         manifests.push_str(&serde_yaml::to_string(&flux_deployment(name)).expect("YAML"));
     }
-    (manifests, files.len() + 1 + FLUX_DEPLOYMENTS.len())
+    (manifests, FLUX_CRDS.len() + 1 + FLUX_DEPLOYMENTS.len())
 }
 
 /// Deletes every object of a CRD in every namespace, removing finalizers first (nobody may be
