@@ -385,21 +385,18 @@ async fn bootstrap_rerun_and_wait_latency() {
             String::from_utf8_lossy(&out.stderr)
         );
         delayed_t.push(t);
-        let log = s.gh.requests();
-        let mut starts: Vec<Instant> = Vec::new();
+        // In arrival order, a request that found no other in flight waited on every answer
+        // before it: it starts a round; the others join the round in flight.
+        let mut log = s.gh.requests();
+        log.sort_by_key(|r| r.at);
         let mut sizes: Vec<usize> = Vec::new();
         for r in &log {
-            match starts.last() {
-                Some(first) if r.at.duration_since(*first) < Duration::from_millis(80) => {
-                    *sizes.last_mut().unwrap() += 1;
-                }
-                _ => {
-                    starts.push(r.at);
-                    sizes.push(1);
-                }
+            match sizes.last_mut() {
+                Some(size) if r.others_in_flight > 0 => *size += 1,
+                _ => sizes.push(1),
             }
         }
-        rounds.push(starts.len());
+        rounds.push(sizes.len());
         per_round = log
             .iter()
             .map(|r| format!("{} {}", r.method, r.path))

@@ -322,6 +322,8 @@ pub struct LoggedRequest {
     pub body: String,
     /// When the request arrived.
     pub at: Instant,
+    /// How many other requests were in flight when it arrived (0: it waited on no answer).
+    pub others_in_flight: usize,
     /// The status answered.
     pub status: u16,
 }
@@ -808,12 +810,12 @@ impl App {
                     .or_else(|| v.strip_prefix("token "))
             })
             .map(str::to_owned);
-        let (delay, gate) = {
+        let (delay, gate, others_in_flight) = {
             let mut state = self.state();
             state.in_flight += 1;
             state.max_in_flight = state.max_in_flight.max(state.in_flight);
             self.most_in_flight.send_replace(state.max_in_flight);
-            (state.delay, state.gate)
+            (state.delay, state.gate, state.in_flight - 1)
         };
         if let Some((count, limit)) = gate {
             let mut most = self.most_in_flight.subscribe();
@@ -838,6 +840,7 @@ impl App {
             login,
             body,
             at,
+            others_in_flight,
             status: reply.status.as_u16(),
         });
         drop(state);
