@@ -6,7 +6,7 @@
 //! (`gotk-sync.yaml`), so a cluster can move between the two tools; `bootstrap --export` prints
 //! them for committing to the repository.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::config::{Auth, Decryption, FluxConfig};
@@ -161,7 +161,7 @@ pub fn kustomization(cfg: &FluxConfig) -> Value {
 }
 
 /// One of `status.conditions`, as the Flux controllers write it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Condition {
     #[serde(rename = "type", default)]
     pub type_: String,

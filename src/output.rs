@@ -844,9 +844,10 @@ pub fn step_lines(step: &Step, dry_run: bool) -> Vec<String> {
             name,
             condition,
         } => one(match condition {
-            Some((status, reason, message)) => {
-                format!("  {kind} `{name}`: {status} {reason}: {message}")
-            }
+            Some(c) => format!(
+                "  {kind} `{name}`: {} {}: {}",
+                c.status, c.reason, c.message
+            ),
             None => format!("  {kind} `{name}`: waiting for the controller"),
         }),
         Step::Ready {
@@ -872,6 +873,31 @@ pub fn step_lines(step: &Step, dry_run: bool) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiting_step_in_json_names_the_condition_fields() {
+        let step = Step::Waiting {
+            kind: "GitRepository",
+            name: "flux-system".to_string(),
+            condition: Some(crate::flux::Condition {
+                type_: "Ready".to_string(),
+                status: "False".to_string(),
+                reason: "GitOperationFailed".to_string(),
+                message: "auth failed".to_string(),
+            }),
+        };
+        assert_eq!(
+            serde_json::to_value(&step).unwrap(),
+            serde_json::json!({
+                "step": "waiting", "kind": "GitRepository", "name": "flux-system",
+                "condition": {"type": "Ready", "status": "False", "reason": "GitOperationFailed", "message": "auth failed"},
+            })
+        );
+        assert_eq!(
+            step_lines(&step, false),
+            ["  GitRepository `flux-system`: False GitOperationFailed: auth failed"]
+        );
+    }
 
     #[test]
     fn steps_read_as_before_and_a_dry_run_shows_each_field() {

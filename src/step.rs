@@ -102,7 +102,8 @@ pub enum Step {
     Waiting {
         kind: &'static str,
         name: String,
-        condition: Option<(String, String, String)>,
+        /// The Ready condition, once the controller has written one.
+        condition: Option<crate::flux::Condition>,
     },
     /// The object is Ready at `commit`; `moved_from` the proven commit when a newer head
     /// landed while bootstrap waited.

@@ -1123,9 +1123,7 @@ async fn wait_for(
         steps.emit(Step::Waiting {
             kind: kind.name(),
             name: flux::NAME.to_string(),
-            condition: condition
-                .as_ref()
-                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())),
+            condition: condition.clone(),
         });
         if observed.is_stalled() {
             steps.progress_done();
