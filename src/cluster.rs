@@ -123,6 +123,15 @@ impl Kind {
     }
 }
 
+/// Which parts of Flux a cluster lacks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FluxParts {
+    /// Each missing part, as `Kind \`name\``; empty when Flux is installed.
+    pub missing: Vec<String>,
+    /// A Flux CRD is among them: no Flux object can be read or written yet.
+    pub crds_missing: bool,
+}
+
 /// A connection to one cluster.
 #[derive(Clone)]
 pub struct Cluster {
@@ -279,10 +288,9 @@ impl Cluster {
             .map_err(|e| self.unreachable_or(&format!("reading {} `{name}`", kind.name()), e))
     }
 
-    /// What of Flux is missing: the CRDs and the controllers' Deployments, as `Kind name`
-    /// strings. Empty when Flux is installed. (Whether the Deployments are available is the
+    /// What of Flux is missing: the CRDs and the controllers' Deployments. (Whether the Deployments are available is the
     /// wait's business: Flux not reconciling shows there, with the controller's words.)
-    pub async fn missing_flux_parts(&self) -> Result<Vec<String>, Error> {
+    pub async fn missing_flux_parts(&self) -> Result<FluxParts, Error> {
         let ns = flux::NAMESPACE;
         let (c0, c1, d0, d1) = tokio::join!(
             self.get(Kind::CustomResourceDefinition, None, flux::CRDS[0]),
@@ -290,6 +298,8 @@ impl Cluster {
             self.get(Kind::Deployment, Some(ns), flux::DEPLOYMENTS[0]),
             self.get(Kind::Deployment, Some(ns), flux::DEPLOYMENTS[1]),
         );
+        let crds_missing =
+            c0.as_ref().is_ok_and(Option::is_none) || c1.as_ref().is_ok_and(Option::is_none);
         let mut missing = Vec::new();
         for (found, kind, name) in [
             (
@@ -317,7 +327,10 @@ impl Cluster {
                 missing.push(format!("{} `{name}`", kind.name()));
             }
         }
-        Ok(missing)
+        Ok(FluxParts {
+            missing,
+            crds_missing,
+        })
     }
 
     /// Server-side applies `desired` (a JSON object); whether anything differs is the plan's to

@@ -43,8 +43,8 @@ pub struct Live {
     /// `major.minor` of the API server, and its `gitVersion`.
     pub version: (u32, u32),
     pub git_version: String,
-    /// The parts of Flux that are missing (`Kind \`name\``); empty when Flux is installed.
-    pub flux_missing: Vec<String>,
+    /// The parts of Flux that are missing.
+    pub flux_missing: crate::cluster::FluxParts,
     /// The objects `flux-system` as JSON, `None` when absent (or not readable yet, because the
     /// CRDs are not installed).
     pub namespace: Option<Value>,
@@ -219,8 +219,8 @@ pub struct Plan {
     pub branch: String,
     /// The deploy key's title for this cluster.
     pub title: String,
-    /// Flux's missing parts: when not empty, the install manifests are applied.
-    pub install: Vec<String>,
+    /// Flux's missing parts: when there are any, the install manifests are applied.
+    pub install: crate::cluster::FluxParts,
     pub namespace: Object,
     pub credentials: Credentials,
     /// `--force` onto another repository or path: the live Secret is deleted and written anew,
@@ -665,7 +665,7 @@ mod tests {
             server: SERVER.to_string(),
             version: (1, 33),
             git_version: "v1.33.2".to_string(),
-            flux_missing: Vec::new(),
+            flux_missing: Default::default(),
             namespace: Some(
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system", "uid": "x"}}),
             ),
@@ -717,7 +717,7 @@ mod tests {
             "ssh://git@github.com/username/manifests.git"
         );
         assert_eq!(p.kustomization.desired["spec"]["path"], "./clusters/home");
-        assert!(p.stale_keys.is_empty() && p.install.is_empty() && !p.replace_secret);
+        assert!(p.stale_keys.is_empty() && p.install.missing.is_empty() && !p.replace_secret);
         assert!(
             p.known_hosts.starts_with("github.com ssh-ed25519 "),
             "{}",
@@ -885,7 +885,10 @@ mod tests {
         let cfg = deploy_key_config();
         let old = KeyPair::generate("y").unwrap();
         let mut live = fresh();
-        live.flux_missing = vec![format!("CustomResourceDefinition `{}`", flux::CRDS[0])];
+        live.flux_missing = crate::cluster::FluxParts {
+            missing: vec![format!("CustomResourceDefinition `{}`", flux::CRDS[0])],
+            crds_missing: true,
+        };
         let p = plan(
             &cfg,
             &token(),
@@ -894,7 +897,7 @@ mod tests {
             &Options::default(),
         )
         .unwrap();
-        assert_eq!(p.install.len(), 1);
+        assert_eq!(p.install.missing.len(), 1);
         assert!(matches!(p.credentials, Credentials::NewKey));
         assert_eq!(p.stale_keys.len(), 1);
     }

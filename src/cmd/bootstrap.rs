@@ -351,15 +351,11 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
     };
     // In a dry run the Namespace and Flux's CRDs are not really created: what lives in them
     // cannot be checked by the API server, and counts as to be created.
-    let pending = args.dry_run
-        && (plan.namespace.change == Change::Create
-            || plan
-                .install
-                .iter()
-                .any(|m| m.starts_with(Kind::CustomResourceDefinition.name())));
+    let pending =
+        args.dry_run && (plan.namespace.change == Change::Create || plan.install.crds_missing);
     run.apply(&plan.namespace, false, &mut steps).await?;
-    if !plan.install.is_empty() {
-        run.install(&plan.install, &mut steps).await?;
+    if !plan.install.missing.is_empty() {
+        run.install(&plan.install.missing, &mut steps).await?;
     }
     if let Some(note) = plan.takeover {
         steps.emit(Step::TakeoverNote {
@@ -527,9 +523,7 @@ async fn read_live(cluster: &Cluster, sops: bool) -> anyhow::Result<Live> {
         sops_secret,
     );
     let ((version, git_version), missing) = (version?, missing?);
-    let crds = !missing
-        .iter()
-        .any(|m| m.starts_with(Kind::CustomResourceDefinition.name()));
+    let crds = !missing.crds_missing;
     let flux_object = |o: Result<Option<kube::api::DynamicObject>, cluster::Error>| {
         if crds {
             o.map(|o| o.map(|o| to_value(&o)))
