@@ -6,7 +6,7 @@ use crate::diag::{Code, Diagnostic};
 
 /// Bidi controls, zero-width characters, the word joiner, the BOM and the soft hyphen.
 fn is_invisible(c: char) -> bool {
-    crate::output::is_bidi_control(c)
+    crate::text::is_bidi_control(c)
         || matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
 }
 /// A valid git branch name (without `refs/heads/`).

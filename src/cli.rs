@@ -1,10 +1,8 @@
 //! The command line, as clap definitions. Each subcommand's arguments live with its command.
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
-use crate::cmd;
+use crate::cmd::{self, Global};
 
 /// Bootstrap Flux (GitOps) onto a homelab Kubernetes cluster from a GitHub repository.
 ///
@@ -37,7 +35,7 @@ impl Cli {
         use clap::CommandFactory as _;
         let err = match Cli::try_parse() {
             Ok(cli) => return Ok(cli),
-            Err(err) if is_help_or_version(&err) => return Err(err),
+            Err(err) if crate::output::is_help_or_version(&err) => return Err(err),
             Err(err) => err,
         };
         Err(Cli::command()
@@ -46,34 +44,6 @@ impl Cli {
             .err()
             .unwrap_or(err))
     }
-}
-
-/// True when clap has help or a version to print rather than an error.
-pub fn is_help_or_version(err: &clap::Error) -> bool {
-    use clap::error::ErrorKind;
-    matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    )
-}
-
-/// Options every command takes.
-#[derive(Debug, clap::Args)]
-pub struct Global {
-    /// Directory holding `flux.yaml` and `secrets-flux.yaml`.
-    #[arg(long, global = true, value_name = "DIR", default_value = "config")]
-    pub config_dir: PathBuf,
-
-    /// More logs on stderr: `-v` for debug, `-vv` also for trace and the debug events of kube-rs,
-    /// hyper and reqwest (the token is never logged).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
-    pub verbose: u8,
-
-    /// Print errors only.
-    #[arg(short, long, global = true)]
-    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,38 +55,6 @@ pub enum Command {
     Man(cmd::completions::ManArgs),
 }
 
-/// Parses durations such as `5m`, `90s`, `1m30s`, `1h` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("`{s}` is not a duration; use for example `90s`, `5m` or `1h`");
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
-    }
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        number.clear();
-        let unit = match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|secs| total.checked_add(secs))
-            .ok_or_else(bad)?;
-    }
-    if !number.is_empty() || s.is_empty() {
-        return Err(bad());
-    }
-    Ok(std::time::Duration::from_secs(total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,17 +63,5 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
-        assert_eq!(parse_duration("1m30s").unwrap().as_secs(), 90);
-        assert_eq!(parse_duration("45").unwrap().as_secs(), 45);
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("m").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("99999999999999999999h").is_err());
-        assert!(parse_duration("9999999999999999999h").is_err(), "overflow");
     }
 }

@@ -20,7 +20,6 @@ use crate::flux;
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "homelab-flux";
 /// The `User-Agent` of every request to the API server.
-pub const USER_AGENT: &str = concat!("homelab-flux/", env!("CARGO_PKG_VERSION"));
 /// A TCP connection (and TLS handshake) to the API server that takes longer fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// An answer from the API server that takes longer than this after the request fails. kube-rs
@@ -202,7 +201,7 @@ impl Cluster {
         // Named in the API server's audit log, like kubectl and the Flux controllers are.
         config.headers.push((
             reqwest::header::USER_AGENT,
-            reqwest::header::HeaderValue::from_static(USER_AGENT),
+            reqwest::header::HeaderValue::from_static(crate::http::USER_AGENT),
         ));
         let server = config.cluster_url.to_string();
         let client = Client::try_from(config).map_err(Error::Client)?;

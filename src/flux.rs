@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::config::{Auth, Decryption, FluxConfig};
+use crate::settings::{Auth, Decryption, FluxConfig};
 
 /// The namespace Flux runs in, and the name of every object homelab-flux owns.
 pub const NAMESPACE: &str = "flux-system";

@@ -8,8 +8,6 @@
 //! The module knows nothing about the configuration types; callers pass plain strings.
 
 use std::fmt;
-use std::net::IpAddr;
-use std::sync::Once;
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -17,13 +15,14 @@ use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::facts::{Branch, DeployKey, Meta, Repository, User};
+
 /// The REST API version every request asks for.
 pub const API_VERSION: &str = "2022-11-28";
 
 /// The environment variable that overrides the API base (used by tests to reach a local fake).
 pub const API_URL_ENV: &str = "HOMELAB_FLUX_GITHUB_API_URL";
 
-const USER_AGENT: &str = concat!("homelab-flux/", env!("CARGO_PKG_VERSION"));
 const ACCEPT: &str = "application/vnd.github+json";
 /// GitHub's page size is capped at 100; asking for the cap keeps most listings to one request.
 const PER_PAGE: &str = "100";
@@ -298,7 +297,7 @@ pub fn resolve_api_base(host: &str, env_value: Option<&str>) -> Result<String, E
     }
     match url.scheme() {
         "https" => {}
-        "http" if is_loopback(&url) => {}
+        "http" if crate::http::is_loopback(&url) => {}
         "http" => {
             return Err(invalid(
                 "`http://` is accepted only for loopback hosts (127.0.0.1, ::1, localhost); use `https://`",
@@ -310,141 +309,6 @@ pub fn resolve_api_base(host: &str, env_value: Option<&str>) -> Result<String, E
         return Err(invalid("the URL has no host"));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
-}
-
-fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Downloads a public text file (Flux's `install.yaml` from a release), without the token.
-pub async fn download_text(url: &str) -> Result<String, Error> {
-    install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120))
-        .build()
-        .map_err(|source| Error::Client { source })?;
-    let unreachable = |source| Error::Unreachable {
-        url: url.to_owned(),
-        source,
-    };
-    let response = client.get(url).send().await.map_err(unreachable)?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(Error::Unexpected {
-            endpoint: format!("GET {url}"),
-            status: status.as_u16(),
-            message: status.canonical_reason().unwrap_or("").to_owned(),
-        });
-    }
-    response.text().await.map_err(unreachable)
-}
-
-/// The authenticated user (`GET /user`) and what the response headers say about the token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    /// The account's login.
-    pub login: String,
-    /// `github-authentication-token-expiration`: absent for tokens without an expiry.
-    pub token_expiration: Option<jiff::Timestamp>,
-    /// `x-oauth-scopes`: present for classic tokens only (`None` means fine-grained or app token).
-    pub oauth_scopes: Option<Vec<String>>,
-}
-
-/// A repository (`GET /repos/{owner}/{repo}`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Repository {
-    /// `owner/name` as GitHub spells it.
-    pub full_name: String,
-    /// The default branch.
-    pub default_branch: String,
-    /// `git@host:owner/repo.git` (or `ssh://` on some servers).
-    pub ssh_url: String,
-    /// `https://host/owner/repo.git`.
-    pub clone_url: String,
-    /// Private or internal.
-    pub private: bool,
-    /// `public`, `private` or `internal`, when GitHub sends it.
-    #[serde(default)]
-    pub visibility: Option<String>,
-    /// Archived repositories are read-only.
-    #[serde(default)]
-    pub archived: bool,
-    /// The token owner's permissions, when GitHub sends them.
-    #[serde(default)]
-    pub permissions: Option<RepoPermissions>,
-}
-
-/// The `permissions` object of a repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct RepoPermissions {
-    /// Admin (needed for deploy keys with a classic token).
-    #[serde(default)]
-    pub admin: bool,
-    /// Push.
-    #[serde(default)]
-    pub push: bool,
-    /// Pull.
-    #[serde(default)]
-    pub pull: bool,
-}
-
-/// A branch (`GET /repos/{owner}/{repo}/branches/{branch}`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Branch {
-    /// The branch name.
-    pub name: String,
-    /// The SHA of its head commit.
-    pub commit_sha: String,
-}
-
-/// A deploy key of a repository.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct DeployKey {
-    /// GitHub's id (for deletion).
-    pub id: u64,
-    /// The public key, `ssh-ed25519 AAAA...` (GitHub drops the comment).
-    pub key: String,
-    /// The title.
-    #[serde(default)]
-    pub title: String,
-    /// Read-only keys cannot push.
-    #[serde(default)]
-    pub read_only: bool,
-    /// When it was created (ISO 8601).
-    #[serde(default)]
-    pub created_at: Option<String>,
-    /// When it was last used (ISO 8601), if ever.
-    #[serde(default)]
-    pub last_used: Option<String>,
-}
-
-impl DeployKey {
-    /// True when `public_key` (`type base64 [comment]`) is this key, comments ignored.
-    pub fn matches_public_key(&self, public_key: &str) -> bool {
-        key_material(&self.key) == key_material(public_key)
-    }
-}
-
-fn key_material(line: &str) -> Option<(&str, &str)> {
-    let mut parts = line.split_whitespace();
-    Some((parts.next()?, parts.next()?))
-}
-
-/// `GET /meta`, the parts homelab-flux uses.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Meta {
-    /// The SSH host keys of the git endpoint, `ssh-ed25519 AAAA...`.
-    #[serde(default)]
-    pub ssh_keys: Vec<String>,
 }
 
 /// A client for GitHub's REST API, authenticated with a token. Cheap to clone; clones share the
@@ -482,17 +346,6 @@ struct BasicError {
     errors: Vec<ValidationError>,
 }
 
-/// rustls needs one process-wide crypto provider (ring) before the first client is built.
-pub(crate) fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            // Losing a race against another installer is fine: a provider is in place either way.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-    });
-}
-
 impl GitHub {
     /// A client with the default [`Options`] (10 s connect, 30 s total, 3 retries).
     pub fn new(api_base: &str, token: &SecretString) -> Result<GitHub, Error> {
@@ -520,29 +373,14 @@ impl GitHub {
             .map_err(|_| Error::InvalidToken)?;
         authorization.set_sensitive(true);
 
-        install_crypto_provider();
         let mut default_headers = HeaderMap::new();
         default_headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT));
         default_headers.insert(
             "x-github-api-version",
             HeaderValue::from_static(API_VERSION),
         );
-        // The system's roots come from rustls-platform-verifier (reqwest's default verifier);
-        // the web's roots are merged in so a machine with an empty or stale store still works.
-        let web_roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-            .iter()
-            .filter_map(|der| reqwest::Certificate::from_der(der).ok());
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .default_headers(default_headers)
-            .connect_timeout(options.connect_timeout)
-            .timeout(options.timeout)
-            .tls_certs_merge(web_roots);
-        // A loopback base (the test override) is never sent through `HTTP_PROXY`: over plain
-        // http the proxy would see the `Authorization` header.
-        if is_loopback(&base) {
-            builder = builder.no_proxy();
-        }
+        let builder = crate::http::client(&base, options.connect_timeout, options.timeout)
+            .default_headers(default_headers);
         let http = builder.build().map_err(|source| Error::Client { source })?;
         Ok(GitHub {
             http,
@@ -656,51 +494,6 @@ impl GitHub {
         match self.send(Method::DELETE, url, None).await {
             Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
-        }
-    }
-
-    /// Every read a command needs, all in flight together: one round trip (SPEC §3). `GET
-    /// /keys` for `auth: deploy-key`; `GET /meta` too when `meta` (bootstrap needs the SSH host
-    /// keys). Without a configured branch, the default branch comes from the repository's
-    /// answer and is not asked for here (a request that would have to wait for another).
-    pub async fn ask(&self, cfg: &crate::config::FluxConfig, meta: bool) -> crate::online::Answers {
-        use crate::config::Auth;
-        let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
-        let deploy_key = cfg.auth == Auth::DeployKey;
-        let keys = async {
-            match deploy_key {
-                true => Some(self.list_deploy_keys(owner, name).await),
-                false => None,
-            }
-        };
-        let host_keys = async {
-            match deploy_key && meta {
-                true => Some(self.meta().await),
-                false => None,
-            }
-        };
-        let branch = async {
-            match &cfg.branch {
-                Some(b) => Some((
-                    b.to_string(),
-                    self.get_branch(owner, name, b.as_str()).await,
-                )),
-                None => None,
-            }
-        };
-        let (user, repo, branch, keys, meta) = tokio::join!(
-            self.get_user(),
-            self.get_repo(owner, name),
-            branch,
-            keys,
-            host_keys
-        );
-        crate::online::Answers {
-            user,
-            repo,
-            branch,
-            keys,
-            meta,
         }
     }
 

@@ -24,10 +24,12 @@ pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod diag;
+pub mod facts;
 pub mod flux;
 pub mod git;
 pub mod git_remote;
 pub mod github;
+pub mod http;
 pub mod keys;
 pub mod manifests;
 pub mod online;
@@ -35,13 +37,16 @@ pub mod output;
 pub mod plan;
 pub mod repo_path;
 pub mod repo_url;
+pub mod settings;
 pub mod sops;
 pub mod step;
+pub mod text;
 pub mod token;
 pub mod token_host;
 
 use std::io;
 
+use clap::CommandFactory as _;
 use cli::{Cli, Command};
 use output::Ui;
 
@@ -103,7 +108,11 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<(), Error> {
         Command::Validate(args) => Ok(cmd::validate::run(&args, &cli.global, ui)?),
         Command::Bootstrap(args) => Ok(cmd::bootstrap::run(&args, &cli.global, ui)?),
         Command::Status(args) => Ok(cmd::status::run(&args, &cli.global, ui)?),
-        Command::Completions(args) => cmd::completions::run(&args, ui).map_err(Error::Output),
-        Command::Man(args) => cmd::completions::man(&args, ui).map_err(Error::Output),
+        Command::Completions(args) => {
+            cmd::completions::run(&args, Cli::command(), ui).map_err(Error::Output)
+        }
+        Command::Man(args) => {
+            cmd::completions::man(&args, Cli::command(), ui).map_err(Error::Output)
+        }
     }
 }

@@ -9,7 +9,6 @@
 //! I/O here and carries no credentials.
 
 use std::io::Read;
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,7 +19,6 @@ use sha2::{Digest, Sha256};
 pub const MAX_SIZE: usize = 16 * 1024 * 1024;
 /// Redirects followed at most (GitHub's release downloads use one).
 const MAX_REDIRECTS: usize = 5;
-const USER_AGENT: &str = concat!("homelab-flux/", env!("CARGO_PKG_VERSION"));
 
 /// Where the manifests come from, as checked on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +53,7 @@ pub fn parse_source(value: &str) -> Result<Source, String> {
     }
     match url.scheme() {
         "https" => Ok(Source::Url(url)),
-        "http" if is_loopback(&url) => Ok(Source::Url(url)),
+        "http" if crate::http::is_loopback(&url) => Ok(Source::Url(url)),
         "http" => Err(format!(
             "`{value}` is plain `http://`, which anyone on the way can change; use `https://` (or a file)"
         )),
@@ -75,18 +73,6 @@ pub fn parse_sha256(value: &str) -> Result<String, String> {
             "`{value}` is not a SHA-256 (64 hexadecimal digits, as `sha256sum` prints)"
         ))
     }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a redirect to `to` may be followed: only to `https://`, whatever the first URL was.
@@ -162,7 +148,6 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 async fn download(url: &Url) -> Result<Vec<u8>, Error> {
-    crate::github::install_crypto_provider();
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         if attempt.previous().len() > MAX_REDIRECTS {
             attempt.error("too many redirects")
@@ -172,14 +157,8 @@ async fn download(url: &Url) -> Result<Vec<u8>, Error> {
             attempt.error("a redirect to a URL that is not `https://` was refused")
         }
     });
-    let mut builder = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .redirect(policy)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120));
-    if is_loopback(url) {
-        builder = builder.no_proxy();
-    }
+    let builder = crate::http::client(url, Duration::from_secs(10), Duration::from_secs(120))
+        .redirect(policy);
     let client = builder.build().map_err(Error::Client)?;
     let failed = |source| Error::Download {
         url: url.to_string(),

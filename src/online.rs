@@ -7,9 +7,10 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::config::{Auth, FluxConfig};
 use crate::diag::{Code, Diagnostic, Severity};
-use crate::github::{Branch, DeployKey, Error, Meta, Repository, User};
+use crate::facts::{Branch, DeployKey, Meta, Repository, User};
+use crate::github::Error;
+use crate::settings::{Auth, FluxConfig};
 use crate::token::TokenKind;
 
 /// A token that expires within this many days gets a warning (an error with `auth: token`).

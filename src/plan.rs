@@ -15,9 +15,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cluster::{Kind, is_subset};
-use crate::config::{Auth, FluxConfig};
-use crate::github::{DeployKey, Repository};
+use crate::facts::{DeployKey, Repository};
 use crate::keys::{self, KeyPair};
+use crate::settings::{Auth, FluxConfig};
 use crate::sops::AgeIdentity;
 use crate::token::Token;
 use crate::{flux, git_remote};

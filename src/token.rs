@@ -9,8 +9,8 @@ use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::Auth;
 use crate::diag::{Code, Diagnostic};
+use crate::settings::Auth;
 
 /// The token. `Debug` and `Display` are redacted; [`Token::expose`] is the only way to the value.
 #[derive(Clone)]

@@ -15,13 +15,14 @@ use futures::StreamExt;
 use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::cli::{Global, parse_duration};
 use crate::cluster::{self, Cluster, Kind, LeaseState};
-use crate::config::{Credential, FluxConfig, Loaded, Secrets, Valid};
+use crate::cmd::{Global, parse_duration};
+use crate::config::{Credential, Loaded, Secrets, Valid};
 use crate::github::{self, GitHub};
 use crate::keys::KeyPair;
 use crate::output::{Format, Steps, Ui};
 use crate::plan::{self, Change, Credentials, GitHubView, Live, Plan, SecretPlan, Wait};
+use crate::settings::FluxConfig;
 use crate::step::{Step, short};
 use crate::{flux, git_remote, manifests};
 
@@ -453,7 +454,7 @@ async fn read_config_and_github(global: &Global, ui: &Ui) -> Result<Read, Error>
         cfg.repo,
         gh.api_base()
     );
-    let mut answers = gh.ask(&cfg, true).await;
+    let mut answers = super::ask(&gh, &cfg, true).await;
     // What the run goes on with, kept before the answers become findings.
     let repo = answers.repo.as_ref().ok().cloned();
     let head = answers

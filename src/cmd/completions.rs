@@ -1,10 +1,7 @@
 //! `homelab-flux completions <shell>` and `homelab-flux man`, generated from the clap definitions.
 
-use clap::CommandFactory;
-
 use std::io;
 
-use crate::cli::Cli;
 use crate::output::Ui;
 
 /// Print a shell completion script to stdout.
@@ -23,14 +20,16 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 pub struct ManArgs {}
 
-pub fn run(args: &Args, ui: &Ui) -> io::Result<()> {
+/// Writes the completion script for `command`, the whole command line's definition.
+pub fn run(args: &Args, mut command: clap::Command, ui: &Ui) -> io::Result<()> {
     let mut buf = Vec::new();
-    clap_complete::generate(args.shell, &mut Cli::command(), "homelab-flux", &mut buf);
+    clap_complete::generate(args.shell, &mut command, "homelab-flux", &mut buf);
     ui.out(&String::from_utf8_lossy(&buf))
 }
 
-pub fn man(_: &ManArgs, ui: &Ui) -> io::Result<()> {
+/// Writes the man page of `command`.
+pub fn man(_: &ManArgs, command: clap::Command, ui: &Ui) -> io::Result<()> {
     let mut buf = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
+    clap_mangen::Man::new(command).render(&mut buf)?;
     ui.out(&String::from_utf8_lossy(&buf))
 }

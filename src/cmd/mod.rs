@@ -11,14 +11,32 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::config::{self, Findings, FluxConfig, Loaded, Secrets, TokenOrigin};
+use crate::config::{self, Findings, Loaded, Secrets, TokenOrigin};
 use crate::diag::Diagnostic;
 use crate::github::{self, GitHub};
 use crate::online::{self, Answers};
 use crate::output::{Format, Ui};
+use crate::settings::{Auth, FluxConfig};
 use crate::token::Token;
 
 /// Which cluster: the arguments of every command that talks to one.
+/// Options every command takes.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Directory holding `flux.yaml` and `secrets-flux.yaml`.
+    #[arg(long, global = true, value_name = "DIR", default_value = "config")]
+    pub config_dir: PathBuf,
+
+    /// More logs on stderr: `-v` for debug, `-vv` also for trace and the debug events of kube-rs,
+    /// hyper and reqwest (the token is never logged).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Print errors only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
     /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`).
@@ -132,6 +150,47 @@ pub(crate) fn github_client(cfg: &FluxConfig, token: &Token, ui: &Ui) -> anyhow:
     Ok(client)
 }
 
+/// Every read a command needs, all in flight together: one round trip (SPEC §3). `GET
+/// /keys` for `auth: deploy-key`; `GET /meta` too when `meta` (bootstrap needs the SSH host
+/// keys). Without a configured branch, the default branch comes from the repository's
+/// answer and is not asked for here (a request that would have to wait for another).
+pub(crate) async fn ask(gh: &GitHub, cfg: &FluxConfig, meta: bool) -> Answers {
+    let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
+    let deploy_key = cfg.auth == Auth::DeployKey;
+    let keys = async {
+        match deploy_key {
+            true => Some(gh.list_deploy_keys(owner, name).await),
+            false => None,
+        }
+    };
+    let host_keys = async {
+        match deploy_key && meta {
+            true => Some(gh.meta().await),
+            false => None,
+        }
+    };
+    let branch = async {
+        match &cfg.branch {
+            Some(b) => Some((b.to_string(), gh.get_branch(owner, name, b.as_str()).await)),
+            None => None,
+        }
+    };
+    let (user, repo, branch, keys, meta) = tokio::join!(
+        gh.get_user(),
+        gh.get_repo(owner, name),
+        branch,
+        keys,
+        host_keys
+    );
+    Answers {
+        user,
+        repo,
+        branch,
+        keys,
+        meta,
+    }
+}
+
 /// Turns GitHub's answers into findings (see [`online::evaluate`]); `Err` when GitHub could
 /// not be asked.
 pub(crate) fn github_findings(
@@ -156,4 +215,53 @@ pub(crate) fn github_findings(
     };
     online::evaluate(cfg, token.kind(), answers, jiff::Timestamp::now(), &files)
         .context("cannot check the configuration against GitHub")
+}
+
+/// Parses durations such as `5m`, `90s`, `1m30s`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("`{s}` is not a duration; use for example `90s`, `5m` or `1h`");
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        number.clear();
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|secs| total.checked_add(secs))
+            .ok_or_else(bad)?;
+    }
+    if !number.is_empty() || s.is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
+        assert_eq!(parse_duration("1m30s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("45").unwrap().as_secs(), 45);
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration("9999999999999999999h").is_err(), "overflow");
+    }
 }

@@ -3,11 +3,12 @@
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::cli::Global;
+use super::Global;
 use crate::cluster::{self, Kind};
-use crate::config::{Auth, Credential, Loaded, Secrets, Valid};
+use crate::config::{Credential, Loaded, Secrets, Valid};
 use crate::flux;
 use crate::output::{Format, Ui};
+use crate::settings::Auth;
 
 /// Show whether Flux is synced: each object's Ready condition, revision and last message, and
 /// whether the deploy key in the cluster is still registered on GitHub (when a token is set).

@@ -1,9 +1,10 @@
 //! `homelab-flux validate`: check the configuration, offline and against GitHub.
 
-use crate::cli::Global;
-use crate::config::{Credential, Findings, FluxConfig, Loaded, Secrets, Valid};
+use super::Global;
+use crate::config::{Credential, Findings, Loaded, Secrets, Valid};
 use crate::diag::{Code, Diagnostic};
 use crate::output::{Format, Ui};
+use crate::settings::FluxConfig;
 
 /// Check the configuration files, the secrets hygiene of the git work tree, and GitHub.
 ///
@@ -123,6 +124,6 @@ async fn check_github(
         cfg.repo,
         client.api_base()
     );
-    let answers = client.ask(cfg, false).await;
+    let answers = super::ask(&client, cfg, false).await;
     super::github_findings(cfg, token, &credential.origin, findings, answers)
 }

@@ -17,6 +17,7 @@ use crate::branch::BranchName;
 use crate::diag::{Code, Diagnostic, Position, Report, Severity};
 use crate::repo_path::RepoPath;
 use crate::repo_url::{self, RepoUrl};
+use crate::settings::{Auth, Decryption, FluxConfig};
 use crate::sops::AgeIdentity;
 use crate::token::{self, Token};
 use crate::token_host::TokenHost;
@@ -36,44 +37,6 @@ pub const MAX_FILE_SIZE: usize = 64 * 1024;
 
 const API_VERSION: &str = "v1alpha1";
 const KIND: &str = "HomelabFluxConfig";
-
-/// How the cluster reads the repository.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Auth {
-    /// A read-only SSH deploy key, created with the token (the default).
-    #[default]
-    DeployKey,
-    /// The token itself, stored in the cluster.
-    Token,
-}
-
-impl fmt::Display for Auth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Auth::DeployKey => "deploy-key",
-            Auth::Token => "token",
-        })
-    }
-}
-
-/// How the Kustomization decrypts the repository's secrets (`decryption:`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decryption {
-    /// SOPS with an age identity, in Secret `flux-system/sops-age`.
-    Sops,
-}
-
-/// `flux.yaml`, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FluxConfig {
-    pub repo: RepoUrl,
-    /// `None`: the repository's default branch (`main` when offline).
-    pub branch: Option<BranchName>,
-    pub path: RepoPath,
-    pub auth: Auth,
-    /// `None`: the Kustomization decrypts nothing.
-    pub decryption: Option<Decryption>,
-}
 
 /// Where the token came from.
 #[derive(Clone, Debug, PartialEq, Eq)]

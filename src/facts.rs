@@ -1,0 +1,105 @@
+//! What the outside systems report, as plain data: the repository, its branch, deploy keys and
+//! SSH host keys as GitHub describes them. [`github`](crate::github) fills these in; the
+//! decisions ([`plan`](crate::plan), [`online`](crate::online)) read them without knowing where
+//! they came from.
+
+use serde::Deserialize;
+
+/// The authenticated user (`GET /user`) and what the response headers say about the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The account's login.
+    pub login: String,
+    /// `github-authentication-token-expiration`: absent for tokens without an expiry.
+    pub token_expiration: Option<jiff::Timestamp>,
+    /// `x-oauth-scopes`: present for classic tokens only (`None` means fine-grained or app token).
+    pub oauth_scopes: Option<Vec<String>>,
+}
+
+/// A repository (`GET /repos/{owner}/{repo}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Repository {
+    /// `owner/name` as GitHub spells it.
+    pub full_name: String,
+    /// The default branch.
+    pub default_branch: String,
+    /// `git@host:owner/repo.git` (or `ssh://` on some servers).
+    pub ssh_url: String,
+    /// `https://host/owner/repo.git`.
+    pub clone_url: String,
+    /// Private or internal.
+    pub private: bool,
+    /// `public`, `private` or `internal`, when GitHub sends it.
+    #[serde(default)]
+    pub visibility: Option<String>,
+    /// Archived repositories are read-only.
+    #[serde(default)]
+    pub archived: bool,
+    /// The token owner's permissions, when GitHub sends them.
+    #[serde(default)]
+    pub permissions: Option<RepoPermissions>,
+}
+
+/// The `permissions` object of a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct RepoPermissions {
+    /// Admin (needed for deploy keys with a classic token).
+    #[serde(default)]
+    pub admin: bool,
+    /// Push.
+    #[serde(default)]
+    pub push: bool,
+    /// Pull.
+    #[serde(default)]
+    pub pull: bool,
+}
+
+/// A branch (`GET /repos/{owner}/{repo}/branches/{branch}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    /// The branch name.
+    pub name: String,
+    /// The SHA of its head commit.
+    pub commit_sha: String,
+}
+
+/// A deploy key of a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DeployKey {
+    /// GitHub's id (for deletion).
+    pub id: u64,
+    /// The public key, `ssh-ed25519 AAAA...` (GitHub drops the comment).
+    pub key: String,
+    /// The title.
+    #[serde(default)]
+    pub title: String,
+    /// Read-only keys cannot push.
+    #[serde(default)]
+    pub read_only: bool,
+    /// When it was created (ISO 8601).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// When it was last used (ISO 8601), if ever.
+    #[serde(default)]
+    pub last_used: Option<String>,
+}
+
+impl DeployKey {
+    /// True when `public_key` (`type base64 [comment]`) is this key, comments ignored.
+    pub fn matches_public_key(&self, public_key: &str) -> bool {
+        key_material(&self.key) == key_material(public_key)
+    }
+}
+
+fn key_material(line: &str) -> Option<(&str, &str)> {
+    let mut parts = line.split_whitespace();
+    Some((parts.next()?, parts.next()?))
+}
+
+/// `GET /meta`, the parts homelab-flux uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Meta {
+    /// The SSH host keys of the git endpoint, `ssh-ed25519 AAAA...`.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+}

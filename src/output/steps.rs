@@ -1,0 +1,306 @@
+//! The step events of `bootstrap`, rendered as step lines or JSON lines.
+
+use serde::Serialize;
+
+use super::{Format, Ui};
+use crate::step::Step;
+use crate::text::json_safe;
+
+/// Renders the step events of `bootstrap`: step lines with timings on stderr, or one JSON
+/// object per line on stdout (`--format json`). Progress (the wait's condition, a held Lease) is
+/// a live line on a terminal.
+pub struct Steps<'a> {
+    ui: &'a Ui,
+    format: Format,
+    dry_run: bool,
+    last: std::time::Instant,
+    shown: String,
+}
+
+impl<'a> Steps<'a> {
+    pub fn new(ui: &'a Ui, format: Format, dry_run: bool) -> Steps<'a> {
+        Steps {
+            ui,
+            format,
+            dry_run,
+            last: std::time::Instant::now(),
+            shown: String::new(),
+        }
+    }
+
+    /// Shows one event. Progress that repeats the last one shown is skipped.
+    pub fn emit(&mut self, step: Step) {
+        let lines = step_lines(&step, self.dry_run);
+        if step.is_progress() {
+            let text = lines.concat();
+            if text == self.shown {
+                return;
+            }
+            self.shown = text;
+        } else if !self.shown.is_empty() {
+            self.progress_done();
+        }
+        let timed = !step.is_progress()
+            && !matches!(step, Step::ManifestsRead { .. } | Step::TakeoverNote { .. });
+        let ms = self.last.elapsed().as_millis();
+        if timed {
+            self.last = std::time::Instant::now();
+        }
+        match self.format {
+            Format::Json => {
+                #[derive(Serialize)]
+                struct Line<'s> {
+                    #[serde(flatten)]
+                    step: &'s Step,
+                    dry_run: bool,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    ms: Option<u128>,
+                }
+                let line = Line {
+                    step: &step,
+                    dry_run: self.dry_run,
+                    ms: timed.then_some(ms),
+                };
+                if let Ok(mut json) = serde_json::to_string(&line) {
+                    json.push('\n');
+                    let _ = self.ui.out(&json_safe(&json));
+                }
+            }
+            Format::Text if step.is_progress() => self.ui.progress(&lines[0]),
+            Format::Text => {
+                let mut lines = lines.into_iter();
+                if let Some(first) = lines.next() {
+                    if timed {
+                        self.ui.step(&format!("- {first} ({ms} ms)"));
+                    } else {
+                        self.ui.step(&first);
+                    }
+                }
+                for line in lines {
+                    self.ui.step(&line);
+                }
+            }
+        }
+    }
+
+    /// Ends a live progress line.
+    pub fn progress_done(&mut self) {
+        if !self.shown.is_empty() {
+            self.shown.clear();
+            self.ui.progress_done();
+        }
+    }
+}
+
+/// The text of an event: its line, then (in a dry run) one line per field that would change.
+pub fn step_lines(step: &Step, dry_run: bool) -> Vec<String> {
+    use crate::plan::Change;
+    use crate::step::short;
+    let prefix = if dry_run { "(dry run) " } else { "" };
+    let would = |done: &str| {
+        if dry_run {
+            format!("would be {done}")
+        } else {
+            done.to_string()
+        }
+    };
+    let one = |s: String| vec![s];
+    match step {
+        Step::Checked { repo } => one(format!("checked the configuration and `{repo}` on GitHub")),
+        Step::Connected {
+            context,
+            kubernetes,
+        } => one(format!(
+            "connected to `{context}` (Kubernetes {kubernetes})"
+        )),
+        Step::ManifestsRead {
+            source,
+            sha256,
+            pinned,
+        } => one(format!(
+            "- the Flux manifests `{source}` have SHA-256 {sha256}{}",
+            if *pinned { " (as pinned)" } else { "" }
+        )),
+        Step::Installed { source, objects } => one(format!(
+            "{prefix}installed Flux from `{source}` ({objects} objects)"
+        )),
+        Step::Applied { kind, name, change } => {
+            let verb = match change {
+                Change::Unchanged => "unchanged".to_string(),
+                Change::Create => would("created"),
+                Change::Update(_) => would("updated"),
+            };
+            let mut out = vec![format!("{prefix}{kind} `{name}` {verb}")];
+            if let (true, Change::Update(fields)) = (dry_run, change) {
+                for f in fields {
+                    out.push(format!(
+                        "    {}: {} → {}",
+                        f.field,
+                        f.old.as_deref().unwrap_or("(none)"),
+                        f.new
+                    ));
+                }
+            }
+            out
+        }
+        Step::SecretWithNewKey { name } => one(format!(
+            "{prefix}Secret `{name}` would be written with the new deploy key"
+        )),
+        Step::SecretReplaced { name } => {
+            one(format!("{prefix}Secret `{name}` deleted, to be replaced"))
+        }
+        Step::TakeoverNote { name, what } => one(format!(
+            "note: the Kustomization `{name}` has `prune: true`: Flux deletes what it applied from the old {} that the new one does not hold",
+            match what {
+                crate::plan::Takeover::Repository => "repository",
+                crate::plan::Takeover::Path => "path",
+            }
+        )),
+        Step::LeaseHeld { name, holder } => one(format!(
+            "  waiting for another bootstrap of this cluster to finish (Lease `{name}` held by `{holder}`)"
+        )),
+        Step::LeaseFree => one("another bootstrap of this cluster finished; going on".to_string()),
+        Step::KeyKept { fingerprint } => one(format!(
+            "the deploy key in the cluster is still registered on GitHub ({fingerprint})"
+        )),
+        Step::KeyToCreate { title } => one(format!(
+            "{prefix}would create the read-only deploy key `{title}` on GitHub"
+        )),
+        Step::KeyCreated { title, fingerprint } => one(format!(
+            "created the read-only deploy key `{title}` ({fingerprint})"
+        )),
+        Step::KeyProved { branch, commit } => one(format!(
+            "proved the deploy key over SSH: `{branch}` is at {}",
+            short(commit)
+        )),
+        Step::BranchHead {
+            branch,
+            commit,
+            token,
+        } => one(format!(
+            "{}`{branch}` is at {}",
+            if *token { "branch " } else { "" },
+            short(commit)
+        )),
+        Step::StaleKeyDeleted { title, id } => {
+            one(format!("deleted the stale deploy key `{title}` (id {id})"))
+        }
+        Step::StaleKeyLeft { title, id, reason } => one(format!(
+            "could not delete the stale deploy key `{title}` (id {id}): {reason}; the run goes on"
+        )),
+        Step::StaleKeyToDelete { title, id } => one(format!(
+            "{prefix}would delete the stale deploy key `{title}` (id {id})"
+        )),
+        Step::Synced { commit } => one(format!("Flux is synced at {}", short(commit))),
+        Step::Waiting {
+            kind,
+            name,
+            condition,
+        } => one(match condition {
+            Some(c) => format!(
+                "  {kind} `{name}`: {} {}: {}",
+                c.status, c.reason, c.message
+            ),
+            None => format!("  {kind} `{name}`: waiting for the controller"),
+        }),
+        Step::Ready {
+            kind,
+            name,
+            branch,
+            commit,
+            moved_from,
+        } => one(format!(
+            "{kind} `{name}` is Ready at {}{}",
+            short(commit),
+            match moved_from {
+                Some(proven) => format!(
+                    " (`{branch}` moved on from {} while bootstrap waited)",
+                    short(proven)
+                ),
+                None => String::new(),
+            }
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiting_step_in_json_names_the_condition_fields() {
+        let step = Step::Waiting {
+            kind: "GitRepository",
+            name: "flux-system".to_string(),
+            condition: Some(crate::flux::Condition {
+                type_: "Ready".to_string(),
+                status: "False".to_string(),
+                reason: "GitOperationFailed".to_string(),
+                message: "auth failed".to_string(),
+            }),
+        };
+        assert_eq!(
+            serde_json::to_value(&step).unwrap(),
+            serde_json::json!({
+                "step": "waiting", "kind": "GitRepository", "name": "flux-system",
+                "condition": {"type": "Ready", "status": "False", "reason": "GitOperationFailed", "message": "auth failed"},
+            })
+        );
+        assert_eq!(
+            step_lines(&step, false),
+            ["  GitRepository `flux-system`: False GitOperationFailed: auth failed"]
+        );
+    }
+
+    #[test]
+    fn steps_read_as_before_and_a_dry_run_shows_each_field() {
+        use crate::plan::{Change, FieldChange};
+        let applied = |change| Step::Applied {
+            kind: "GitRepository",
+            name: "flux-system/flux-system".to_string(),
+            change,
+        };
+        assert_eq!(
+            step_lines(&applied(Change::Unchanged), false),
+            ["GitRepository `flux-system/flux-system` unchanged"]
+        );
+        assert_eq!(
+            step_lines(&applied(Change::Create), true),
+            ["(dry run) GitRepository `flux-system/flux-system` would be created"]
+        );
+        let branch = Change::Update(vec![FieldChange {
+            field: "spec.ref.branch".to_string(),
+            old: Some("main".to_string()),
+            new: "dev".to_string(),
+        }]);
+        assert_eq!(
+            step_lines(&applied(branch.clone()), true),
+            [
+                "(dry run) GitRepository `flux-system/flux-system` would be updated",
+                "    spec.ref.branch: main → dev",
+            ]
+        );
+        assert_eq!(
+            step_lines(&applied(branch), false),
+            ["GitRepository `flux-system/flux-system` updated"]
+        );
+        let ready = Step::Ready {
+            kind: "Kustomization",
+            name: "flux-system/flux-system".to_string(),
+            branch: "main".to_string(),
+            commit: "bbbbbbbbbbbbbbbb".to_string(),
+            moved_from: Some("aaaaaaaaaaaaaaaa".to_string()),
+        };
+        assert_eq!(
+            step_lines(&ready, false),
+            [
+                "Kustomization `flux-system/flux-system` is Ready at bbbbbbbbbbbb (`main` moved on from aaaaaaaaaaaa while bootstrap waited)"
+            ]
+        );
+        let json = serde_json::to_value(applied(Change::Unchanged)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"step": "applied", "kind": "GitRepository", "name": "flux-system/flux-system", "change": "unchanged"})
+        );
+    }
+}
