@@ -15,7 +15,7 @@ use kube::discovery::Scope;
 use kube::{Client, Config};
 use serde_json::Value;
 
-use crate::flux;
+use crate::flux::{self, FluxParts, Kind, is_subset};
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "homelab-flux";
@@ -65,70 +65,38 @@ pub enum Error {
     CrdNotEstablished(String),
 }
 
-/// One of the objects homelab-flux knows without asking the API server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Namespace,
-    Secret,
-    GitRepository,
-    Kustomization,
-    CustomResourceDefinition,
-    Deployment,
-}
-
-impl Kind {
-    fn resource(self) -> (ApiResource, bool) {
-        let (group, version, kind, plural, namespaced) = match self {
-            Kind::Namespace => ("", "v1", "Namespace", "namespaces", false),
-            Kind::Secret => ("", "v1", "Secret", "secrets", true),
-            Kind::GitRepository => (
-                flux::SOURCE_GROUP,
-                flux::API_VERSION,
-                "GitRepository",
-                flux::GIT_REPOSITORY_PLURAL,
-                true,
-            ),
-            Kind::Kustomization => (
-                flux::KUSTOMIZE_GROUP,
-                flux::API_VERSION,
-                "Kustomization",
-                flux::KUSTOMIZATION_PLURAL,
-                true,
-            ),
-            Kind::CustomResourceDefinition => (
-                "apiextensions.k8s.io",
-                "v1",
-                "CustomResourceDefinition",
-                "customresourcedefinitions",
-                false,
-            ),
-            Kind::Deployment => ("apps", "v1", "Deployment", "deployments", true),
-        };
-        (
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural),
-            namespaced,
-        )
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Namespace => "Namespace",
-            Kind::Secret => "Secret",
-            Kind::GitRepository => "GitRepository",
-            Kind::Kustomization => "Kustomization",
-            Kind::CustomResourceDefinition => "CustomResourceDefinition",
-            Kind::Deployment => "Deployment",
-        }
-    }
-}
-
-/// Which parts of Flux a cluster lacks.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FluxParts {
-    /// Each missing part, as `Kind \`name\``; empty when Flux is installed.
-    pub missing: Vec<String>,
-    /// A Flux CRD is among them: no Flux object can be read or written yet.
-    pub crds_missing: bool,
+/// The API resource of a kind, and whether it is namespaced.
+fn resource(kind: Kind) -> (ApiResource, bool) {
+    let (group, version, kind, plural, namespaced) = match kind {
+        Kind::Namespace => ("", "v1", "Namespace", "namespaces", false),
+        Kind::Secret => ("", "v1", "Secret", "secrets", true),
+        Kind::GitRepository => (
+            flux::SOURCE_GROUP,
+            flux::API_VERSION,
+            "GitRepository",
+            flux::GIT_REPOSITORY_PLURAL,
+            true,
+        ),
+        Kind::Kustomization => (
+            flux::KUSTOMIZE_GROUP,
+            flux::API_VERSION,
+            "Kustomization",
+            flux::KUSTOMIZATION_PLURAL,
+            true,
+        ),
+        Kind::CustomResourceDefinition => (
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+        ),
+        Kind::Deployment => ("apps", "v1", "Deployment", "deployments", true),
+    };
+    (
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural),
+        namespaced,
+    )
 }
 
 /// A connection to one cluster.
@@ -267,7 +235,7 @@ impl Cluster {
     }
 
     fn api(&self, kind: Kind, namespace: Option<&str>) -> Api<DynamicObject> {
-        let (ar, namespaced) = kind.resource();
+        let (ar, namespaced) = resource(kind);
         match (namespaced, namespace) {
             (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
             _ => Api::all_with(self.client.clone(), &ar),
@@ -376,7 +344,7 @@ impl Cluster {
         name: &str,
         stamp: &str,
     ) -> Result<(), Error> {
-        let (ar, _) = kind.resource();
+        let (ar, _) = resource(kind);
         let patch = serde_json::json!({
             "apiVersion": ar.api_version,
             "kind": ar.kind,
@@ -742,33 +710,9 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
-/// True when every field of `desired` is in `live` with the same value (lists element-wise).
-pub fn is_subset(desired: &Value, live: &Value) -> bool {
-    match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => d
-            .iter()
-            .all(|(k, v)| l.get(k).is_some_and(|lv| is_subset(v, lv))),
-        (Value::Array(d), Value::Array(l)) => {
-            d.len() == l.len() && d.iter().zip(l).all(|(a, b)| is_subset(a, b))
-        }
-        (d, l) => d == l,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn subset_compares_only_what_is_set() {
-        let desired = json!({"spec": {"interval": "1m0s", "ref": {"branch": "main"}}});
-        let live = json!({"spec": {"interval": "1m0s", "ref": {"branch": "main"}, "timeout": "60s"}, "status": {}});
-        assert!(is_subset(&desired, &live));
-        let moved = json!({"spec": {"interval": "1m0s", "ref": {"branch": "dev"}}});
-        assert!(!is_subset(&moved, &live));
-        assert!(!is_subset(&json!({"a": [1, 2]}), &json!({"a": [1]})));
-    }
 
     #[test]
     fn a_lease_is_held_by_another_run_until_it_expires() {

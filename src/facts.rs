@@ -103,3 +103,27 @@ pub struct Meta {
     #[serde(default)]
     pub ssh_keys: Vec<String>,
 }
+
+/// How GitHub refused a request, as far as the decisions need to tell refusals apart: the
+/// outside system's error type says it through [`Refused`], so that the decisions never
+/// depend on that type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal<'a> {
+    /// 401: the token was rejected.
+    Unauthorized,
+    /// 404, with GitHub's `X-Accepted-GitHub-Permissions` when it sent one.
+    NotFound {
+        accepted_permissions: Option<&'a str>,
+    },
+    /// 403 (not a rate limit), with `X-Accepted-GitHub-Permissions` when sent.
+    Forbidden {
+        accepted_permissions: Option<&'a str>,
+    },
+    /// Anything else: GitHub could not be asked (unreachable, rate limited, failing).
+    Other,
+}
+
+/// An error of a request to GitHub that can say how GitHub refused it.
+pub trait Refused: std::error::Error {
+    fn refusal(&self) -> Refusal<'_>;
+}

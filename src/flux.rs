@@ -50,6 +50,39 @@ pub const KUSTOMIZATION_INTERVAL: &str = "10m0s";
 pub const SOPS_SECRET: &str = "sops-age";
 pub const SOPS_SECRET_KEY: &str = "age.agekey";
 
+/// One of the objects homelab-flux knows without asking the API server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Namespace,
+    Secret,
+    GitRepository,
+    Kustomization,
+    CustomResourceDefinition,
+    Deployment,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Secret => "Secret",
+            Kind::GitRepository => "GitRepository",
+            Kind::Kustomization => "Kustomization",
+            Kind::CustomResourceDefinition => "CustomResourceDefinition",
+            Kind::Deployment => "Deployment",
+        }
+    }
+}
+
+/// Which parts of Flux a cluster lacks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FluxParts {
+    /// Each missing part, as `Kind \`name\``; empty when Flux is installed.
+    pub missing: Vec<String>,
+    /// A Flux CRD is among them: no Flux object can be read or written yet.
+    pub crds_missing: bool,
+}
+
 /// The pinned Flux release's `install.yaml`.
 pub fn default_manifests_url() -> String {
     format!("https://github.com/fluxcd/flux2/releases/download/{FLUX_VERSION}/install.yaml")
@@ -304,6 +337,19 @@ fn sorted(v: Value) -> Value {
     }
 }
 
+/// True when every field of `desired` is in `live` with the same value (lists element-wise).
+pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => d
+            .iter()
+            .all(|(k, v)| l.get(k).is_some_and(|lv| is_subset(v, lv))),
+        (Value::Array(d), Value::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(a, b)| is_subset(a, b))
+        }
+        (d, l) => d == l,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,5 +442,15 @@ mod tests {
             yaml,
             "---\napiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata:\n  name: flux-system\n  namespace: flux-system\nspec:\n  interval: 1m0s\n  ref:\n    branch: main\n  secretRef:\n    name: flux-system\n  url: ssh://git@github.com/o/r.git\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: flux-system\n  namespace: flux-system\nspec:\n  interval: 10m0s\n  path: ./clusters/home\n  prune: true\n  sourceRef:\n    kind: GitRepository\n    name: flux-system\n"
         );
+    }
+
+    #[test]
+    fn subset_compares_only_what_is_set() {
+        let desired = json!({"spec": {"interval": "1m0s", "ref": {"branch": "main"}}});
+        let live = json!({"spec": {"interval": "1m0s", "ref": {"branch": "main"}, "timeout": "60s"}, "status": {}});
+        assert!(is_subset(&desired, &live));
+        let moved = json!({"spec": {"interval": "1m0s", "ref": {"branch": "dev"}}});
+        assert!(!is_subset(&moved, &live));
+        assert!(!is_subset(&json!({"a": [1, 2]}), &json!({"a": [1]})));
     }
 }

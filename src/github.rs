@@ -148,6 +148,22 @@ pub enum Error {
     },
 }
 
+impl crate::facts::Refused for Error {
+    fn refusal(&self) -> crate::facts::Refusal<'_> {
+        use crate::facts::Refusal;
+        match self {
+            Error::Unauthorized { .. } => Refusal::Unauthorized,
+            Error::NotFound { .. } => Refusal::NotFound {
+                accepted_permissions: self.accepted_permissions(),
+            },
+            Error::Forbidden { .. } => Refusal::Forbidden {
+                accepted_permissions: self.accepted_permissions(),
+            },
+            _ => Refusal::Other,
+        }
+    }
+}
+
 impl Error {
     /// The `X-Accepted-GitHub-Permissions` GitHub sent with a 403 or 404, if any.
     pub fn accepted_permissions(&self) -> Option<&str> {
@@ -180,7 +196,7 @@ fn permissions_note(accepted: &Option<String>) -> String {
 
 fn reset_note(reset: &Option<jiff::Timestamp>) -> String {
     match reset {
-        Some(t) => format!("it resets at {}", format_utc(*t)),
+        Some(t) => format!("it resets at {}", crate::text::format_utc(*t)),
         None => "wait for the hourly window to reset".to_owned(),
     }
 }
@@ -192,11 +208,6 @@ fn validation_note(message: &str, errors: &[ValidationError]) -> String {
     } else {
         details.join("; ")
     }
-}
-
-/// Formats a timestamp the way the tool shows times: `2026-11-27 01:02:03 UTC`.
-pub fn format_utc(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 /// One item of a 422 body (`validation-error` schema).
@@ -835,7 +846,7 @@ mod tests {
         let utc = parse_token_expiration("2023-01-31 23:00:00 UTC").unwrap();
         assert_eq!(utc.as_second(), 1_675_206_000);
         let offset = parse_token_expiration("2023-04-26 23:23:18 +0200").unwrap();
-        assert_eq!(format_utc(offset), "2023-04-26 21:23:18 UTC");
+        assert_eq!(crate::text::format_utc(offset), "2023-04-26 21:23:18 UTC");
         assert_eq!(parse_token_expiration("soon"), None);
     }
 

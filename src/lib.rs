@@ -39,6 +39,7 @@ pub mod repo_path;
 pub mod repo_url;
 pub mod settings;
 pub mod sops;
+pub mod ssh_url;
 pub mod step;
 pub mod text;
 pub mod token;

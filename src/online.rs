@@ -8,26 +8,25 @@
 use jiff::{SignedDuration, Timestamp};
 
 use crate::diag::{Code, Diagnostic, Severity};
-use crate::facts::{Branch, DeployKey, Meta, Repository, User};
-use crate::github::Error;
+use crate::facts::{Branch, DeployKey, Meta, Refusal, Refused, Repository, User};
 use crate::settings::{Auth, FluxConfig};
 use crate::token::TokenKind;
 
 /// A token that expires within this many days gets a warning (an error with `auth: token`).
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
-/// The answers of the independent requests.
+/// The answers of the independent requests; `E` is the GitHub client's error.
 #[derive(Debug)]
-pub struct Answers {
-    pub user: Result<User, Error>,
-    pub repo: Result<Repository, Error>,
+pub struct Answers<E> {
+    pub user: Result<User, E>,
+    pub repo: Result<Repository, E>,
     /// The branch checked (configured, or the default branch) and GitHub's answer.
-    pub branch: Option<(String, Result<Branch, Error>)>,
+    pub branch: Option<(String, Result<Branch, E>)>,
     /// `GET /keys`, asked for `auth: deploy-key` only.
-    pub keys: Option<Result<Vec<DeployKey>, Error>>,
+    pub keys: Option<Result<Vec<DeployKey>, E>>,
     /// `GET /meta`, asked by `bootstrap` with `auth: deploy-key` (the SSH host keys); not a
     /// check of its own.
-    pub meta: Option<Result<Meta, Error>>,
+    pub meta: Option<Result<Meta, E>>,
 }
 
 /// Where findings point: the files as the user names them.
@@ -37,13 +36,13 @@ pub struct Files<'a> {
 }
 
 /// Turns the answers into findings. `Err` when GitHub could not be asked (exit 2).
-pub fn evaluate(
+pub fn evaluate<E: Refused>(
     cfg: &FluxConfig,
     token_kind: TokenKind,
-    answers: Answers,
+    answers: Answers<E>,
     now: Timestamp,
     files: &Files<'_>,
-) -> Result<Vec<Diagnostic>, Error> {
+) -> Result<Vec<Diagnostic>, E> {
     let mut out = Vec::new();
     let Answers {
         user,
@@ -56,7 +55,7 @@ pub fn evaluate(
 
     // 1. The token itself. A rejected token makes every other answer meaningless.
     match user {
-        Err(Error::Unauthorized { .. }) => {
+        Err(e) if e.refusal() == Refusal::Unauthorized => {
             out.push(
                 Diagnostic::error(
                     Code::TokenRejected,
@@ -82,7 +81,7 @@ pub fn evaluate(
     // 2. The repository.
     let repository = match repo {
         Ok(r) => Some(r),
-        Err(e @ (Error::NotFound { .. } | Error::Forbidden { .. })) => {
+        Err(e) if is_not_found_or_forbidden(&e) => {
             out.push(
                 Diagnostic::error(
                     Code::RepoNotFound,
@@ -136,7 +135,7 @@ pub fn evaluate(
     if let (Some(_), Some((name, answer))) = (&repository, branch) {
         match answer {
             Ok(_) => {}
-            Err(e @ Error::NotFound { .. }) => {
+            Err(e) if matches!(e.refusal(), Refusal::NotFound { .. }) => {
                 let default = repository
                     .as_ref()
                     .map(|r| r.default_branch.as_str())
@@ -153,7 +152,7 @@ pub fn evaluate(
                     )),
                 );
             }
-            Err(e @ Error::Forbidden { .. }) => {
+            Err(e) if matches!(e.refusal(), Refusal::Forbidden { .. }) => {
                 let d = if cfg.auth == Auth::Token {
                     Diagnostic::error(
                         Code::ContentsForbidden,
@@ -177,7 +176,7 @@ pub fn evaluate(
     if let (Some(_), Some(answer)) = (&repository, keys) {
         match answer {
             Ok(_) => {}
-            Err(e @ (Error::NotFound { .. } | Error::Forbidden { .. })) => out.push(
+            Err(e) if is_not_found_or_forbidden(&e) => out.push(
                 Diagnostic::error(
                     Code::DeployKeysForbidden,
                     format!("the token cannot manage the deploy keys of `{repo_name}`"),
@@ -194,10 +193,22 @@ pub fn evaluate(
     Ok(out)
 }
 
+fn is_not_found_or_forbidden(e: &impl Refused) -> bool {
+    matches!(
+        e.refusal(),
+        Refusal::NotFound { .. } | Refusal::Forbidden { .. }
+    )
+}
+
 /// Appends GitHub's `X-Accepted-GitHub-Permissions`, when it sent one.
-fn with_permissions(hint: String, e: &Error) -> String {
-    match e.accepted_permissions() {
-        Some(p) if !p.is_empty() => format!("{hint} (GitHub says it needs `{p}`)"),
+fn with_permissions(hint: String, e: &impl Refused) -> String {
+    match e.refusal() {
+        Refusal::NotFound {
+            accepted_permissions: Some(p),
+        }
+        | Refusal::Forbidden {
+            accepted_permissions: Some(p),
+        } if !p.is_empty() => format!("{hint} (GitHub says it needs `{p}`)"),
         _ => hint,
     }
 }
@@ -217,7 +228,7 @@ fn not_found_checklist(kind: TokenKind, repo: &str) -> String {
 
 fn expiry(user: &User, auth: Auth, now: Timestamp, file: &str) -> Option<Diagnostic> {
     let at = user.token_expiration?;
-    let when = crate::github::format_utc(at);
+    let when = crate::text::format_utc(at);
     if at <= now {
         return Some(
             Diagnostic::error(Code::TokenExpired, format!("the token expired on {when}"))
@@ -257,11 +268,11 @@ fn expiry(user: &User, auth: Auth, now: Timestamp, file: &str) -> Option<Diagnos
     }
 }
 
-fn scopes_finding(
+fn scopes_finding<E>(
     scopes: &[String],
     auth: Auth,
     file: &str,
-    repo: &Result<Repository, Error>,
+    repo: &Result<Repository, E>,
 ) -> Option<Diagnostic> {
     let has = |s: &str| scopes.iter().any(|x| x == s);
     let public = repo.as_ref().is_ok_and(|r| !r.private);

@@ -14,13 +14,14 @@ use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cluster::{Kind, is_subset};
 use crate::facts::{DeployKey, Repository};
+use crate::flux;
+use crate::flux::{FluxParts, Kind, is_subset};
 use crate::keys::{self, KeyPair};
 use crate::settings::{Auth, FluxConfig};
 use crate::sops::AgeIdentity;
+use crate::ssh_url::{self, InvalidSshUrl, SshEndpoint};
 use crate::token::Token;
-use crate::{flux, git_remote};
 
 /// What GitHub said, all read in one round.
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ pub struct Live {
     pub version: (u32, u32),
     pub git_version: String,
     /// The parts of Flux that are missing.
-    pub flux_missing: crate::cluster::FluxParts,
+    pub flux_missing: FluxParts,
     /// The objects `flux-system` as JSON, `None` when absent (or not readable yet, because the
     /// CRDs are not installed).
     pub namespace: Option<Value>,
@@ -220,7 +221,7 @@ pub struct Plan {
     /// The deploy key's title for this cluster.
     pub title: String,
     /// Flux's missing parts: when there are any, the install manifests are applied.
-    pub install: crate::cluster::FluxParts,
+    pub install: FluxParts,
     pub namespace: Object,
     pub credentials: Credentials,
     /// `--force` onto another repository or path: the live Secret is deleted and written anew,
@@ -283,7 +284,7 @@ pub enum Refusal {
     )]
     TakenOver(Vec<String>),
     #[error("GitHub's SSH address of the repository cannot be used")]
-    SshUrl(#[source] git_remote::Error),
+    SshUrl(#[source] InvalidSshUrl),
     #[error(
         "`decryption: sops` is set, but no age identity was found: add `ageKey` to the secrets file, or set `SOPS_AGE_KEY`"
     )]
@@ -343,9 +344,8 @@ pub fn plan(
     // The deploy key's known_hosts: GitHub's host keys for its SSH endpoint.
     let known_hosts = match cfg.auth {
         Auth::DeployKey => {
-            let endpoint =
-                git_remote::SshEndpoint::parse(&github.repo.ssh_url).map_err(Refusal::SshUrl)?;
-            git_remote::known_hosts(&endpoint, &github.host_keys)
+            let endpoint = SshEndpoint::parse(&github.repo.ssh_url).map_err(Refusal::SshUrl)?;
+            ssh_url::known_hosts(&endpoint, &github.host_keys)
         }
         Auth::Token => String::new(),
     };
@@ -501,9 +501,9 @@ fn source_url(
     cfg: &FluxConfig,
     repo: &Repository,
     live: Option<&str>,
-) -> Result<String, git_remote::Error> {
+) -> Result<String, InvalidSshUrl> {
     let from_github = match cfg.auth {
-        Auth::DeployKey => git_remote::SshEndpoint::parse(&repo.ssh_url)?.url(),
+        Auth::DeployKey => SshEndpoint::parse(&repo.ssh_url)?.url(),
         Auth::Token => repo.clone_url.clone(),
     };
     let exported = flux::source_url(cfg);
@@ -681,8 +681,8 @@ mod tests {
     }
 
     fn known_hosts() -> String {
-        let endpoint = git_remote::SshEndpoint::parse(&repo().ssh_url).unwrap();
-        git_remote::known_hosts(&endpoint, &github(vec![]).host_keys)
+        let endpoint = SshEndpoint::parse(&repo().ssh_url).unwrap();
+        ssh_url::known_hosts(&endpoint, &github(vec![]).host_keys)
     }
 
     fn fresh() -> Live {
@@ -885,7 +885,7 @@ mod tests {
         let cfg = deploy_key_config();
         let old = KeyPair::generate("y").unwrap();
         let mut live = fresh();
-        live.flux_missing = crate::cluster::FluxParts {
+        live.flux_missing = FluxParts {
             missing: vec![format!("CustomResourceDefinition `{}`", flux::CRDS[0])],
             crds_missing: true,
         };

@@ -99,12 +99,12 @@ async fn token_expiration_header_is_parsed_in_both_recorded_formats() {
     );
     let utc = client(&fake, "t_utc").get_user().await.unwrap();
     assert_eq!(
-        github::format_utc(utc.token_expiration.unwrap()),
+        homelab_flux::text::format_utc(utc.token_expiration.unwrap()),
         "2023-01-31 23:00:00 UTC"
     );
     let offset = client(&fake, "t_offset").get_user().await.unwrap();
     assert_eq!(
-        github::format_utc(offset.token_expiration.unwrap()),
+        homelab_flux::text::format_utc(offset.token_expiration.unwrap()),
         "2023-04-26 21:23:18 UTC"
     );
 }

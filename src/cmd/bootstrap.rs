@@ -15,9 +15,10 @@ use futures::StreamExt;
 use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::cluster::{self, Cluster, Kind, LeaseState};
+use crate::cluster::{self, Cluster, LeaseState};
 use crate::cmd::{Global, parse_duration};
 use crate::config::{Credential, Loaded, Secrets, Valid};
+use crate::flux::Kind;
 use crate::github::{self, GitHub};
 use crate::keys::KeyPair;
 use crate::output::{Format, Steps, Ui};
@@ -1185,7 +1186,7 @@ mod tests {
     /// route: the error's variant.
     #[test]
     fn exit_codes_follow_the_variant() {
-        let ssh = git_remote::Error::InvalidSshUrl {
+        let ssh = crate::ssh_url::InvalidSshUrl {
             url: "x".into(),
             reason: "no",
         };

@@ -154,7 +154,7 @@ pub(crate) fn github_client(cfg: &FluxConfig, token: &Token, ui: &Ui) -> anyhow:
 /// /keys` for `auth: deploy-key`; `GET /meta` too when `meta` (bootstrap needs the SSH host
 /// keys). Without a configured branch, the default branch comes from the repository's
 /// answer and is not asked for here (a request that would have to wait for another).
-pub(crate) async fn ask(gh: &GitHub, cfg: &FluxConfig, meta: bool) -> Answers {
+pub(crate) async fn ask(gh: &GitHub, cfg: &FluxConfig, meta: bool) -> Answers<github::Error> {
     let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
     let deploy_key = cfg.auth == Auth::DeployKey;
     let keys = async {
@@ -198,7 +198,7 @@ pub(crate) fn github_findings(
     token: &Token,
     origin: &TokenOrigin,
     findings: &Findings,
-    answers: Answers,
+    answers: Answers<github::Error>,
 ) -> anyhow::Result<Vec<Diagnostic>> {
     let flux_file = findings
         .sources

@@ -4,9 +4,10 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::Global;
-use crate::cluster::{self, Kind};
+use crate::cluster;
 use crate::config::{Credential, Loaded, Secrets, Valid};
 use crate::flux;
+use crate::flux::Kind;
 use crate::output::{Format, Ui};
 use crate::settings::Auth;
 
