@@ -350,6 +350,24 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
     }
 }
 
+/// What to do about a Flux object that is not Ready, from its condition's message: the
+/// decryption hints of [`crate::sops`] first, then the deploy key, then the branch or path.
+pub fn not_ready_hint(message: &str) -> &'static str {
+    let lower = message.to_lowercase();
+    if let Some(hint) = crate::sops::decryption_failure_hint(message) {
+        hint
+    } else if lower.contains("authenticat")
+        || lower.contains("permission denied")
+        || lower.contains("handshake failed")
+    {
+        "the deploy key is missing on GitHub or was refused: run `homelab-flux bootstrap` again to replace it"
+    } else if lower.contains("couldn't find remote ref") || lower.contains("not found") {
+        "the branch or path may not exist in the repository: check `branch` and `path` in flux.yaml"
+    } else {
+        "see `kubectl -n flux-system describe` for the object, and the controller's logs"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

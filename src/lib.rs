@@ -1,24 +1,29 @@
 //! homelab-flux: bootstrap Flux onto a homelab Kubernetes cluster from a GitHub repository.
 //!
-//! Modules that talk to the outside world, one per system:
-//! - [`config`]: the configuration files;
-//! - [`git`] and [`git_remote`]: git2, for the local repository (secrets hygiene) and for the
-//!   remote one (the deploy key's proof over SSH);
-//! - [`github`]: GitHub's REST API, through reqwest;
-//! - [`cluster`]: the Kubernetes API server, through kube-rs;
-//! - [`manifests`]: Flux's install manifests, from a file or an `https://` URL, size-capped and
-//!   hashed.
+//! The modules stand in layers; a module imports only from its own layer or one below, and no
+//! files import each other in a circle (`tests/layers.rs` checks both):
 //!
-//! Pure logic beside them: [`repo_url`], [`branch`], [`repo_path`], [`token`] check and normalise
-//! values; [`token_host`] keeps the token to its own host; [`sops`] parses age identities and
-//! SOPS metadata and decides whether the repository is encrypted for the cluster's identity;
-//! [`keys`] makes deploy keys in memory; [`flux`] holds what homelab-flux knows about Flux (its
-//! constants, the objects it applies, typed views of their status); [`online`] turns GitHub's
-//! answers into findings; [`plan`] decides every write of `bootstrap` from what is there, and
-//! [`step`] is its progress as events; [`diag`] holds findings. [`cmd`] has one module per
-//! subcommand; [`output`] is the only module that prints.
+//! 1. **Face**: `main` parses the command line ([`cli`]) and calls [`run`], which dispatches.
+//! 2. **Commands**: [`cmd`], one module per subcommand (`bootstrap` is a folder: read, plan,
+//!    apply or dry run, wait); what several commands share lives in `cmd` itself.
+//! 3. **Output**: [`output`], the only module that prints: redaction, the `-v` log,
+//!    diagnostics, and the steps of `bootstrap`.
+//! 4. **Decisions**, pure: [`plan`] decides every write of `bootstrap` from what is there, and
+//!    [`step`] is its progress as events; [`online`] turns GitHub's answers into findings. They
+//!    never import an outside system: they read the plain values below.
+//! 5. **Outside systems**, one module each, each owning its I/O: [`config`] (the files),
+//!    [`github`] (the REST API, through reqwest), [`git`] (the local repository's hygiene) and
+//!    [`git_remote`] (the deploy key's proof over SSH), [`cluster`] (the API server, through
+//!    kube-rs), [`manifests`] (Flux's install manifests); [`http`] is what their HTTP clients
+//!    share.
+//! 6. **Values**, pure: [`settings`] (the typed configuration), [`facts`] (what GitHub reports),
+//!    [`flux`] (Flux's names, the objects applied, typed views of their status), [`repo_url`],
+//!    [`branch`], [`repo_path`], [`token`] and [`token_host`] (checked values), [`ssh_url`],
+//!    [`sops`] (age identities and SOPS metadata), [`keys`] (deploy keys in memory), [`diag`]
+//!    (findings), [`text`] (terminal-safe text) and [`chain`] (an error's causes).
 
 pub mod branch;
+pub mod chain;
 pub mod cli;
 pub mod cluster;
 pub mod cmd;
@@ -90,16 +95,10 @@ impl Error {
     /// True when the error is a closed stdout (`homelab-flux ... | head`), which is not a
     /// failure.
     pub fn is_broken_pipe(&self) -> bool {
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(e) = next {
-            if e.downcast_ref::<io::Error>()
+        chain::chain(self).any(|e| {
+            e.downcast_ref::<io::Error>()
                 .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-            {
-                return true;
-            }
-            next = e.source();
-        }
-        false
+        })
     }
 }
 

@@ -115,6 +115,41 @@ pub enum Error {
     },
 }
 
+/// The manifests' text does not hold Kubernetes objects.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error("`{source_name}` is not valid YAML")]
+    NotYaml {
+        source_name: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("`{source_name}` holds no Kubernetes objects")]
+    NoObjects { source_name: String },
+}
+
+/// The objects of multi-document YAML (Flux's `install.yaml`), as JSON values; documents that
+/// are not mappings (empty ones, comments) are left out.
+pub fn documents(source: &Source, text: &str) -> Result<Vec<serde_json::Value>, ContentError> {
+    let mut documents = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value: serde_json::Value =
+            serde::Deserialize::deserialize(doc).map_err(|e| ContentError::NotYaml {
+                source_name: source.to_string(),
+                source: e,
+            })?;
+        if value.is_object() {
+            documents.push(value);
+        }
+    }
+    if documents.is_empty() {
+        return Err(ContentError::NoObjects {
+            source_name: source.to_string(),
+        });
+    }
+    Ok(documents)
+}
+
 /// The manifests' text and its SHA-256 (lower-case hex).
 #[derive(Debug)]
 pub struct Fetched {

@@ -213,6 +213,34 @@ pub enum Takeover {
     Path,
 }
 
+/// A live object that a guard found pointing elsewhere: its kind, which field, the live value
+/// and the one this run wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenOver {
+    pub kind: Kind,
+    pub what: Takeover,
+    pub live: String,
+    pub wanted: String,
+}
+
+impl std::fmt::Display for TakenOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = match self.what {
+            Takeover::Repository => "follows",
+            Takeover::Path => "applies",
+        };
+        write!(
+            f,
+            "{} `{}/{}` {verb} `{}`, not `{}`",
+            self.kind.name(),
+            flux::NAMESPACE,
+            flux::NAME,
+            self.live,
+            self.wanted
+        )
+    }
+}
+
 /// Every write of a run, decided before the first one.
 #[derive(Debug)]
 pub struct Plan {
@@ -280,9 +308,9 @@ pub enum Refusal {
     OldKubernetes { git_version: String },
     #[error(
         "{}; nothing was changed. Run again with `--force` to point Flux at the new repository or path",
-        .0.join("; ")
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
     )]
-    TakenOver(Vec<String>),
+    TakenOver(Vec<TakenOver>),
     #[error("GitHub's SSH address of the repository cannot be used")]
     SshUrl(#[source] InvalidSshUrl),
     #[error(
@@ -525,22 +553,27 @@ fn takeovers(
     url: &str,
     live_path: Option<&str>,
     path: &str,
-) -> Vec<String> {
-    let (ns, name) = (flux::NAMESPACE, flux::NAME);
+) -> Vec<TakenOver> {
     let mut found = Vec::new();
     if let Some(old) = live_url
         && !flux::same_repo_url(old, url)
     {
-        found.push(format!(
-            "GitRepository `{ns}/{name}` follows `{old}`, not `{url}`"
-        ));
+        found.push(TakenOver {
+            kind: Kind::GitRepository,
+            what: Takeover::Repository,
+            live: old.to_string(),
+            wanted: url.to_string(),
+        });
     }
     if let Some(old) = live_path
         && old != path
     {
-        found.push(format!(
-            "Kustomization `{ns}/{name}` applies `{old}`, not `{path}`"
-        ));
+        found.push(TakenOver {
+            kind: Kind::Kustomization,
+            what: Takeover::Path,
+            live: old.to_string(),
+            wanted: path.to_string(),
+        });
     }
     found
 }

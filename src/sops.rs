@@ -117,14 +117,30 @@ pub struct Rule {
     pub recipients: Vec<String>,
 }
 
-/// Reads the creation rules of a `.sops.yaml`. The error is a message for the user.
-pub fn creation_rules(text: &str) -> Result<Vec<Rule>, String> {
+/// Why a `.sops.yaml` cannot be read as sops would read it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RulesError {
+    /// The YAML parser's message (with its position).
+    #[error("it is not valid YAML ({0})")]
+    NotYaml(String),
+    #[error("`creation_rules` is not a list")]
+    NotAList,
+    #[error("creation rule {0} is not a mapping")]
+    RuleNotAMapping(usize),
+    #[error("`age` of creation rule {0} lists a non-string")]
+    AgeNotAString(usize),
+    #[error("`age` of creation rule {0} is neither a string nor a list")]
+    AgeNeitherStringNorList(usize),
+}
+
+/// Reads the creation rules of a `.sops.yaml`.
+pub fn creation_rules(text: &str) -> Result<Vec<Rule>, RulesError> {
     let doc: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| format!("it is not valid YAML ({e})"))?;
+        serde_yaml::from_str(text).map_err(|e| RulesError::NotYaml(e.to_string()))?;
     let rules = match doc.get("creation_rules") {
         None | Some(serde_yaml::Value::Null) => return Ok(Vec::new()),
         Some(serde_yaml::Value::Sequence(rules)) => rules,
-        Some(_) => return Err("`creation_rules` is not a list".to_string()),
+        Some(_) => return Err(RulesError::NotAList),
     };
     rules
         .iter()
@@ -132,7 +148,7 @@ pub fn creation_rules(text: &str) -> Result<Vec<Rule>, String> {
         .map(|(i, rule)| {
             let number = i + 1;
             if !rule.is_mapping() {
-                return Err(format!("creation rule {number} is not a mapping"));
+                return Err(RulesError::RuleNotAMapping(number));
             }
             let mut recipients = Vec::new();
             if let Some(age) = rule.get("age") {
@@ -140,17 +156,13 @@ pub fn creation_rules(text: &str) -> Result<Vec<Rule>, String> {
                     serde_yaml::Value::String(s) => recipients.extend(comma_list(s)),
                     serde_yaml::Value::Sequence(items) => {
                         for item in items {
-                            let s = item.as_str().ok_or_else(|| {
-                                format!("`age` of creation rule {number} lists a non-string")
-                            })?;
+                            let s = item.as_str().ok_or(RulesError::AgeNotAString(number))?;
                             recipients.push(s.trim().to_string());
                         }
                     }
                     serde_yaml::Value::Null => {}
                     _ => {
-                        return Err(format!(
-                            "`age` of creation rule {number} is neither a string nor a list"
-                        ));
+                        return Err(RulesError::AgeNeitherStringNorList(number));
                     }
                 }
             }
@@ -329,7 +341,7 @@ fn line_starting(text: &str, prefix: &str) -> Option<usize> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
     /// `.sops.yaml` files that could not be read, with the reason.
-    pub unreadable_configs: Vec<(String, String)>,
+    pub unreadable_configs: Vec<(String, RulesError)>,
     pub rules: Vec<(String, Rule)>,
     pub files: Vec<(String, Encrypted)>,
 }

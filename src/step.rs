@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::plan::{Change, Takeover};
+use crate::plan::{Change, Object, Takeover};
 
 /// One thing `bootstrap` did, or (in a dry run) would do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,6 +117,15 @@ pub enum Step {
 }
 
 impl Step {
+    /// An object applied (or found as wanted), as the plan decided it.
+    pub fn applied(object: &Object) -> Step {
+        Step::Applied {
+            kind: object.kind.name(),
+            name: object.name(),
+            change: object.change.clone(),
+        }
+    }
+
     /// Live progress, rewritten in place on a terminal, rather than a finished step.
     pub fn is_progress(&self) -> bool {
         matches!(self, Step::Waiting { .. } | Step::LeaseHeld { .. })

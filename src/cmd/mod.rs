@@ -9,8 +9,6 @@ pub mod validate;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
 use crate::config::{self, Findings, Loaded, Secrets, TokenOrigin};
 use crate::diag::Diagnostic;
 use crate::github::{self, GitHub};
@@ -63,6 +61,11 @@ pub struct CannotLoad(#[source] pub config::LoadError);
 #[derive(Debug, thiserror::Error)]
 #[error("problems were found (shown above)")]
 pub struct Reported;
+
+/// GitHub could not be asked (exit 2): unreachable, rate limited, failing.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot check the configuration against GitHub")]
+pub struct CannotAsk(#[source] pub github::Error);
 
 /// The async runtime could not be started (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +138,11 @@ pub(crate) fn current_thread_runtime() -> Result<tokio::runtime::Runtime, NoRunt
 /// The client for the repository's host (which loading the configuration proved to be the
 /// token's host), or the `HOMELAB_FLUX_GITHUB_API_URL` override. Where the token goes is never
 /// a surprise: an API base other than the host's own is printed, `--quiet` or not.
-pub(crate) fn github_client(cfg: &FluxConfig, token: &Token, ui: &Ui) -> anyhow::Result<GitHub> {
+pub(crate) fn github_client(
+    cfg: &FluxConfig,
+    token: &Token,
+    ui: &Ui,
+) -> Result<GitHub, github::Error> {
     let env = std::env::var(github::API_URL_ENV).ok();
     let base = github::resolve_api_base(&cfg.repo.authority(), env.as_deref())?;
     let client = GitHub::new(&base, token.secret())?;
@@ -199,7 +206,7 @@ pub(crate) fn github_findings(
     origin: &TokenOrigin,
     findings: &Findings,
     answers: Answers<github::Error>,
-) -> anyhow::Result<Vec<Diagnostic>> {
+) -> Result<Vec<Diagnostic>, CannotAsk> {
     let flux_file = findings
         .sources
         .first()
@@ -213,8 +220,7 @@ pub(crate) fn github_findings(
         flux: &flux_file,
         token: &token_file,
     };
-    online::evaluate(cfg, token.kind(), answers, jiff::Timestamp::now(), &files)
-        .context("cannot check the configuration against GitHub")
+    online::evaluate(cfg, token.kind(), answers, jiff::Timestamp::now(), &files).map_err(CannotAsk)
 }
 
 /// Parses durations such as `5m`, `90s`, `1m30s`, `1h` or a plain number of seconds.

@@ -1,6 +1,5 @@
 //! `homelab-flux status`: the Flux objects in the cluster and the deploy key on GitHub.
 
-use anyhow::Context;
 use serde::Serialize;
 
 use super::Global;
@@ -58,9 +57,12 @@ pub enum Error {
     Runtime(#[from] super::NoRuntime),
     #[error(transparent)]
     Cluster(#[from] cluster::Error),
-    /// GitHub could not be asked about the deploy key.
+    /// The GitHub client could not be set up.
     #[error(transparent)]
-    GitHub(#[from] anyhow::Error),
+    GitHub(#[from] crate::github::Error),
+    /// GitHub could not be asked about the deploy key.
+    #[error("cannot list the deploy keys on GitHub")]
+    DeployKeys(#[source] crate::github::Error),
     #[error("cannot write the status")]
     Output(#[from] std::io::Error),
 }
@@ -69,7 +71,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::NotReady => 1,
-            Error::Runtime(_) | Error::Cluster(_) | Error::GitHub(_) | Error::Output(_) => 2,
+            Error::Runtime(_)
+            | Error::Cluster(_)
+            | Error::GitHub(_)
+            | Error::DeployKeys(_)
+            | Error::Output(_) => 2,
         }
     }
 
@@ -140,7 +146,7 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
         let keys = gh
             .list_deploy_keys(&cfg.repo.owner, &cfg.repo.name)
             .await
-            .context("cannot list the deploy keys on GitHub")?;
+            .map_err(Error::DeployKeys)?;
         deploy_key_registered = Some(keys.iter().any(|k| k.matches_public_key(&public)));
     }
 

@@ -40,7 +40,10 @@ pub enum Error {
     Runtime(#[from] super::NoRuntime),
     /// GitHub could not be asked (exit 2), after the offline findings were printed.
     #[error(transparent)]
-    GitHub(anyhow::Error),
+    CannotAsk(#[from] super::CannotAsk),
+    /// The GitHub client could not be set up (exit 2).
+    #[error(transparent)]
+    GitHub(#[from] crate::github::Error),
     #[error("cannot write the findings")]
     Output(#[from] std::io::Error),
 }
@@ -49,7 +52,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Reported(_) => 1,
-            Error::Load(_) | Error::Runtime(_) | Error::GitHub(_) | Error::Output(_) => 2,
+            Error::Load(_)
+            | Error::Runtime(_)
+            | Error::CannotAsk(_)
+            | Error::GitHub(_)
+            | Error::Output(_) => 2,
         }
     }
 
@@ -75,7 +82,7 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
                 runtime
                     .block_on(check_github(flux, credential, findings, ui))
                     .unwrap_or_else(|e| {
-                        unreachable = Some(Error::GitHub(e));
+                        unreachable = Some(e);
                         Vec::new()
                     })
             }
@@ -116,7 +123,7 @@ async fn check_github(
     credential: &Credential,
     findings: &Findings,
     ui: &Ui,
-) -> anyhow::Result<Vec<Diagnostic>> {
+) -> Result<Vec<Diagnostic>, Error> {
     let token = &credential.token;
     let client = super::github_client(cfg, token, ui)?;
     tracing::debug!(
@@ -125,5 +132,11 @@ async fn check_github(
         client.api_base()
     );
     let answers = super::ask(&client, cfg, false).await;
-    super::github_findings(cfg, token, &credential.origin, findings, answers)
+    Ok(super::github_findings(
+        cfg,
+        token,
+        &credential.origin,
+        findings,
+        answers,
+    )?)
 }

@@ -4,9 +4,9 @@
 //! person (diagnostics, step lines, logs, errors) goes to stderr. Colours only on a terminal and
 //! never with `NO_COLOR`.
 //!
-//! Every line passes through [`redact`] and [`escape`](crate::text::escape). The parts:
-//! [`redact`] (masking secrets, the panic hook), [`log`] (the `-v` log), [`diagnostics`]
-//! (findings, text or JSON) and [`steps`] (the events of `bootstrap`).
+//! Every line passes through [`redact`] and [`escape`]. The parts: `redact.rs` (masking
+//! secrets, the panic hook), `log.rs` (the `-v` log), `diagnostics.rs` (findings, text or JSON)
+//! and `steps.rs` (the events of `bootstrap`).
 
 mod diagnostics;
 mod log;
@@ -148,17 +148,10 @@ impl Ui {
         }
     }
 
-    /// An error and its causes on one line, `error: what: why: why`, as anyhow's `{:#}`
-    /// prints a chain; shown even with `--quiet`.
+    /// An error and its causes on one line (see [`crate::chain::line`]); shown even with
+    /// `--quiet`.
     pub fn error_chain(&self, err: &(dyn std::error::Error + 'static)) {
-        let mut text = err.to_string();
-        let mut next = err.source();
-        while let Some(e) = next {
-            text.push_str(": ");
-            text.push_str(&e.to_string());
-            next = e.source();
-        }
-        self.error(&text);
+        self.error(&crate::chain::line(err));
     }
 
     /// An error line: `error: ...`, shown even with `--quiet`.

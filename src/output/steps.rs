@@ -12,17 +12,28 @@ use crate::text::json_safe;
 pub struct Steps<'a> {
     ui: &'a Ui,
     format: Format,
-    dry_run: bool,
+    /// The steps of a plan (`--dry-run`): what would be done, not what was.
+    planned: bool,
     last: std::time::Instant,
     shown: String,
 }
 
 impl<'a> Steps<'a> {
-    pub fn new(ui: &'a Ui, format: Format, dry_run: bool) -> Steps<'a> {
+    /// Steps as they are done.
+    pub fn new(ui: &'a Ui, format: Format) -> Steps<'a> {
+        Steps::with(ui, format, false)
+    }
+
+    /// The steps of a plan, shown as what would be done (`--dry-run`).
+    pub fn plan(ui: &'a Ui, format: Format) -> Steps<'a> {
+        Steps::with(ui, format, true)
+    }
+
+    fn with(ui: &'a Ui, format: Format, planned: bool) -> Steps<'a> {
         Steps {
             ui,
             format,
-            dry_run,
+            planned,
             last: std::time::Instant::now(),
             shown: String::new(),
         }
@@ -30,7 +41,7 @@ impl<'a> Steps<'a> {
 
     /// Shows one event. Progress that repeats the last one shown is skipped.
     pub fn emit(&mut self, step: Step) {
-        let lines = step_lines(&step, self.dry_run);
+        let lines = step_lines(&step, self.planned);
         if step.is_progress() {
             let text = lines.concat();
             if text == self.shown {
@@ -58,7 +69,7 @@ impl<'a> Steps<'a> {
                 }
                 let line = Line {
                     step: &step,
-                    dry_run: self.dry_run,
+                    dry_run: self.planned,
                     ms: timed.then_some(ms),
                 };
                 if let Ok(mut json) = serde_json::to_string(&line) {
@@ -92,13 +103,13 @@ impl<'a> Steps<'a> {
     }
 }
 
-/// The text of an event: its line, then (in a dry run) one line per field that would change.
-pub fn step_lines(step: &Step, dry_run: bool) -> Vec<String> {
+/// The text of an event: its line, then (in a plan) one line per field that would change.
+pub fn step_lines(step: &Step, planned: bool) -> Vec<String> {
     use crate::plan::Change;
     use crate::step::short;
-    let prefix = if dry_run { "(dry run) " } else { "" };
+    let prefix = if planned { "(dry run) " } else { "" };
     let would = |done: &str| {
-        if dry_run {
+        if planned {
             format!("would be {done}")
         } else {
             done.to_string()
@@ -131,7 +142,7 @@ pub fn step_lines(step: &Step, dry_run: bool) -> Vec<String> {
                 Change::Update(_) => would("updated"),
             };
             let mut out = vec![format!("{prefix}{kind} `{name}` {verb}")];
-            if let (true, Change::Update(fields)) = (dry_run, change) {
+            if let (true, Change::Update(fields)) = (planned, change) {
                 for f in fields {
                     out.push(format!(
                         "    {}: {} → {}",

@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -17,9 +16,14 @@ use serde_json::Value;
 
 use crate::flux::{self, FluxParts, Kind, is_subset};
 
+pub mod lease;
+mod watch;
+pub use lease::{LEASE_DURATION, LEASE_NAME, LeaseState};
+pub use watch::is_refusal;
+use watch::watch_one;
+
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "homelab-flux";
-/// The `User-Agent` of every request to the API server.
 /// A TCP connection (and TLS handshake) to the API server that takes longer fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// An answer from the API server that takes longer than this after the request fails. kube-rs
@@ -28,10 +32,6 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The server-side timeout of a watch, kept below [`READ_TIMEOUT`]: the API server ends a quiet
 /// watch before the client would take the silence for a dead connection, and it is resumed.
 const WATCH_TIMEOUT_SECS: u32 = 20;
-/// The Lease that serialises bootstraps of one cluster.
-pub const LEASE_NAME: &str = "homelab-flux-bootstrap";
-/// How long a Lease stays valid without renewal: a run that died holds it no longer than this.
-pub const LEASE_DURATION: Duration = Duration::from_secs(30);
 
 /// What can go wrong with the cluster. Every message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -43,13 +43,12 @@ pub enum Error {
     #[error("cannot set up the Kubernetes client")]
     Client(#[source] kube::Error),
     #[error(
-        "cannot reach the Kubernetes API server at {server} ({cause}); is the cluster up, and is `--context` right?"
+        "cannot reach the Kubernetes API server at {server} ({source}); is the cluster up, and is `--context` right?"
     )]
     Unreachable {
         server: String,
-        /// The innermost cause (for example `Connection refused (os error 111)`); the layers
-        /// above it only repeat "client error".
-        cause: String,
+        #[source]
+        source: Transport,
     },
     #[error("the API server refused {what}: {message}")]
     Refused { what: String, message: String },
@@ -97,6 +96,31 @@ fn resource(kind: Kind) -> (ApiResource, bool) {
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural),
         namespaced,
     )
+}
+
+/// A write the API server is asked to check without keeping it ([`Cluster::check`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Write<'a> {
+    /// A server-side apply of one object.
+    Apply(Kind, &'a Value),
+    /// A deletion.
+    Delete {
+        kind: Kind,
+        namespace: Option<&'a str>,
+        name: &'a str,
+    },
+    /// Install manifests, as [`Cluster::install`] writes them.
+    Install(&'a [Value]),
+}
+
+/// Manifests in the order they are written: CRDs and Namespaces first, then the rest.
+fn install_order(documents: &[Value]) -> (Vec<&Value>, Vec<&Value>) {
+    documents.iter().partition(|d| {
+        matches!(
+            d["kind"].as_str(),
+            Some("CustomResourceDefinition" | "Namespace")
+        )
+    })
 }
 
 /// A connection to one cluster.
@@ -199,16 +223,7 @@ impl Cluster {
             },
             e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => Error::Unreachable {
                 server: self.server.clone(),
-                cause: match root_cause(&e) {
-                    // A server that accepts and stays silent: hyper-timeout reports its connect
-                    // timeout and its read timeout alike, as an I/O `TimedOut`.
-                    _ if has_timed_out(&e) => format!(
-                        "no answer within the {} s connect or {} s read timeout",
-                        CONNECT_TIMEOUT.as_secs(),
-                        READ_TIMEOUT.as_secs()
-                    ),
-                    c => c,
-                },
+                source: Transport(e),
             },
             e => Error::Api {
                 what: what.to_string(),
@@ -301,17 +316,17 @@ impl Cluster {
     }
 
     /// Server-side applies `desired` (a JSON object); whether anything differs is the plan's to
-    /// decide. With `dry_run`, the API server checks the write without persisting it.
-    pub async fn apply(&self, kind: Kind, desired: &Value, dry_run: bool) -> Result<(), Error> {
-        let name = desired["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+    /// decide.
+    pub async fn apply(&self, kind: Kind, desired: &Value) -> Result<(), Error> {
+        self.patch(kind, desired, &PatchParams::apply(FIELD_MANAGER).force())
+            .await
+    }
+
+    async fn patch(&self, kind: Kind, desired: &Value, params: &PatchParams) -> Result<(), Error> {
+        let name = desired["metadata"]["name"].as_str().unwrap_or_default();
         let namespace = desired["metadata"]["namespace"].as_str();
-        let mut params = PatchParams::apply(FIELD_MANAGER).force();
-        params.dry_run = dry_run;
         self.api(kind, namespace)
-            .patch(&name, &params, &Patch::Apply(desired))
+            .patch(name, params, &Patch::Apply(desired))
             .await
             .map_err(|e| self.unreachable_or(&format!("applying {} `{name}`", kind.name()), e))?;
         Ok(())
@@ -323,17 +338,67 @@ impl Cluster {
         kind: Kind,
         namespace: Option<&str>,
         name: &str,
-        dry_run: bool,
     ) -> Result<(), Error> {
-        let params = kube::api::DeleteParams {
-            dry_run,
-            ..Default::default()
-        };
-        match self.api(kind, namespace).delete(name, &params).await {
+        self.delete_with(kind, namespace, name, &Default::default())
+            .await
+    }
+
+    async fn delete_with(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        params: &kube::api::DeleteParams,
+    ) -> Result<(), Error> {
+        match self.api(kind, namespace).delete(name, params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(self.unreachable_or(&format!("deleting {} `{name}`", kind.name()), e)),
         }
+    }
+
+    /// Has the API server check writes without keeping any (a server-side dry run): what
+    /// `--dry-run` asks of it, in one call over the plan's writes. Manifests are checked as
+    /// [`Cluster::install`] would write them, except that in a dry run their CRDs and
+    /// Namespaces are not really there: what lives in a Namespace that does not exist yet
+    /// cannot be checked, and counts as to be written.
+    pub async fn check(&self, writes: &[Write<'_>]) -> Result<(), Error> {
+        let mut apply = PatchParams::apply(FIELD_MANAGER).force();
+        apply.dry_run = true;
+        let delete = kube::api::DeleteParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        for write in writes {
+            match *write {
+                Write::Apply(kind, desired) => self.patch(kind, desired, &apply).await?,
+                Write::Delete {
+                    kind,
+                    namespace,
+                    name,
+                } => self.delete_with(kind, namespace, name, &delete).await?,
+                Write::Install(documents) => {
+                    let (early, late) = install_order(documents);
+                    for doc in early {
+                        self.apply_any(doc, &apply).await?;
+                    }
+                    let mut absent = std::collections::BTreeMap::new();
+                    for doc in late {
+                        if let Some(ns) = doc["metadata"]["namespace"].as_str() {
+                            if !absent.contains_key(ns) {
+                                let missing = self.get(Kind::Namespace, None, ns).await?.is_none();
+                                absent.insert(ns.to_string(), missing);
+                            }
+                            if absent[ns] {
+                                continue;
+                            }
+                        }
+                        self.apply_any(doc, &apply).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sets `reconcile.fluxcd.io/requestedAt`, which makes a Flux controller reconcile now.
@@ -365,50 +430,29 @@ impl Cluster {
     pub async fn install(
         &self,
         documents: &[Value],
-        dry_run: bool,
         timeout: Duration,
     ) -> Result<(usize, usize), Error> {
-        let first = |d: &&Value| {
-            matches!(
-                d["kind"].as_str(),
-                Some("CustomResourceDefinition" | "Namespace")
-            )
-        };
-        let (early, late): (Vec<&Value>, Vec<&Value>) = documents.iter().partition(first);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let (early, late) = install_order(documents);
         let mut written = 0;
         for doc in &early {
-            written += usize::from(self.apply_any(doc, dry_run).await?);
+            written += usize::from(self.apply_any(doc, &params).await?);
         }
-        if !dry_run {
-            for doc in early
-                .iter()
-                .filter(|d| d["kind"] == "CustomResourceDefinition")
-            {
-                let name = doc["metadata"]["name"].as_str().unwrap_or_default();
-                self.wait_established(name, timeout).await?;
-            }
+        for doc in early
+            .iter()
+            .filter(|d| d["kind"] == "CustomResourceDefinition")
+        {
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            self.wait_established(name, timeout).await?;
         }
-        // A dry run has not really created the Namespaces: objects in one that does not exist
-        // yet cannot be checked, and count as to be created.
-        let mut absent = std::collections::BTreeMap::new();
         for doc in &late {
-            if dry_run && let Some(ns) = doc["metadata"]["namespace"].as_str() {
-                if !absent.contains_key(ns) {
-                    let missing = self.get(Kind::Namespace, None, ns).await?.is_none();
-                    absent.insert(ns.to_string(), missing);
-                }
-                if absent[ns] {
-                    written += 1;
-                    continue;
-                }
-            }
-            written += usize::from(self.apply_any(doc, dry_run).await?);
+            written += usize::from(self.apply_any(doc, &params).await?);
         }
         Ok((early.len() + late.len(), written))
     }
 
     /// Applies one manifest unless the live object holds all of it; true when it was written.
-    async fn apply_any(&self, doc: &Value, dry_run: bool) -> Result<bool, Error> {
+    async fn apply_any(&self, doc: &Value, params: &PatchParams) -> Result<bool, Error> {
         let (Some(api_version), Some(kind), Some(name)) = (
             doc["apiVersion"].as_str(),
             doc["kind"].as_str(),
@@ -437,9 +481,7 @@ impl Cluster {
         {
             return Ok(false);
         }
-        let mut params = PatchParams::apply(FIELD_MANAGER).force();
-        params.dry_run = dry_run;
-        api.patch(name, &params, &Patch::Apply(doc))
+        api.patch(name, params, &Patch::Apply(doc))
             .await
             .map_err(|e| self.unreachable_or(&format!("applying {kind} `{name}`"), e))?;
         Ok(true)
@@ -460,284 +502,37 @@ impl Cluster {
             Ok(Err(_)) | Err(_) => Err(Error::CrdNotEstablished(name.to_string())),
         }
     }
+}
 
-    /// A failed watch as an [`Error`], so that a stopped API server reads as unreachable.
-    pub fn watch_error(&self, kind: Kind, name: &str, e: kube::runtime::watcher::Error) -> Error {
-        use kube::runtime::watcher::Error as W;
-        let what = format!("watching {} `{name}`", kind.name());
-        match e {
-            W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => {
-                self.unreachable_or(&what, e)
-            }
-            W::WatchError(status) => Error::Refused {
-                what,
-                message: status.message,
-            },
-            W::NoResourceVersion => Error::Refused {
-                what,
-                message: "the watch answered without a resourceVersion".to_string(),
-            },
+/// The connection to the API server failed: the kube-rs error, shown as its innermost cause
+/// (for example `Connection refused (os error 111)`; the layers above it only repeat "client
+/// error"), or as the timeout that passed.
+#[derive(Debug)]
+pub struct Transport(pub kube::Error);
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::chain::chain;
+        // A server that accepts and stays silent: hyper-timeout reports its connect timeout and
+        // its read timeout alike, as an I/O `TimedOut`.
+        let timed_out = chain(&self.0).any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
+        if timed_out {
+            return write!(
+                f,
+                "no answer within the {} s connect or {} s read timeout",
+                CONNECT_TIMEOUT.as_secs(),
+                READ_TIMEOUT.as_secs()
+            );
+        }
+        match chain(&self.0).last() {
+            Some(innermost) => write!(f, "{innermost}"),
+            None => write!(f, "{}", self.0),
         }
     }
-
-    /// A stream of one object's states, from a watch (not polling): `Some` when it is there or
-    /// changed, `None` when it is absent or deleted. After an error the stream goes on (it lists
-    /// and watches again when polled), so a caller can resume a dropped watch.
-    pub fn watch(
-        &self,
-        kind: Kind,
-        namespace: &str,
-        name: &str,
-    ) -> impl futures::Stream<Item = Result<Option<DynamicObject>, kube::runtime::watcher::Error>>
-    + Send
-    + use<> {
-        watch_one(self.api(kind, Some(namespace)), name)
-    }
-
-    /// One attempt to take the bootstrap Lease in `namespace` for `holder`: created when absent,
-    /// taken over when expired, renewed when `holder` has it already. Conflicts (another run
-    /// won the race) come back as the Lease's holder, like a Lease held by another run.
-    pub async fn try_acquire_lease(
-        &self,
-        namespace: &str,
-        holder: &str,
-    ) -> Result<LeaseState, Error> {
-        use k8s_openapi::api::coordination::v1::Lease;
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
-        let what = format!("the Lease `{namespace}/{LEASE_NAME}`");
-        let live = api
-            .get_opt(LEASE_NAME)
-            .await
-            .map_err(|e| self.unreachable_or(&what, e))?;
-        let now = jiff::Timestamp::now();
-        if let Some(live) = &live
-            && let Some(other) = lease_holder(live, holder, now)
-        {
-            return Ok(other);
-        }
-        let lease = Lease {
-            metadata: kube::api::ObjectMeta {
-                name: Some(LEASE_NAME.to_string()),
-                namespace: Some(namespace.to_string()),
-                resource_version: live
-                    .as_ref()
-                    .and_then(|l| l.metadata.resource_version.clone()),
-                ..Default::default()
-            },
-            spec: Some(lease_spec(holder, now)),
-        };
-        let result = match &live {
-            None => api.create(&Default::default(), &lease).await,
-            Some(_) => api.replace(LEASE_NAME, &Default::default(), &lease).await,
-        };
-        match result {
-            Ok(_) => Ok(LeaseState::Acquired),
-            // Another run created or took it between the read and the write.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(LeaseState::Held {
-                holder: "another bootstrap".to_string(),
-                expires: now + LEASE_DURATION,
-            }),
-            Err(e) => Err(self.unreachable_or(&what, e)),
-        }
-    }
-
-    /// Renews the Lease while `holder` has it; false when it is no longer ours.
-    pub async fn renew_lease(&self, namespace: &str, holder: &str) -> Result<bool, Error> {
-        Ok(matches!(
-            self.try_acquire_lease(namespace, holder).await?,
-            LeaseState::Acquired
-        ))
-    }
-
-    /// Deletes the Lease if `holder` still has it, so that the next run need not wait.
-    pub async fn release_lease(&self, namespace: &str, holder: &str) -> Result<(), Error> {
-        use k8s_openapi::api::coordination::v1::Lease;
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
-        let what = format!("the Lease `{namespace}/{LEASE_NAME}`");
-        let Some(live) = api
-            .get_opt(LEASE_NAME)
-            .await
-            .map_err(|e| self.unreachable_or(&what, e))?
-        else {
-            return Ok(());
-        };
-        let ours = live
-            .spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.as_deref())
-            == Some(holder);
-        if !ours {
-            return Ok(());
-        }
-        // Only this very version: a run that took the Lease over meanwhile keeps it.
-        let params = kube::api::DeleteParams {
-            preconditions: Some(kube::api::Preconditions {
-                resource_version: live.metadata.resource_version.clone(),
-                uid: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(LEASE_NAME, &params).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-            Err(e) => Err(self.unreachable_or(&what, e)),
-        }
-    }
-
-    /// A stream of the Lease's states (see [`Cluster::watch`]); a waiting run wakes on changes.
-    pub fn watch_lease(
-        &self,
-        namespace: &str,
-    ) -> impl futures::Stream<Item = Result<(), kube::runtime::watcher::Error>> + Send + use<> {
-        use k8s_openapi::api::coordination::v1::Lease;
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
-        watch_one(api, LEASE_NAME).map(|r| r.map(|_| ()))
-    }
 }
 
-/// Whether a bootstrap Lease is ours to take.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LeaseState {
-    /// This run holds it now.
-    Acquired,
-    /// Another run holds it until `expires`, unless it renews it.
-    Held {
-        holder: String,
-        expires: jiff::Timestamp,
-    },
-}
-
-/// `Some(Held)` when a live Lease belongs to another holder and has not expired at `now`.
-pub fn lease_holder(
-    lease: &k8s_openapi::api::coordination::v1::Lease,
-    me: &str,
-    now: jiff::Timestamp,
-) -> Option<LeaseState> {
-    let spec = lease.spec.as_ref()?;
-    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
-    if holder == me {
-        return None;
-    }
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0)?;
-    let seconds = i64::from(spec.lease_duration_seconds.unwrap_or(0).max(0));
-    let expires = renewed + jiff::SignedDuration::from_secs(seconds);
-    (expires > now).then_some(LeaseState::Held { holder, expires })
-}
-
-fn lease_spec(holder: &str, now: jiff::Timestamp) -> k8s_openapi::api::coordination::v1::LeaseSpec {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-    k8s_openapi::api::coordination::v1::LeaseSpec {
-        holder_identity: Some(holder.to_string()),
-        lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
-        acquire_time: Some(MicroTime(now)),
-        renew_time: Some(MicroTime(now)),
-        ..Default::default()
-    }
-}
-
-/// True for a watch error that retrying will not cure: the API server answered 403 (RBAC) or
-/// 404 (the kind is not served). Connection errors, timeouts and 410 Gone are passing.
-pub fn is_refusal(e: &kube::runtime::watcher::Error) -> bool {
-    use kube::runtime::watcher::Error as W;
-    let status = match e {
-        W::InitialListFailed(kube::Error::Api(s))
-        | W::WatchStartFailed(kube::Error::Api(s))
-        | W::WatchFailed(kube::Error::Api(s)) => s.code,
-        W::WatchError(s) => s.code,
-        _ => return false,
-    };
-    matches!(status, 403 | 404)
-}
-
-/// `watch_object` of kube-runtime, with a server-side timeout below the client's read timeout.
-fn watch_one<K>(
-    api: Api<K>,
-    name: &str,
-) -> futures::stream::BoxStream<'static, Result<Option<K>, kube::runtime::watcher::Error>>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    use kube::runtime::watcher::{self, Event};
-    let config = watcher::Config::default()
-        .fields(&format!("metadata.name={name}"))
-        .timeout(WATCH_TIMEOUT_SECS);
-    watcher::watcher(api, config)
-        .scan(false, |seen, event| {
-            match &event {
-                Ok(Event::Init) => *seen = false,
-                Ok(Event::InitApply(_)) => *seen = true,
-                _ => {}
-            }
-            futures::future::ready(Some((*seen, event)))
-        })
-        .filter_map(|(seen, event)| async move {
-            match event {
-                Ok(Event::Apply(o) | Event::InitApply(o)) => Some(Ok(Some(o))),
-                Ok(Event::Delete(_)) => Some(Ok(None)),
-                Ok(Event::InitDone) if !seen => Some(Ok(None)),
-                Ok(Event::Init | Event::InitDone) => None,
-                Err(e) => Some(Err(e)),
-            }
-        })
-        .boxed()
-}
-
-/// True when an I/O error in the chain timed out (hyper-timeout's connect, read and write
-/// timeouts).
-fn has_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
-}
-
-/// The last error of a source chain, which names what actually failed.
-pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = e;
-    while let Some(next) = last.source() {
-        last = next;
-    }
-    last.to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lease_is_held_by_another_run_until_it_expires() {
-        use k8s_openapi::api::coordination::v1::Lease;
-        let now: jiff::Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
-        let lease = |holder: &str, renewed: &str| Lease {
-            spec: Some(lease_spec(holder, renewed.parse().unwrap())),
-            ..Default::default()
-        };
-        assert_eq!(
-            lease_holder(&lease("other", "2026-12-01T09:59:50Z"), "me", now),
-            Some(LeaseState::Held {
-                holder: "other".to_string(),
-                expires: "2026-12-01T10:00:20Z".parse().unwrap(),
-            })
-        );
-        // Expired (a run that died), or ours: free to take.
-        assert_eq!(
-            lease_holder(&lease("other", "2026-12-01T09:59:00Z"), "me", now),
-            None
-        );
-        assert_eq!(
-            lease_holder(&lease("me", "2026-12-01T09:59:59Z"), "me", now),
-            None
-        );
-        assert_eq!(lease_holder(&Lease::default(), "me", now), None);
-    }
-}
+/// Its text is the innermost cause already: the chain below it is not printed again.
+impl std::error::Error for Transport {}

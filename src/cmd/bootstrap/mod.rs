@@ -1,0 +1,194 @@
+//! `homelab-flux bootstrap`: set up Flux on the cluster from the repository.
+//!
+//! Read, decide, act, wait. Everything the run needs is read first (`read.rs`: the
+//! configuration, GitHub in one round, the cluster in one round); [`plan::plan`] decides every
+//! write from that; then the plan is carried out (`apply.rs`), or with `--dry-run` checked and
+//! shown (`dry_run.rs`); and the run follows Flux until it has synced (`wait.rs`). The order of
+//! the writes is chosen so that every stop leaves a state the next run repairs: nothing touches
+//! the cluster before the configuration and GitHub are checked and a new deploy key is proven;
+//! stale keys are deleted only after the Secret with the new one is applied; every cluster
+//! write is an idempotent server-side apply.
+
+mod apply;
+mod args;
+mod dry_run;
+mod error;
+mod export;
+mod read;
+mod wait;
+
+pub use args::{Args, MAX_TIMEOUT};
+pub use error::{Error, KeyLeftBehind, NotProven, NotReady, StaleKeysLeft};
+
+use crate::cluster::lease::HeldLease;
+use crate::cmd::{Global, NoRuntime};
+use crate::flux::{self, Kind};
+use crate::output::{Steps, Ui};
+use crate::plan::{self, Credentials, SecretPlan};
+use crate::step::Step;
+use apply::Run;
+
+pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
+    if args.export {
+        return export::export(global, ui);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(NoRuntime)?;
+    let lease = HeldLease::default();
+    // Ctrl-C stops the run between two steps with a message rather than mid-line and silent.
+    // Every step is safe to cut short: the next run repairs what this one left (a key that was
+    // not yet in the cluster is deleted then as stale, and every apply is idempotent).
+    let result = runtime.block_on(async {
+        let result = tokio::select! {
+            result = bootstrap(args, global, ui, &lease) => result,
+            _ = tokio::signal::ctrl_c() => {
+                ui.progress_done();
+                Err(Error::Interrupted)
+            }
+        };
+        // A run that stopped early gives the Lease back, so that the next one need not wait
+        // for it to expire.
+        lease.release().await;
+        result
+    });
+    // An SSH proof still running on a blocking thread is abandoned, not waited for.
+    runtime.shutdown_background();
+    result
+}
+
+/// The story of a run.
+async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> Result<(), Error> {
+    let mut steps = match args.dry_run {
+        true => Steps::plan(ui, args.format),
+        false => Steps::new(ui, args.format),
+    };
+
+    // Read: the configuration, then GitHub in one round; nothing is touched when they have
+    // errors. Then the cluster.
+    let read::Read {
+        cfg,
+        token,
+        age_identity,
+        gh,
+        mut github,
+    } = read::config_and_github(global, ui).await?;
+    steps.emit(Step::Checked {
+        repo: cfg.repo.to_string(),
+    });
+    let cluster = args.cluster.connect().await?;
+    tracing::debug!(
+        "kubeconfig context `{}`, API server {}",
+        cluster.context(),
+        cluster.server()
+    );
+    let mut live = read::live(&cluster, cfg.decryption.is_some()).await?;
+    steps.emit(Step::Connected {
+        context: live.context.clone(),
+        kubernetes: live.git_version.clone(),
+    });
+
+    // Decide.
+    let options = plan::Options {
+        force: args.force,
+        key_title: args.key_title.clone(),
+        age_identity,
+    };
+    let mut plan = plan::plan(&cfg, &token, &github, &live, &options)?;
+    for o in [&plan.git_repository, &plan.kustomization] {
+        tracing::trace!("desired {} spec: {}", o.kind.name(), o.desired["spec"]);
+    }
+    let run = Run {
+        args,
+        cluster: &cluster,
+        gh: &gh,
+        cfg: &cfg,
+    };
+    if args.dry_run {
+        return dry_run::show(&run, &plan, &mut steps).await;
+    }
+
+    // Act, in order: Flux itself, then the credentials, then the objects that use them.
+    run.apply(&plan.namespace, &mut steps).await?;
+    if !plan.install.missing.is_empty() {
+        run.install(&plan.install.missing, &mut steps).await?;
+    }
+    if let Some(what) = plan.takeover {
+        steps.emit(Step::TakeoverNote {
+            name: format!("{}/{}", flux::NAMESPACE, flux::NAME),
+            what,
+        });
+    }
+
+    // A new key is made under the Lease that keeps a second run of this cluster from doing the
+    // same at once (each would delete the other's key as stale). Another run may have put a
+    // working key in place while this one waited: what it changed is read again, and decided
+    // again. A run that keeps the key in the cluster writes nothing and needs no Lease.
+    if matches!(plan.credentials, Credentials::NewKey) {
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        let name = format!("{}/{}", flux::NAMESPACE, crate::cluster::LEASE_NAME);
+        let acquired = lease
+            .acquire(&cluster, flux::NAMESPACE, deadline, |holder| {
+                steps.emit(Step::LeaseHeld {
+                    name: name.clone(),
+                    holder: holder.to_string(),
+                })
+            })
+            .await;
+        steps.progress_done();
+        if acquired.map_err(|e| match e {
+            crate::cluster::lease::AcquireError::StillHeld(e) => Error::LeaseHeld(e),
+            crate::cluster::lease::AcquireError::Cluster(e) => Error::Cluster(e),
+        })? {
+            steps.emit(Step::LeaseFree);
+        }
+        let (secret, keys) = tokio::join!(
+            cluster.get(Kind::Secret, Some(flux::NAMESPACE), flux::NAME),
+            gh.list_deploy_keys(&cfg.repo.owner, &cfg.repo.name)
+        );
+        live.secret = secret?.map(|s| read::to_value(&s));
+        github.keys = keys?;
+        plan = plan::plan(&cfg, &token, &github, &live, &options)?;
+    }
+    let settled = run.credentials(&plan, &mut steps).await?;
+
+    if plan.replace_secret {
+        cluster
+            .delete(Kind::Secret, Some(flux::NAMESPACE), flux::NAME)
+            .await?;
+        steps.emit(Step::SecretReplaced {
+            name: format!("{}/{}", flux::NAMESPACE, flux::NAME),
+        });
+    }
+    match (&plan.secret, settled.secret) {
+        (SecretPlan::Apply(object), _) => run.apply(object, &mut steps).await?,
+        (SecretPlan::NewKey { change }, Some(desired)) => {
+            let object = plan::Object {
+                kind: Kind::Secret,
+                desired,
+                change: change.clone(),
+            };
+            run.apply(&object, &mut steps).await?;
+        }
+        (SecretPlan::NewKey { .. }, None) => unreachable!("a new key's Secret is settled"),
+    }
+    let left = run.delete_stale_keys(&plan, &mut steps).await;
+    if let Some(sops_secret) = &plan.sops_secret {
+        run.apply(sops_secret, &mut steps).await?;
+    }
+    run.apply(&plan.git_repository, &mut steps).await?;
+    run.apply(&plan.kustomization, &mut steps).await?;
+    // The credentials are settled: another run may go on while this one waits for Flux.
+    lease.release().await;
+
+    // Wait.
+    if let (false, Some(sha)) = (args.no_wait, &settled.sha) {
+        wait::wait(&run, &plan, &live, sha, settled.ssh.as_ref(), &mut steps).await?;
+    }
+    match left.is_empty() {
+        true => Ok(()),
+        false => Err(StaleKeysLeft(left).into()),
+    }
+}
