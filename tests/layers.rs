@@ -26,8 +26,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "values",
         &[
-            "settings", "facts", "flux", "sops", "token", "token_host", "repo_url", "branch",
-            "repo_path", "keys", "diag", "text", "chain", "ssh_url",
+            "settings",
+            "facts",
+            "flux",
+            "sops",
+            "token",
+            "token_host",
+            "repo_url",
+            "branch",
+            "repo_path",
+            "keys",
+            "diag",
+            "text",
+            "chain",
+            "ssh_url",
         ],
     ),
 ];
@@ -157,10 +169,14 @@ fn every_import_points_down_and_the_decisions_import_no_outside_system() {
         for to in targets {
             let (to_level, to_name) = layer_of(to);
             if to_level < level {
-                wrong.push(format!("{from} ({name}) -> {to} ({to_name}): back up a layer"));
+                wrong.push(format!(
+                    "{from} ({name}) -> {to} ({to_name}): back up a layer"
+                ));
             }
             if name == DECISIONS && to_name == SYSTEMS {
-                wrong.push(format!("{from} -> {to}: a decision imports an outside system"));
+                wrong.push(format!(
+                    "{from} -> {to}: a decision imports an outside system"
+                ));
             }
         }
     }
@@ -220,7 +236,9 @@ fn the_reader_finds_imports_and_the_check_would_fail() {
     );
     assert_eq!(
         found,
-        ["cluster", "cmd::bootstrap", "flux"].map(String::from).into()
+        ["cluster", "cmd::bootstrap", "flux"]
+            .map(String::from)
+            .into()
     );
     assert_eq!(
         imports("cmd::bootstrap", "use super::Global;", &known),
