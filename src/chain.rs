@@ -26,6 +26,25 @@ pub fn line(e: &(dyn Error + 'static)) -> String {
     text
 }
 
+/// An error shown as its innermost cause, for a message that names its cause in its own words
+/// (`cannot read the kubeconfig `x` (No such file or directory (os error 2))`): the layers
+/// between, which only repeat the path or "client error", are not printed. The error itself is
+/// kept, typed, in `.0`.
+#[derive(Debug)]
+pub struct Innermost<E>(pub E);
+
+impl<E: Error + 'static> std::fmt::Display for Innermost<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match chain(&self.0).last() {
+            Some(innermost) => write!(f, "{innermost}"),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+/// Its text is the innermost cause already: the chain below it is not printed again.
+impl<E: Error + 'static> Error for Innermost<E> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::cmd::{self, Global};
+use crate::cmd::{self, GlobalArgs};
 
 /// Bootstrap Flux (GitOps) onto a homelab Kubernetes cluster from a GitHub repository.
 ///
@@ -20,7 +20,7 @@ use crate::cmd::{self, Global};
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub global: Global,
+    pub global: GlobalArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -48,6 +48,7 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Init(cmd::init::Args),
     Validate(cmd::validate::Args),
     Bootstrap(cmd::bootstrap::Args),
     Status(cmd::status::Args),

@@ -103,6 +103,7 @@ codes! {
     SecretsPermissions = "HF062", "secrets-permissions";
     TokenInTrackedFile = "HF063", "token-in-tracked-file";
     PlaintextSecret = "HF064", "plaintext-secret-manifest";
+    SecretsStray = "HF065", "secrets-file-not-read";
     AgeKeyInvalid = "HF070", "age-key-invalid";
     AgeKeyMissing = "HF071", "age-key-missing";
     SopsConfigInvalid = "HF072", "sops-config-invalid";

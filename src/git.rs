@@ -39,6 +39,12 @@ const MAX_SCAN_SIZE: usize = 8 * 1024 * 1024;
 pub fn hygiene(config_dir: &Path, secrets_path: &Path, secrets: Secrets<'_>) -> Hygiene {
     let mut hygiene = Hygiene::default();
     let out = &mut hygiene.findings;
+    let shown = secrets_path.display().to_string();
+    let exists = secrets_path.exists();
+    // Readable by others is a problem in a git work tree or not.
+    if exists {
+        out.extend(permissions(secrets_path, &shown));
+    }
     let Ok(repo) = Repository::open_ext(
         config_dir,
         RepositoryOpenFlags::empty(),
@@ -60,7 +66,6 @@ pub fn hygiene(config_dir: &Path, secrets_path: &Path, secrets: Secrets<'_>) -> 
         .map(PathBuf::from)
         .unwrap_or_default();
     let rel = rel_dir.join(&file_name);
-    let shown = secrets_path.display().to_string();
     let index = repo.index().ok();
 
     let in_head = repo
@@ -71,7 +76,6 @@ pub fn hygiene(config_dir: &Path, secrets_path: &Path, secrets: Secrets<'_>) -> 
     let staged = index
         .as_ref()
         .is_some_and(|i| i.get_path(&rel, 0).is_some());
-    let exists = secrets_path.exists();
 
     if in_head || staged {
         let (what, rotate) = if in_head {
@@ -108,8 +112,27 @@ pub fn hygiene(config_dir: &Path, secrets_path: &Path, secrets: Secrets<'_>) -> 
         );
     }
 
-    if exists {
-        out.extend(permissions(secrets_path, &shown));
+    for stray in crate::config::stray_secrets_files(config_dir, file_name.as_os_str()) {
+        let Some(name) = stray.file_name() else {
+            continue;
+        };
+        if repo.is_path_ignored(rel_dir.join(name)).unwrap_or(false) {
+            continue;
+        }
+        let stray_shown = stray.display().to_string();
+        out.push(
+            Diagnostic::error(
+                Code::SecretsStray,
+                format!(
+                    "`{stray_shown}` looks like a secrets file, but homelab-flux reads `{shown}` and git does not ignore `{stray_shown}`"
+                ),
+            )
+            .in_file(&stray_shown)
+            .with_hint(format!(
+                "rename it to `{shown}` (then it is read, and ignored by the line `{}` in .gitignore), or delete it",
+                ignore_line(rel_dir)
+            )),
+        );
     }
 
     if let Some(index) = index {
@@ -118,8 +141,51 @@ pub fn hygiene(config_dir: &Path, secrets_path: &Path, secrets: Secrets<'_>) -> 
     hygiene
 }
 
+/// What `init` needs to know of the git repository around a directory.
+#[derive(Debug, Default)]
+pub struct Around {
+    /// The work tree's root.
+    pub root: Option<PathBuf>,
+    /// `origin`'s URL.
+    pub origin: Option<String>,
+    /// The branch checked out.
+    pub branch: Option<String>,
+}
+
+/// The git repository around `dir`, if any (`dir` need not exist yet: its parent is asked).
+pub fn around(dir: &Path) -> Around {
+    let start = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("."));
+    let Ok(repo) = Repository::open_ext(
+        start,
+        RepositoryOpenFlags::empty(),
+        std::iter::empty::<&Path>(),
+    ) else {
+        return Around::default();
+    };
+    Around {
+        root: repo.workdir().and_then(|w| w.canonicalize().ok()),
+        origin: repo
+            .find_remote("origin")
+            .ok()
+            .and_then(|r| r.url().ok().map(str::to_string)),
+        branch: repo
+            .head()
+            .ok()
+            .filter(git2::Reference::is_branch)
+            .and_then(|h| h.shorthand().ok().map(str::to_string)),
+    }
+}
+
+/// Whether git ignores `rel` (a path relative to the work tree at `root`).
+pub fn is_ignored(root: &Path, rel: &Path) -> bool {
+    Repository::open(root).is_ok_and(|repo| repo.is_path_ignored(rel).unwrap_or(false))
+}
+
 /// The .gitignore line that covers every secrets file of the config directory.
-fn ignore_line(rel_dir: &Path) -> String {
+pub fn ignore_line(rel_dir: &Path) -> String {
     if rel_dir.as_os_str().is_empty() {
         "secrets-*.yaml".to_string()
     } else {

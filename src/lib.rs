@@ -60,6 +60,8 @@ use output::Ui;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
+    Init(#[from] cmd::init::Error),
+    #[error(transparent)]
     Validate(#[from] cmd::validate::Error),
     #[error(transparent)]
     Bootstrap(#[from] cmd::bootstrap::Error),
@@ -74,6 +76,7 @@ impl Error {
     /// `1` when the command ran and found problems, `2` when it could not run (SPEC §2).
     pub fn exit_code(&self) -> u8 {
         match self {
+            Error::Init(e) => e.exit_code(),
             Error::Validate(e) => e.exit_code(),
             Error::Bootstrap(e) => e.exit_code(),
             Error::Status(e) => e.exit_code(),
@@ -85,6 +88,7 @@ impl Error {
     /// is printed.
     pub fn is_reported(&self) -> bool {
         match self {
+            Error::Init(e) => e.is_reported(),
             Error::Validate(e) => e.is_reported(),
             Error::Bootstrap(e) => e.is_reported(),
             Error::Status(e) => e.is_reported(),
@@ -105,9 +109,10 @@ impl Error {
 /// Runs a parsed command line.
 pub fn run(cli: Cli, ui: &Ui) -> Result<(), Error> {
     match cli.command {
-        Command::Validate(args) => Ok(cmd::validate::run(&args, &cli.global, ui)?),
-        Command::Bootstrap(args) => Ok(cmd::bootstrap::run(&args, &cli.global, ui)?),
-        Command::Status(args) => Ok(cmd::status::run(&args, &cli.global, ui)?),
+        Command::Init(args) => Ok(cmd::init::run(&args, ui)?),
+        Command::Validate(args) => Ok(cmd::validate::run(&args, &(&args.config).into(), ui)?),
+        Command::Bootstrap(args) => Ok(cmd::bootstrap::run(&args, &(&args.config).into(), ui)?),
+        Command::Status(args) => Ok(cmd::status::run(&args, &(&args.config).into(), ui)?),
         Command::Completions(args) => {
             cmd::completions::run(&args, Cli::command(), ui).map_err(Error::Output)
         }

@@ -227,6 +227,22 @@ async fn download(url: &Url) -> Result<Vec<u8>, Error> {
     Ok(body)
 }
 
+/// Checks, before anything goes over the network, that a manifests file is there and is a
+/// regular file; a URL is not checked here (it is fetched only when Flux is installed).
+pub fn check_local(source: &Source) -> Result<(), Error> {
+    let Source::File(path) = source else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(Error::NotAFile { path: path.clone() });
+    }
+    Ok(())
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
     let shown = path.display().to_string();
     let read_failed = |source| Error::Read {

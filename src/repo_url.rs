@@ -74,6 +74,43 @@ pub struct Parsed {
     pub secret: Option<Range<usize>>,
 }
 
+/// The repository a git remote (`git remote get-url origin`) points at, as a valid `repo:`
+/// value: `git@host:owner/repo.git`, `ssh://git@host[:port]/owner/repo.git` and
+/// `https://[user@]host/owner/repo[.git]` all become `https://host/owner/repo.git`. `None` for
+/// anything else (a local path, another scheme, a path that is not `owner/repo`).
+pub fn from_remote(remote: &str) -> Option<RepoUrl> {
+    let remote = remote.trim();
+    let (host, path) = if let Some(rest) = remote
+        .strip_prefix("ssh://")
+        .or_else(|| remote.strip_prefix("https://"))
+        .or_else(|| remote.strip_prefix("http://"))
+    {
+        let (authority, path) = rest.split_once('/')?;
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        // A port belongs to the SSH or HTTP endpoint, not to the repository's web address.
+        let host = host.split_once(':').map_or(host, |(h, _)| h);
+        (host, path)
+    } else if !remote.contains("://") {
+        let (user_host, path) = remote.split_once(':')?;
+        let host = user_host.rsplit_once('@').map_or(user_host, |(_, h)| h);
+        (host, path)
+    } else {
+        return None;
+    };
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    let (owner, name) = path.split_once('/')?;
+    if host.is_empty() || name.contains('/') {
+        return None;
+    }
+    let host = if host.eq_ignore_ascii_case("www.github.com") {
+        "github.com"
+    } else {
+        host
+    };
+    parse(&format!("https://{host}/{owner}/{name}.git")).url
+}
+
 /// Checks a `repo:` value.
 pub fn parse(value: &str) -> Parsed {
     let mut out = Parsed::default();
@@ -156,7 +193,13 @@ pub fn parse(value: &str) -> Parsed {
     // Credentials: user[:password]@host. Never echoed back.
     let authority = match authority.rfind('@') {
         Some(at) => {
-            out.secret = Some(rest_start..rest_start + at + 1);
+            // The user name `git` of an SSH address (`ssh://git@github.com/...`) is no secret;
+            // anything else in front of `@` may be a token.
+            let plain_ssh_user =
+                !(scheme_lower == "https" || scheme_lower == "http") && &authority[..at] == "git";
+            if !plain_ssh_user {
+                out.secret = Some(rest_start..rest_start + at + 1);
+            }
             if scheme_lower == "https" || scheme_lower == "http" {
                 errors.push(
                     Diagnostic::error(
@@ -358,6 +401,32 @@ pub fn valid_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_becomes_the_https_form() {
+        for remote in [
+            "git@github.com:octo/homelab.git",
+            "ssh://git@github.com/octo/homelab.git",
+            "ssh://git@github.com:22/octo/homelab",
+            "https://github.com/octo/homelab",
+            "https://octo@github.com/octo/homelab.git/",
+            "https://www.github.com/octo/homelab.git",
+        ] {
+            assert_eq!(
+                from_remote(remote).map(|u| u.https_url()).as_deref(),
+                Some("https://github.com/octo/homelab.git"),
+                "{remote}"
+            );
+        }
+        for remote in [
+            "/srv/git/homelab.git",
+            "file:///srv/x/y.git",
+            "git@github.com:onlyname",
+            "https://github.com/a/b/c",
+        ] {
+            assert!(from_remote(remote).is_none(), "{remote}");
+        }
+    }
 
     fn ok(s: &str) -> RepoUrl {
         let p = parse(s);

@@ -31,6 +31,7 @@ fn help_of_every_command() {
     let dir = tempfile::tempdir().unwrap();
     for args in [
         &["--help"][..],
+        &["init", "--help"],
         &["validate", "--help"],
         &["bootstrap", "--help"],
         &["status", "--help"],
@@ -109,7 +110,10 @@ fn a_missing_config_directory_cannot_run() {
     assert_eq!(r.code, 2);
     assert_eq!(
         r.stderr,
-        "error: cannot load the configuration: `config/flux.yaml` not found; create it (see `config/flux.yaml` in the homelab-flux README) or pass `--config-dir`\n"
+        format!(
+            "error: cannot load the configuration: `config/flux.yaml` not found (looked in `{}`); run `homelab-flux init` to write it, or pass `--config-dir` if the configuration is elsewhere\n",
+            dir.path().join("config").display()
+        )
     );
 }
 

@@ -36,8 +36,21 @@ const WATCH_TIMEOUT_SECS: u32 = 20;
 /// What can go wrong with the cluster. Every message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read the kubeconfig; pass `--kubeconfig FILE` or set `KUBECONFIG`")]
-    Kubeconfig(#[source] kube::config::KubeconfigError),
+    #[error(
+        "cannot read the kubeconfig `{}` ({source}); pass `--kubeconfig FILE` or set `KUBECONFIG`",
+        path.display()
+    )]
+    Kubeconfig {
+        /// `--kubeconfig`, else `KUBECONFIG`, else `~/.kube/config`.
+        path: std::path::PathBuf,
+        #[source]
+        source: crate::chain::Innermost<kube::config::KubeconfigError>,
+    },
+    /// The server answered, but not as a Kubernetes API server does.
+    #[error(
+        "`{server}` answered the version request with {answer}, which no Kubernetes API server does: is it the API server's address? (see `server:` in the kubeconfig, and `--context`)"
+    )]
+    NotKubernetes { server: String, answer: String },
     #[error("the kubeconfig has no context `{0}`; `kubectl config get-contexts` lists them")]
     NoContext(String),
     #[error("cannot set up the Kubernetes client")]
@@ -163,11 +176,24 @@ impl Cluster {
         kubeconfig: Option<&Path>,
         context: Option<&str>,
     ) -> Result<Cluster, Error> {
+        let path = match kubeconfig {
+            Some(p) => p.to_path_buf(),
+            None => match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+                Some(v) => std::path::PathBuf::from(v),
+                None => std::env::home_dir()
+                    .unwrap_or_default()
+                    .join(".kube/config"),
+            },
+        };
+        let kubeconfig_error = |e| Error::Kubeconfig {
+            path: path.clone(),
+            source: crate::chain::Innermost(e),
+        };
         let kc = match kubeconfig {
             Some(p) => Kubeconfig::read_from(p),
             None => Kubeconfig::read(),
         }
-        .map_err(Error::Kubeconfig)?;
+        .map_err(kubeconfig_error)?;
         let mut kc = kc;
         keep_token_from_plugins(&mut kc);
         let name = match context {
@@ -183,7 +209,7 @@ impl Cluster {
         };
         let mut config = Config::from_custom_kubeconfig(kc, &options)
             .await
-            .map_err(Error::Kubeconfig)?;
+            .map_err(kubeconfig_error)?;
         // No request waits forever (kube-rs sets no read timeout by default). The read timeout
         // counts from the request, not from when a pooled connection went idle.
         config.connect_timeout = Some(CONNECT_TIMEOUT);
@@ -234,11 +260,21 @@ impl Cluster {
 
     /// `major.minor` and the `gitVersion` of the API server.
     pub async fn version(&self) -> Result<((u32, u32), String), Error> {
-        let info = self
-            .client
-            .apiserver_version()
-            .await
-            .map_err(|e| self.unreachable_or("the version request", e))?;
+        let info = self.client.apiserver_version().await.map_err(|e| match e {
+            // An API server always answers `/version` with its JSON: anything else is another
+            // server at that address (a web server, a proxy's error page).
+            kube::Error::Api(status) if status.reason == "Failed to parse error data" => {
+                Error::NotKubernetes {
+                    server: self.server.clone(),
+                    answer: format!("HTTP {}", status.code),
+                }
+            }
+            kube::Error::SerdeError(_) => Error::NotKubernetes {
+                server: self.server.clone(),
+                answer: "a body that is not Kubernetes' version document".to_string(),
+            },
+            e => self.unreachable_or("the version request", e),
+        })?;
         let digits = |s: &str| {
             s.chars()
                 .take_while(char::is_ascii_digit)

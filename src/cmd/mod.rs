@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod completions;
+pub mod init;
 pub mod status;
 pub mod validate;
 
@@ -17,14 +18,10 @@ use crate::output::{Format, Ui};
 use crate::settings::{Auth, FluxConfig};
 use crate::token::Token;
 
-/// Which cluster: the arguments of every command that talks to one.
-/// Options every command takes.
+/// Options of every command: how much it says.
 #[derive(Debug, clap::Args)]
-pub struct Global {
-    /// Directory holding `flux.yaml` and `secrets-flux.yaml`.
-    #[arg(long, global = true, value_name = "DIR", default_value = "config")]
-    pub config_dir: PathBuf,
-
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
     /// More logs on stderr: `-v` for debug, `-vv` also for trace and the debug events of kube-rs,
     /// hyper and reqwest (the token is never logged).
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
@@ -35,6 +32,30 @@ pub struct Global {
     pub quiet: bool,
 }
 
+/// Where the configuration is: the option of every command that reads it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// Directory holding `flux.yaml` and `secrets-flux.yaml`.
+    #[arg(long = "config-dir", value_name = "DIR", default_value = "config")]
+    pub dir: PathBuf,
+}
+
+/// What every command that reads the configuration is told.
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// The config directory (`--config-dir`).
+    pub config_dir: PathBuf,
+}
+
+impl From<&ConfigArgs> for Global {
+    fn from(args: &ConfigArgs) -> Global {
+        Global {
+            config_dir: args.dir.clone(),
+        }
+    }
+}
+
+/// Which cluster: the arguments of every command that talks to one.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
     /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`).

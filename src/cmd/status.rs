@@ -15,7 +15,13 @@ use crate::settings::Auth;
 ///
 /// Exit 0 when all are Ready, 1 otherwise, 2 when the cluster cannot be reached.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  homelab-flux status
+  homelab-flux status --context home --format json")]
 pub struct Args {
+    #[command(flatten)]
+    pub config: crate::cmd::ConfigArgs,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -91,11 +97,15 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
 async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
     let cluster = args.cluster.connect().await?;
     let ns = flux::NAMESPACE;
-    let (repo, ks, secret) = tokio::join!(
+    // The version, asked alongside, tells a server that is not Kubernetes from a cluster
+    // without Flux (both answer 404 for a GitRepository).
+    let (version, repo, ks, secret) = tokio::join!(
+        cluster.version(),
         cluster.get(Kind::GitRepository, Some(ns), flux::NAME),
         cluster.get(Kind::Kustomization, Some(ns), flux::NAME),
         cluster.get(Kind::Secret, Some(ns), flux::NAME),
     );
+    version?;
     let (repo, ks, secret) = (repo?, ks?, secret?);
     let describe = |kind: Kind, o: &Option<kube::api::DynamicObject>| {
         let observed = o

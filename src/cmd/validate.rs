@@ -14,7 +14,14 @@ use crate::settings::FluxConfig;
 /// Online it also asks GitHub whether the token works, the repository and branch exist, and the
 /// token may manage deploy keys. Built for pre-commit: use `--offline` there.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  homelab-flux validate                  # the files, the work tree's hygiene, and GitHub
+  homelab-flux validate --offline        # no network: what the pre-commit hook runs
+  homelab-flux validate --format json    # one JSON document on stdout, for CI")]
 pub struct Args {
+    #[command(flatten)]
+    pub config: crate::cmd::ConfigArgs,
+
     /// Skip the GitHub checks (repository, branch, token permissions).
     #[arg(long)]
     pub offline: bool,
@@ -110,10 +117,21 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
     if args.strict {
         findings.report.make_strict();
     }
-    super::finish::<Error>(&findings, ui, args.format, "the configuration")?;
     match unreachable {
-        Some(e) => Err(e),
-        None => Ok(()),
+        // Not "valid": GitHub's half of the checks did not run.
+        Some(e) => {
+            ui.report_unfinished(
+                &findings.report,
+                &findings.sources,
+                args.format,
+                "the configuration",
+            )?;
+            match findings.report.has_errors() {
+                true => Err(super::Reported.into()),
+                false => Err(e),
+            }
+        }
+        None => super::finish::<Error>(&findings, ui, args.format, "the configuration"),
     }
 }
 

@@ -171,9 +171,9 @@ impl Loaded {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "`{path}` not found; create it (see `config/flux.yaml` in the homelab-flux README) or pass `--config-dir`"
+        "`{path}` not found (looked in `{looked_in}`); run `homelab-flux init` to write it, or pass `--config-dir` if the configuration is elsewhere"
     )]
-    Missing { path: String },
+    Missing { path: String, looked_in: String },
     #[error(
         "`{path}` is {what}, not a regular file; configuration files are read only from regular files (or symlinks to them)"
     )]
@@ -259,6 +259,10 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
 
     let flux_file = read(&flux_path)?.ok_or_else(|| LoadError::Missing {
         path: flux_path.display().to_string(),
+        looked_in: std::path::absolute(dir)
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .display()
+            .to_string(),
     })?;
     let flux_name = flux_path.display().to_string();
     let (mut flux, flux_source, repo_at, decryption) =
@@ -309,8 +313,7 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
                     )
                     .in_file(secrets_path.display().to_string())
                     .with_hint(format!(
-                        "copy `{}.example` to it and paste a token, or set `{TOKEN_ENV}`",
-                        secrets_path.display()
+                        "run `homelab-flux init`, or create it with the line `token: <your token>` (mode 600), or set `{TOKEN_ENV}`"
                     ));
                     report.push(d);
                 }
@@ -382,6 +385,67 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
             findings,
         }),
     })
+}
+
+/// Files of the config directory that look like a secrets file but are not `read_name`: named
+/// `secrets*.yaml` (or `.yml`), or holding a top-level `token:` or `ageKey:` key. A token saved
+/// under the wrong name is read by nothing and protected by nothing. Only regular files of at
+/// most [`MAX_FILE_SIZE`] are looked into.
+pub fn stray_secrets_files(dir: &Path, read_name: &std::ffi::OsStr) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name() != read_name)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+            if !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+                return false;
+            }
+            if name.starts_with("secrets") {
+                return true;
+            }
+            let small = e.metadata().is_ok_and(|m| m.len() <= MAX_FILE_SIZE as u64);
+            small
+                && std::fs::read(e.path()).is_ok_and(|bytes| {
+                    bytes
+                        .split(|&b| b == b'\n')
+                        .any(|line| line.starts_with(b"token:") || line.starts_with(b"ageKey:"))
+                })
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Writes a new file: refused when it exists unless `overwrite`; `private` files get mode 600
+/// from the start (never readable by others, not even for a moment).
+pub fn write_file(path: &Path, text: &str, private: bool, overwrite: bool) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if overwrite {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    if private {
+        // An existing file keeps its mode on open: make it private too.
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 /// A file's first bytes (at most one more than [`MAX_FILE_SIZE`]) and its whole size.

@@ -72,6 +72,29 @@ impl Ui {
         format: Format,
         subject: &str,
     ) -> io::Result<()> {
+        self.render_report(report, sources, format, subject, true)
+    }
+
+    /// Renders the findings of checks that could not all run: without the line that would call
+    /// the subject valid (the error that follows says what could not be checked).
+    pub fn report_unfinished(
+        &self,
+        report: &Report,
+        sources: &[Source],
+        format: Format,
+        subject: &str,
+    ) -> io::Result<()> {
+        self.render_report(report, sources, format, subject, false)
+    }
+
+    fn render_report(
+        &self,
+        report: &Report,
+        sources: &[Source],
+        format: Format,
+        subject: &str,
+        finished: bool,
+    ) -> io::Result<()> {
         match format {
             Format::Json => self.out(&report_json(report)),
             Format::Text => {
@@ -84,7 +107,7 @@ impl Ui {
                     text.push('\n');
                 }
                 let s = report.summary();
-                if !self.quiet || s.errors > 0 {
+                if (!self.quiet && finished) || s.errors > 0 {
                     text.push_str(&self.summary_line(s, subject));
                 }
                 let mut stderr = io::stderr().lock();

@@ -196,10 +196,18 @@ pub fn run(cmd: Command) -> Run {
     run_with_limit(cmd, Duration::from_secs(60))
 }
 
-/// Copies a fixture's `config/` into a fresh temporary directory outside any git work tree.
+/// Copies a fixture's `config/` into a fresh temporary directory outside any git work tree. The
+/// secrets file gets mode 600, as `init` writes it: the fixtures are about the files' content
+/// (git does not keep a mode stricter than 644).
 pub fn scratch_copy(fixture: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     copy_dir(&fixture.join("config"), &dir.path().join("config"));
+    let secrets = dir.path().join("config/secrets-flux.yaml");
+    #[cfg(unix)]
+    if secrets.is_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     dir
 }
 

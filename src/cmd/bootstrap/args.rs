@@ -12,9 +12,17 @@ use crate::output::Format;
 /// With `--export`, print the GitRepository and Kustomization as YAML instead, touching nothing,
 /// for committing to the repository so that Flux manages them afterwards.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  homelab-flux bootstrap                             # install Flux and sync; run again any time
+  homelab-flux bootstrap --dry-run                   # the plan, field by field; nothing changes
+  homelab-flux bootstrap --context home --timeout 10m
+  homelab-flux bootstrap --export > clusters/home/flux-system/sync.yaml")]
 pub struct Args {
+    #[command(flatten)]
+    pub config: crate::cmd::ConfigArgs,
+
     /// Print the GitRepository and Kustomization as YAML and stop; no network, no cluster.
-    #[arg(long, conflicts_with_all = ["dry_run", "force", "no_wait"])]
+    #[arg(long, conflicts_with_all = ["dry_run", "force", "no_wait", "format"])]
     pub export: bool,
 
     /// Print the plan: each object with the fields that would change, the deploy keys that

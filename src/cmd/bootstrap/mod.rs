@@ -66,24 +66,29 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
         false => Steps::new(ui, args.format),
     };
 
-    // Read: the configuration, then GitHub in one round; nothing is touched when they have
-    // errors. Then the cluster.
-    let read::Read {
-        cfg,
-        token,
-        age_identity,
-        gh,
-        mut github,
-    } = read::config_and_github(global, ui).await?;
-    steps.emit(Step::Checked {
-        repo: cfg.repo.to_string(),
-    });
+    // Read what is local first, so that a missing file fails at once: the configuration, the
+    // kubeconfig and its context (nothing is sent yet), the manifests file. Then GitHub in one
+    // round, then the cluster; nothing is touched when they have errors.
+    let offline = read::config(global, ui)?;
     let cluster = args.cluster.connect().await?;
     tracing::debug!(
         "kubeconfig context `{}`, API server {}",
         cluster.context(),
         cluster.server()
     );
+    if let Some(source) = &args.flux_manifests {
+        crate::manifests::check_local(source).map_err(Error::Manifests)?;
+    }
+    let read::Read {
+        cfg,
+        token,
+        age_identity,
+        gh,
+        mut github,
+    } = read::github(offline, ui).await?;
+    steps.emit(Step::Checked {
+        repo: cfg.repo.to_string(),
+    });
     let mut live = read::live(&cluster, cfg.decryption.is_some()).await?;
     steps.emit(Step::Connected {
         context: live.context.clone(),

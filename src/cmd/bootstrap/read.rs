@@ -25,25 +25,51 @@ pub(super) struct Read {
     pub github: GitHubView,
 }
 
-/// The configuration with its hygiene, and GitHub's answers, all read in one round; the
-/// findings printed. [`Error::Reported`] when they stop the run.
-pub(super) async fn config_and_github(global: &Global, ui: &Ui) -> Result<Read, Error> {
-    // The findings are for the person: on stderr as text, also with `--format json` (whose
-    // stdout holds the steps, one JSON object per line).
-    let format = Format::Text;
-    let (cfg, token, origin, age_identities, mut findings) =
-        match cmd::check_offline(&global.config_dir, Secrets::Required)? {
-            Loaded::Valid(Valid {
-                flux,
-                credential: Some(Credential { token, origin }),
-                age_identities,
-                findings,
-            }) => (flux, token, origin, age_identities, findings),
-            loaded => {
-                return cmd::finish(&loaded.into_findings(), ui, format, "the configuration")
-                    .and(Err(Error::Reported(Reported)));
-            }
-        };
+/// The configuration, valid offline (its findings not yet printed).
+pub(super) struct Offline {
+    cfg: FluxConfig,
+    token: Token,
+    origin: crate::config::TokenOrigin,
+    age_identities: Vec<AgeIdentity>,
+    findings: crate::config::Findings,
+}
+
+/// The findings are for the person: on stderr as text, also with `--format json` (whose stdout
+/// holds the steps, one JSON object per line).
+const FINDINGS: Format = Format::Text;
+
+/// The configuration with its hygiene, read offline. [`Error::Reported`] (the findings
+/// printed) when it has errors.
+pub(super) fn config(global: &Global, ui: &Ui) -> Result<Offline, Error> {
+    match cmd::check_offline(&global.config_dir, Secrets::Required)? {
+        Loaded::Valid(Valid {
+            flux,
+            credential: Some(Credential { token, origin }),
+            age_identities,
+            findings,
+        }) => Ok(Offline {
+            cfg: flux,
+            token,
+            origin,
+            age_identities,
+            findings,
+        }),
+        loaded => cmd::finish(&loaded.into_findings(), ui, FINDINGS, "the configuration")
+            .and(Err(Error::Reported(Reported))),
+    }
+}
+
+/// GitHub's answers, all read in one round, and the findings of the whole configuration
+/// printed. [`Error::Reported`] when they stop the run.
+pub(super) async fn github(offline: Offline, ui: &Ui) -> Result<Read, Error> {
+    let format = FINDINGS;
+    let Offline {
+        cfg,
+        token,
+        origin,
+        age_identities,
+        mut findings,
+    } = offline;
     let gh = cmd::github_client(&cfg, &token, ui)?;
     tracing::debug!(
         "checking `{}` against the GitHub API at {}",
