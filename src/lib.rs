@@ -11,13 +11,15 @@
 //!
 //! Pure logic beside them: [`repo_url`], [`branch`], [`repo_path`], [`token`] check and normalise
 //! values; [`token_host`] keeps the token to its own host; [`sops`] parses age identities and
-//! SOPS metadata and decides whether the repository is encrypted for the cluster's identity;
+//! SOPS metadata and decides whether the repository is encrypted for the cluster's identity
+//! ([`age_pq`] derives the recipient of a post-quantum one);
 //! [`keys`] makes deploy keys in memory; [`flux`] holds what homelab-flux knows about Flux (its
 //! constants, the objects it applies, typed views of their status); [`online`] turns GitHub's
 //! answers into findings; [`plan`] decides every write of `bootstrap` from what is there, and
 //! [`step`] is its progress as events; [`diag`] holds findings. [`cmd`] has one module per
 //! subcommand; [`output`] is the only module that prints.
 
+pub mod age_pq;
 pub mod branch;
 pub mod cli;
 pub mod cluster;
