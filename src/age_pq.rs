@@ -195,6 +195,21 @@ mod tests {
         );
     }
 
+    /// The output filter masks anything shaped like a post-quantum identity, in either case,
+    /// whether or not it was registered as a secret, and keeps the line's width.
+    #[test]
+    fn the_output_filter_masks_the_shape() {
+        for (identity, _) in vectors() {
+            for shown in [identity.to_string(), identity.to_ascii_lowercase()] {
+                let line = format!("key: {shown} (line 3)");
+                let masked = crate::output::redact(&line);
+                assert_eq!(masked.len(), line.len());
+                assert!(!masked.contains(&shown[IDENTITY_PREFIX.len()..]), "{masked}");
+                assert!(masked.starts_with("key: ***") && masked.ends_with(" (line 3)"));
+            }
+        }
+    }
+
     #[test]
     fn a_shortened_recipient_keeps_its_ends() {
         let (_, recipient) = vectors()[0];
