@@ -187,7 +187,10 @@ mod tests {
 
         let mut broken: Vec<char> = recipient.chars().collect();
         broken[1000] = if broken[1000] == 'q' { 'p' } else { 'q' };
-        assert_eq!(parse_recipient(&broken.into_iter().collect::<String>()), None);
+        assert_eq!(
+            parse_recipient(&broken.into_iter().collect::<String>()),
+            None
+        );
         assert_eq!(parse_recipient(&recipient[..1900]), None);
         assert_eq!(
             parse_recipient("age1mj625hgyr8nva356f54rpymq4gq5m7zwz6zcczewyz60ep6u0glqx546yq"),
@@ -204,7 +207,10 @@ mod tests {
                 let line = format!("key: {shown} (line 3)");
                 let masked = crate::output::redact(&line);
                 assert_eq!(masked.len(), line.len());
-                assert!(!masked.contains(&shown[IDENTITY_PREFIX.len()..]), "{masked}");
+                assert!(
+                    !masked.contains(&shown[IDENTITY_PREFIX.len()..]),
+                    "{masked}"
+                );
                 assert!(masked.starts_with("key: ***") && masked.ends_with(" (line 3)"));
             }
         }
@@ -216,7 +222,10 @@ mod tests {
         let short = shorten(recipient);
         assert_eq!(short.chars().count(), 25);
         assert!(short.starts_with(&recipient[..16]), "{short}");
-        assert!(short.ends_with(&recipient[recipient.len() - 8..]), "{short}");
+        assert!(
+            short.ends_with(&recipient[recipient.len() - 8..]),
+            "{short}"
+        );
         assert_eq!(shorten("age1abc"), "age1abc");
     }
 }

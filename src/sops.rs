@@ -144,9 +144,7 @@ fn plugin_name(value: &str) -> Option<String> {
 /// the public part before the key material).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
-    #[error(
-        "is not an age identity (one starts with `AGE-SECRET-KEY-1` or `AGE-SECRET-KEY-PQ-1`)"
-    )]
+    #[error("is not an age identity (one starts with `AGE-SECRET-KEY-1` or `AGE-SECRET-KEY-PQ-1`)")]
     NotAnIdentity,
     #[error("starts like an age identity but is not one (a character is missing or mistyped)")]
     Malformed,
@@ -827,7 +825,13 @@ creation_rules:
             [Code::SopsRuleRecipient, Code::SopsFileRecipient]
         );
         let short = other.recipient_shown();
-        assert!(found[1].message.contains(&format!("`s.yaml` is encrypted with SOPS for other age recipients than `{short}`")), "{}", found[1].message);
+        assert!(
+            found[1].message.contains(&format!(
+                "`s.yaml` is encrypted with SOPS for other age recipients than `{short}`"
+            )),
+            "{}",
+            found[1].message
+        );
         for d in &found {
             assert!(d.message.len() < 240, "{}", d.message);
             let hint = d.hint.as_deref().unwrap_or_default();

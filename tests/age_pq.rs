@@ -52,7 +52,10 @@ fn fresh_identities_give_the_recipients_age_keygen_prints() {
         // The tool agrees with itself: `# public key:` at generation and `-y` later.
         assert_eq!(written, from_y);
         let ours = age_pq::parse_identity(identity).expect("a valid identity");
-        assert_eq!(&ours.recipient, from_y, "the derivation differs for a fresh key");
+        assert_eq!(
+            &ours.recipient, from_y,
+            "the derivation differs for a fresh key"
+        );
         assert_eq!(ours.canonical.expose_secret(), identity);
         // A recipient the tool printed is one homelab-flux reads.
         assert_eq!(

@@ -373,11 +373,7 @@ fn export_prints_the_decryption_block() {
 
 /// `age1pq1…` as messages show it: its first 16 and last 8 characters.
 fn shortened(recipient: &str) -> String {
-    format!(
-        "{}…{}",
-        &recipient[..16],
-        &recipient[recipient.len() - 8..]
-    )
+    format!("{}…{}", &recipient[..16], &recipient[recipient.len() - 8..])
 }
 
 /// A post-quantum identity (`age-keygen -pq`) with a rule and files for it: as valid as an
