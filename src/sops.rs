@@ -150,11 +150,12 @@ pub enum IdentityError {
     Malformed,
     #[error("is an age recipient (the public key), not the identity the cluster decrypts with")]
     Recipient,
-    #[error("is an identity of {}, which Flux's kustomize-controller cannot use", plugin_shown(.0))]
+    #[error("is an identity of {}, which Flux's kustomize-controller cannot use", plugin_shown(.0.as_deref()))]
     Plugin(Option<String>),
 }
 
-fn plugin_shown(name: &Option<String>) -> String {
+/// A plugin as messages name it: `the age plugin `age-plugin-NAME``, or `an age plugin`.
+pub fn plugin_shown(name: Option<&str>) -> String {
     match name {
         Some(name) => format!("the age plugin `{name}`"),
         None => "an age plugin".to_string(),

@@ -198,10 +198,7 @@ fn plugin_skipped(
     file: String,
     line: Option<usize>,
 ) -> Diagnostic {
-    let plugin = match plugin {
-        Some(name) => format!("the age plugin `{name}`"),
-        None => "an age plugin".to_string(),
-    };
+    let plugin = sops::plugin_shown(plugin);
     let d = Diagnostic::note(
         Code::AgePluginSkipped,
         format!("{what} is an identity of {plugin}, skipped: Flux's kustomize-controller cannot use plugins"),
