@@ -111,6 +111,7 @@ codes! {
     SopsFileRecipient = "HF074", "sops-file-recipient";
     AgeKeyInTrackedFile = "HF075", "age-key-in-tracked-file";
     AgeKeyUnused = "HF076", "age-key-unused";
+    AgePluginSkipped = "HF077", "age-plugin-skipped";
     TokenRejected = "HF101", "token-rejected";
     TokenExpiring = "HF102", "token-expiring";
     TokenExpired = "HF103", "token-expired";

@@ -19,9 +19,11 @@
 //! 6. **Values**, pure: [`settings`] (the typed configuration), [`facts`] (what GitHub reports),
 //!    [`flux`] (Flux's names, the objects applied, typed views of their status), [`repo_url`],
 //!    [`branch`], [`repo_path`], [`token`] and [`token_host`] (checked values), [`ssh_url`],
-//!    [`sops`] (age identities and SOPS metadata), [`keys`] (deploy keys in memory), [`diag`]
+//!    [`sops`] (age identities and SOPS metadata; [`age_pq`] derives the recipient of a
+//!    post-quantum one), [`keys`] (deploy keys in memory), [`diag`]
 //!    (findings), [`text`] (terminal-safe text) and [`chain`] (an error's causes).
 
+pub mod age_pq;
 pub mod branch;
 pub mod chain;
 pub mod cli;

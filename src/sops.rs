@@ -12,19 +12,33 @@ use std::str::FromStr;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::age_pq;
 use crate::diag::{Code, Diagnostic, Position};
 
 /// What every age X25519 identity starts with (age writes it upper-case).
 pub const IDENTITY_PREFIX: &str = "AGE-SECRET-KEY-1";
 /// The same in lower case: bech32 may be written so, and a hand-copied identity may be.
 pub const IDENTITY_PREFIX_LOWER: &str = "age-secret-key-1";
+/// What both kinds of age identity start with: X25519 (`AGE-SECRET-KEY-1…`) and post-quantum
+/// (`AGE-SECRET-KEY-PQ-1…`).
+pub const IDENTITY_STEM: &str = "AGE-SECRET-KEY-";
+/// What every age plugin identity starts with (`AGE-PLUGIN-YUBIKEY-1…`).
+const PLUGIN_PREFIX: &str = "AGE-PLUGIN-";
 
-/// An age X25519 identity and its public recipient. `Debug` shows the recipient only; the
-/// identity is reachable through [`AgeIdentity::expose`] alone.
+/// An age identity, X25519 or post-quantum (ML-KEM-768 with X25519, age v1.3), and its public
+/// recipient. `Debug` shows the recipient only; the identity is reachable through
+/// [`AgeIdentity::expose`] alone.
 #[derive(Clone)]
 pub struct AgeIdentity {
     secret: SecretString,
-    recipient: age::x25519::Recipient,
+    recipient: Recipient,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Recipient {
+    X25519(age::x25519::Recipient),
+    /// `age1pq1…`, lower-case, as age prints it.
+    PostQuantum(String),
 }
 
 impl AgeIdentity {
@@ -32,14 +46,20 @@ impl AgeIdentity {
     pub fn parse(value: &str) -> Result<AgeIdentity, IdentityError> {
         let value = value.trim();
         let upper = value.to_ascii_uppercase();
-        if upper.starts_with("AGE-PLUGIN-") {
-            return Err(IdentityError::Plugin);
+        if upper.starts_with(PLUGIN_PREFIX) {
+            return Err(IdentityError::Plugin(plugin_name(value)));
         }
-        if upper.starts_with("AGE-SECRET-KEY-PQ-") {
-            return Err(IdentityError::PostQuantum);
-        }
-        if age::x25519::Recipient::from_str(value).is_ok() {
+        if age::x25519::Recipient::from_str(value).is_ok()
+            || age_pq::parse_recipient(value).is_some()
+        {
             return Err(IdentityError::Recipient);
+        }
+        if upper.starts_with(age_pq::IDENTITY_PREFIX) {
+            let identity = age_pq::parse_identity(value).map_err(|_| IdentityError::Malformed)?;
+            return Ok(AgeIdentity {
+                secret: identity.canonical,
+                recipient: Recipient::PostQuantum(identity.recipient),
+            });
         }
         if !upper.starts_with(IDENTITY_PREFIX) {
             return Err(IdentityError::NotAnIdentity);
@@ -49,7 +69,7 @@ impl AgeIdentity {
         Ok(AgeIdentity {
             // age's own spelling, so that the cluster gets the canonical form.
             secret: identity.to_string(),
-            recipient: identity.to_public(),
+            recipient: Recipient::X25519(identity.to_public()),
         })
     }
 
@@ -62,38 +82,84 @@ impl AgeIdentity {
         &self.secret
     }
 
-    /// The public recipient, `age1...`.
+    /// True for a post-quantum identity (`AGE-SECRET-KEY-PQ-1…`).
+    pub fn is_post_quantum(&self) -> bool {
+        matches!(self.recipient, Recipient::PostQuantum(_))
+    }
+
+    /// The public recipient, `age1...` or `age1pq1...` (1959 characters).
     pub fn recipient(&self) -> String {
-        self.recipient.to_string()
+        match &self.recipient {
+            Recipient::X25519(r) => r.to_string(),
+            Recipient::PostQuantum(r) => r.clone(),
+        }
+    }
+
+    /// The recipient as messages name it: whole for X25519, its ends for a post-quantum one.
+    pub fn recipient_shown(&self) -> String {
+        match &self.recipient {
+            Recipient::X25519(r) => r.to_string(),
+            Recipient::PostQuantum(r) => age_pq::shorten(r),
+        }
     }
 
     /// True when `recipients` (as a SOPS file or rule lists them) include this identity's.
     pub fn is_among(&self, recipients: &[String]) -> bool {
         recipients.iter().any(|r| {
-            age::x25519::Recipient::from_str(r.trim()).is_ok_and(|parsed| parsed == self.recipient)
+            let r = r.trim();
+            match &self.recipient {
+                Recipient::X25519(own) => {
+                    age::x25519::Recipient::from_str(r).is_ok_and(|parsed| parsed == *own)
+                }
+                // One public key has one Bech32 spelling, up to case.
+                Recipient::PostQuantum(own) => r.eq_ignore_ascii_case(own),
+            }
         })
     }
 }
 
 impl fmt::Debug for AgeIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AgeIdentity({}, [REDACTED])", self.recipient)
+        write!(f, "AgeIdentity({}, [REDACTED])", self.recipient_shown())
     }
 }
 
-/// Why a value is not a usable age identity. No variant carries the value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+/// The plugin an `AGE-PLUGIN-NAME-1…` identity is for (`age-plugin-name`), from the part before
+/// Bech32's last `1`, which holds no key material. `None` when that is not a plausible name.
+fn plugin_name(value: &str) -> Option<String> {
+    let kind = &value[..value.rfind('1')?];
+    let name = kind
+        .get(PLUGIN_PREFIX.len()..)?
+        .strip_suffix('-')?
+        .to_ascii_lowercase();
+    let plausible = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+    plausible.then(|| format!("age-plugin-{name}"))
+}
+
+/// Why a value is not a usable age identity. No variant carries the value (a plugin's name is
+/// the public part before the key material).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
-    #[error("is not an age identity (one starts with `AGE-SECRET-KEY-1`)")]
+    #[error("is not an age identity (one starts with `AGE-SECRET-KEY-1` or `AGE-SECRET-KEY-PQ-1`)")]
     NotAnIdentity,
     #[error("starts like an age identity but is not one (a character is missing or mistyped)")]
     Malformed,
     #[error("is an age recipient (the public key), not the identity the cluster decrypts with")]
     Recipient,
-    #[error("is an age plugin identity, which Flux's kustomize-controller cannot use")]
-    Plugin,
-    #[error("is a post-quantum age identity, which homelab-flux cannot check yet")]
-    PostQuantum,
+    #[error("is an identity of {}, which Flux's kustomize-controller cannot use", plugin_shown(.0.as_deref()))]
+    Plugin(Option<String>),
+}
+
+/// A plugin as messages name it: `the age plugin `age-plugin-NAME``, or `an age plugin`.
+pub fn plugin_shown(name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("the age plugin `{name}`"),
+        None => "an age plugin".to_string(),
+    }
 }
 
 /// The identities of an identity file (sops' `keys.txt`, `SOPS_AGE_KEY`): one per line, `#`
@@ -375,7 +441,14 @@ pub fn choose<'a>(candidates: &'a [AgeIdentity], inventory: &Inventory) -> Optio
 
 /// The findings about the repository for the identity the cluster will get.
 pub fn check(identity: &AgeIdentity, inventory: &Inventory) -> Vec<Diagnostic> {
-    let recipient = identity.recipient();
+    let recipient = identity.recipient_shown();
+    // What a hint tells the user to add: an X25519 recipient fits in a hint, a post-quantum one
+    // (1959 characters) is printed by `age-keygen -y`.
+    let to_add = if identity.is_post_quantum() {
+        format!("the identity's recipient `{recipient}` (`age-keygen -y` prints it whole)")
+    } else {
+        format!("`{recipient}`")
+    };
     let mut out = Vec::new();
     for (file, reason) in &inventory.unreadable_configs {
         out.push(
@@ -400,7 +473,11 @@ pub fn check(identity: &AgeIdentity, inventory: &Inventory) -> Vec<Diagnostic> {
                     format!("{which} of `{file}` has no age recipient, so files it encrypts are not for the cluster's age identity"),
                 )
                 .in_file(file)
-                .with_hint(format!("add `age: {recipient}` to the rule{applies} if Flux applies those files")),
+                .with_hint(if identity.is_post_quantum() {
+                    format!("add {to_add} to the rule's `age:`{applies} if Flux applies those files")
+                } else {
+                    format!("add `age: {recipient}` to the rule{applies} if Flux applies those files")
+                }),
             );
         } else if !identity.is_among(&rule.recipients) {
             out.push(
@@ -409,7 +486,7 @@ pub fn check(identity: &AgeIdentity, inventory: &Inventory) -> Vec<Diagnostic> {
                     format!("{which} of `{file}` does not encrypt for `{recipient}`, the cluster's age identity; the cluster could not decrypt the files it encrypts"),
                 )
                 .in_file(file)
-                .with_hint(format!("add `{recipient}` to its `age:`{applies}, or give the cluster the identity it encrypts for")),
+                .with_hint(format!("add {to_add} to its `age:`{applies}, or give the cluster the identity it encrypts for")),
             );
         }
     }
@@ -502,9 +579,20 @@ mod tests {
             AgeIdentity::parse(&changed.into_iter().collect::<String>()).unwrap_err(),
             IdentityError::Malformed
         );
+        let plugin = AgeIdentity::parse("AGE-PLUGIN-YUBIKEY-1QYQSZQGPQYQSZQGP").unwrap_err();
         assert_eq!(
-            AgeIdentity::parse("AGE-PLUGIN-YUBIKEY-1XYZ").unwrap_err(),
-            IdentityError::Plugin
+            plugin,
+            IdentityError::Plugin(Some("age-plugin-yubikey".into()))
+        );
+        assert!(
+            plugin
+                .to_string()
+                .contains("the age plugin `age-plugin-yubikey`"),
+            "{plugin}"
+        );
+        assert_eq!(
+            AgeIdentity::parse("AGE-PLUGIN-1QYQSZQ").unwrap_err(),
+            IdentityError::Plugin(None)
         );
         let id = identity();
         let mut broken = id.expose().to_string();
@@ -651,5 +739,124 @@ creation_rules:
         assert_eq!(found[0].code, Code::SopsFileRecipient);
         assert!(found[0].message.contains("could not decrypt"));
         assert!(!format!("{found:?}").contains(&a.expose()[16..]));
+    }
+
+    /// A post-quantum identity and its recipient, made by `age-keygen -pq` and `-y` of age
+    /// v1.3.2 (test-only vectors).
+    fn pq(n: usize) -> (AgeIdentity, String) {
+        let text = include_str!("../tests/fixtures/age-pq/vectors.txt");
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        (
+            AgeIdentity::parse(lines[2 * n]).unwrap(),
+            lines[2 * n + 1].to_string(),
+        )
+    }
+
+    #[test]
+    fn a_post_quantum_identity_gives_its_recipient_and_debug_hides_it() {
+        let (id, recipient) = pq(0);
+        assert!(id.is_post_quantum());
+        assert!(!identity().is_post_quantum());
+        assert_eq!(id.recipient(), recipient);
+        assert!(id.expose().starts_with("AGE-SECRET-KEY-PQ-1"));
+        let shown = format!("{id:?}");
+        assert!(!shown.contains(&id.expose()[19..]), "{shown}");
+        assert!(
+            !shown.contains(&id.expose()[19..].to_ascii_lowercase()),
+            "{shown}"
+        );
+        assert!(shown.contains(&id.recipient_shown()), "{shown}");
+        assert!(shown.len() < 80, "{shown}");
+        // Its recipient is refused as an identity, in either case.
+        for r in [recipient.clone(), recipient.to_ascii_uppercase()] {
+            assert_eq!(
+                AgeIdentity::parse(&r).unwrap_err(),
+                IdentityError::Recipient
+            );
+        }
+        // A mistyped one is malformed, not "not an identity".
+        let mut changed: Vec<char> = id.expose().chars().collect();
+        changed[40] = if changed[40] == 'Q' { 'P' } else { 'Q' };
+        assert_eq!(
+            AgeIdentity::parse(&changed.into_iter().collect::<String>()).unwrap_err(),
+            IdentityError::Malformed
+        );
+    }
+
+    #[test]
+    fn both_kinds_are_told_apart_in_mixed_recipient_lists() {
+        let (pq_a, rec_a) = pq(0);
+        let (pq_b, _) = pq(1);
+        let x = identity();
+        let mixed = vec![x.recipient(), format!(" {} ", rec_a.to_ascii_uppercase())];
+        assert!(pq_a.is_among(&mixed));
+        assert!(x.is_among(&mixed));
+        assert!(!pq_b.is_among(&mixed));
+        assert!(!identity().is_among(&mixed));
+        // A recipient cut short is not the identity's.
+        assert!(!pq_a.is_among(&[rec_a[..1900].to_string()]));
+    }
+
+    #[test]
+    fn the_post_quantum_identity_is_chosen_when_the_repository_is_encrypted_for_it() {
+        let x = identity();
+        let (pq_id, recipient) = pq(2);
+        let inventory = Inventory {
+            rules: vec![(
+                ".sops.yaml".into(),
+                Rule {
+                    number: 1,
+                    path_regex: None,
+                    recipients: vec![recipient.clone()],
+                },
+            )],
+            files: vec![(
+                "s.yaml".into(),
+                Encrypted {
+                    recipients: vec![recipient],
+                    line: Some(3),
+                },
+            )],
+            ..Inventory::default()
+        };
+        // X25519 first, as in a keys.txt that had it before: the repository decides.
+        let candidates = [x.clone(), pq_id.clone()];
+        assert!(choose(&candidates, &inventory).unwrap().is_post_quantum());
+        assert!(check(&pq_id, &inventory).is_empty());
+        // The X25519 identity is not among them: each finding names its file and the short
+        // recipient, and its hint says where the whole one comes from.
+        let found = check(&x, &inventory);
+        assert_eq!(found.len(), 2);
+        assert!(found[0].message.contains("creation rule 1 of `.sops.yaml`"));
+        let (other, _) = pq(3);
+        let found = check(&other, &inventory);
+        assert_eq!(
+            found.iter().map(|d| d.code).collect::<Vec<_>>(),
+            [Code::SopsRuleRecipient, Code::SopsFileRecipient]
+        );
+        let short = other.recipient_shown();
+        assert!(
+            found[1].message.contains(&format!(
+                "`s.yaml` is encrypted with SOPS for other age recipients than `{short}`"
+            )),
+            "{}",
+            found[1].message
+        );
+        for d in &found {
+            assert!(d.message.len() < 240, "{}", d.message);
+            let hint = d.hint.as_deref().unwrap_or_default();
+            assert!(hint.len() < 240, "{hint}");
+        }
+        assert!(
+            found[0]
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("`age-keygen -y` prints it whole")
+        );
+        assert!(!format!("{found:?}").contains(&other.expose()[19..]));
     }
 }

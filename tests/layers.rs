@@ -40,6 +40,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "text",
             "chain",
             "ssh_url",
+            "age_pq",
         ],
     ),
 ];

@@ -2,9 +2,10 @@
 //! whether the repository's `.sops.yaml` and encrypted files are for it.
 //!
 //! The fixtures in `tests/fixtures/sops` are real: the identities were made with `age-keygen`
-//! and the files encrypted with the sops CLI of tests/env (`sops --encrypt --age RECIPIENT`),
-//! once for the identity `cluster` and once for `other`. The canary identities are made fresh
-//! by `age-keygen` on every run.
+//! (`pq-*`: `age-keygen -pq` of age v1.3.2, tests/env/age) and the files encrypted with the sops
+//! CLI of tests/env (`sops --encrypt --age RECIPIENTS`), for the identity the folder is named
+//! after (`mixed`: for both `cluster` and `pq-cluster`). The canary identities are made fresh
+//! by `age-keygen` (and `age-keygen -pq`) on every run.
 
 mod support;
 
@@ -12,8 +13,8 @@ use std::path::Path;
 
 use git2::{IndexAddOption, Repository};
 use support::cli::{
-    CANARY_COMMANDS, Run, age_keygen, assert_no_identity_leak, assert_no_leak, canary_token,
-    closed_api_url, command, fixtures, run,
+    CANARY_COMMANDS, Run, age_keygen, age_keygen_pq, assert_no_identity_leak, assert_no_leak,
+    canary_token, closed_api_url, command, fixtures, run,
 };
 
 const FLUX_SOPS: &str =
@@ -25,7 +26,7 @@ fn fixture_key(name: &str) -> (String, String) {
     let text = std::fs::read_to_string(fixtures().join(format!("sops/keys/{name}.txt"))).unwrap();
     let identity = text
         .lines()
-        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
         .unwrap()
         .to_string();
     let recipient = text
@@ -94,12 +95,15 @@ fn homelab_flux(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
         cmd.env(k, v);
     }
     let r = run(cmd);
-    // Whatever the case, neither fixture identity is ever printed.
-    for key in ["cluster", "other"] {
+    // Whatever the case, no fixture identity is ever printed.
+    for key in FIXTURE_KEYS {
         assert_no_identity_leak(&fixture_key(key).0, &r.transcript(), &format!("{args:?}"));
     }
     r
 }
+
+/// Every identity of `tests/fixtures/sops/keys`.
+const FIXTURE_KEYS: [&str; 4] = ["cluster", "other", "pq-cluster", "pq-other"];
 
 fn validate(dir: &Path, env: &[(&str, &str)]) -> Run {
     homelab_flux(dir, &["validate", "--offline"], env)
@@ -367,12 +371,348 @@ fn export_prints_the_decryption_block() {
     insta::assert_snapshot!("export_with_decryption", r.stdout);
 }
 
+/// `age1pq1…` as messages show it: its first 16 and last 8 characters.
+fn shortened(recipient: &str) -> String {
+    format!("{}…{}", &recipient[..16], &recipient[recipient.len() - 8..])
+}
+
+/// A post-quantum identity (`age-keygen -pq`) with a rule and files for it: as valid as an
+/// X25519 one (until age v1.3 support this was `error[HF070]`).
+#[test]
+fn a_repository_encrypted_for_the_post_quantum_identity_is_valid() {
+    let (identity, recipient) = fixture_key("pq-cluster");
+    assert!(identity.starts_with("AGE-SECRET-KEY-PQ-1"));
+    assert!(recipient.starts_with("age1pq1") && recipient.len() == 1959);
+    let dir = work_tree(
+        FLUX_SOPS,
+        &secrets_with(&identity),
+        Some(&recipient),
+        Some("pq-cluster"),
+    );
+    let r = validate(dir.path(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    insta::assert_snapshot!("pq_encrypted_for_the_identity", r.transcript());
+    // Lower case is the same identity.
+    let dir = work_tree(
+        FLUX_SOPS,
+        &secrets_with(&identity.to_ascii_lowercase()),
+        Some(&recipient),
+        Some("pq-cluster"),
+    );
+    let r = validate(dir.path(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn a_repository_encrypted_for_another_post_quantum_identity_is_an_error_per_file() {
+    let (identity, recipient) = fixture_key("pq-cluster");
+    let (_, other) = fixture_key("pq-other");
+    let dir = work_tree(
+        FLUX_SOPS,
+        &secrets_with(&identity),
+        Some(&other),
+        Some("pq-other"),
+    );
+    let r = validate(dir.path(), &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "error[HF074]: `clusters/home/secret.enc.yaml` is encrypted with SOPS for other age recipients than `{}`; the cluster could not decrypt it",
+            shortened(&recipient)
+        )),
+        "{}",
+        r.stderr
+    );
+    // The whole recipient is too long for a message: the hint says where to get it.
+    assert!(!r.stderr.contains(&recipient), "{}", r.stderr);
+    insta::assert_snapshot!("pq_encrypted_for_another_identity", r.transcript());
+    let r = homelab_flux(
+        dir.path(),
+        &["validate", "--offline", "--format", "json"],
+        &[],
+    );
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let mut found: Vec<(String, String)> = doc["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["code"].as_str().unwrap().to_string(),
+                d["file"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("HF073", ".sops.yaml"),
+            ("HF074", "clusters/home/app.enc.env"),
+            ("HF074", "clusters/home/secret.enc.json"),
+            ("HF074", "clusters/home/secret.enc.yaml"),
+        ]
+        .map(|(c, f)| (c.to_string(), f.to_string()))
+    );
+}
+
+/// A rule and files for an X25519 and a post-quantum recipient at once (sops encrypts the data
+/// key for each): either identity can decrypt them. Files encrypted for the X25519 one alone
+/// are not for the post-quantum identity, whatever the rule says.
+#[test]
+fn rules_and_files_may_mix_both_kinds_of_recipient() {
+    let (x25519, x25519_recipient) = fixture_key("cluster");
+    let (pq, pq_recipient) = fixture_key("pq-cluster");
+    let both = format!("{x25519_recipient},{pq_recipient}");
+    for identity in [&x25519, &pq] {
+        let dir = work_tree(
+            FLUX_SOPS,
+            &secrets_with(identity),
+            Some(&both),
+            Some("mixed"),
+        );
+        let r = validate(dir.path(), &[]);
+        assert_eq!(r.code, 0, "{}", r.transcript());
+    }
+    let dir = work_tree(FLUX_SOPS, &secrets_with(&pq), Some(&both), Some("cluster"));
+    let r = validate(dir.path(), &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.matches("error[HF074]").count(), 3, "{}", r.stderr);
+    assert!(!r.stderr.contains("HF073"), "{}", r.stderr);
+    // And the other way round: the X25519 identity with files for the post-quantum one alone.
+    let dir = work_tree(
+        FLUX_SOPS,
+        &secrets_with(&x25519),
+        Some(&both),
+        Some("pq-cluster"),
+    );
+    let r = validate(dir.path(), &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.matches("error[HF074]").count(), 3, "{}", r.stderr);
+}
+
+/// sops' places holding both kinds, the X25519 identity first: the repository is encrypted for
+/// the post-quantum one, so that one is the cluster's. A plugin identity among them is skipped
+/// with a note naming the plugin, and the others still count.
+#[test]
+fn the_post_quantum_identity_is_chosen_among_several() {
+    let (x25519, _) = fixture_key("cluster");
+    let (pq, recipient) = fixture_key("pq-cluster");
+    let (pq_other, _) = fixture_key("pq-other");
+    let plugin = "AGE-PLUGIN-YUBIKEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZSN8KHV";
+    let dir = work_tree(
+        FLUX_SOPS,
+        &format!("token: {TOKEN}\n"),
+        Some(&recipient),
+        Some("pq-cluster"),
+    );
+    let root = dir.path();
+    let keys = format!(
+        "# created: 2026-12-04T18:00:00Z\n# public key: ...\n{x25519}\n{pq_other}\n{plugin}\n\n{pq}\n"
+    );
+    let chosen = format!("recipient `{}` (of 3 found)", shortened(&recipient));
+
+    write(root, ".config/sops/age/keys.txt", &keys);
+    let r = homelab_flux(root, &["-v", "validate", "--offline"], &[]);
+    assert_eq!(r.code, 0, "keys.txt: {}", r.stderr);
+    assert!(r.stderr.contains(&chosen), "{}", r.stderr);
+    let file = root.join(".config/sops/age/keys.txt");
+    assert!(
+        r.stderr.contains(&format!(
+            "note[HF077]: line 5 of `{}` is an identity of the age plugin `age-plugin-yubikey`, skipped",
+            file.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains(&plugin[20..40]), "{}", r.stderr);
+    std::fs::remove_file(&file).unwrap();
+
+    write(root, "keys/keys.txt", &keys);
+    let file = root.join("keys/keys.txt");
+    let r = homelab_flux(
+        root,
+        &["-v", "validate", "--offline"],
+        &[("SOPS_AGE_KEY_FILE", file.to_str().unwrap())],
+    );
+    assert_eq!(r.code, 0, "SOPS_AGE_KEY_FILE: {}", r.stderr);
+    assert!(r.stderr.contains(&chosen), "{}", r.stderr);
+
+    // Several on one line, or one a line, as sops reads `SOPS_AGE_KEY`.
+    for value in [
+        format!("{x25519} {pq_other} {plugin} {pq}"),
+        format!("{x25519}\n{pq_other}\n{plugin}\n{pq}\n"),
+    ] {
+        let r = homelab_flux(
+            root,
+            &["-v", "validate", "--offline"],
+            &[("SOPS_AGE_KEY", &value)],
+        );
+        assert_eq!(r.code, 0, "SOPS_AGE_KEY: {}", r.stderr);
+        assert!(r.stderr.contains(&chosen), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("note[HF077]: entry 3 of `$SOPS_AGE_KEY` is an identity of the age plugin `age-plugin-yubikey`"),
+            "{}",
+            r.stderr
+        );
+    }
+
+    // Without it, the repository is for none of them: an error per file.
+    let r = validate(root, &[("SOPS_AGE_KEY", &format!("{x25519}\n{pq_other}"))]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("error[HF074]"), "{}", r.stderr);
+}
+
+/// One character of a post-quantum identity mistyped, or the line cut short: a clear error
+/// wherever it was read, never the value.
+#[test]
+fn a_mistyped_post_quantum_identity_is_an_error_that_never_shows_the_value() {
+    let (identity, recipient) = fixture_key("pq-cluster");
+    let mut mistyped: Vec<char> = identity.chars().collect();
+    mistyped[40] = if mistyped[40] == 'Q' { 'P' } else { 'Q' };
+    let mistyped: String = mistyped.into_iter().collect();
+    let mut truncated = identity.clone();
+    truncated.truncate(identity.len() - 5);
+
+    let dir = work_tree(
+        FLUX_SOPS,
+        &secrets_with(&mistyped),
+        Some(&recipient),
+        Some("pq-cluster"),
+    );
+    let r = validate(dir.path(), &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_no_identity_leak(&identity, &r.transcript(), "mistyped ageKey");
+    insta::assert_snapshot!("pq_mistyped_age_key", r.transcript());
+
+    let dir = work_tree(
+        FLUX_SOPS,
+        &format!("token: {TOKEN}\n"),
+        Some(&recipient),
+        None,
+    );
+    let root = dir.path();
+    write(root, "keys.txt", &format!("# a comment\n{truncated}\n"));
+    let file = root.join("keys.txt");
+    let r = validate(root, &[("SOPS_AGE_KEY_FILE", file.to_str().unwrap())]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "error[HF070]: line 2 of `{}` starts like an age identity but is not one (a character is missing or mistyped)",
+            file.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_no_identity_leak(&identity, &r.transcript(), "truncated in keys.txt");
+
+    let r = validate(root, &[("SOPS_AGE_KEY", &mistyped)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "error[HF070]: entry 1 of `$SOPS_AGE_KEY` starts like an age identity but is not one"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_no_identity_leak(&identity, &r.transcript(), "mistyped in SOPS_AGE_KEY");
+
+    // Its recipient pasted instead of the identity.
+    let dir = work_tree(FLUX_SOPS, &secrets_with(&recipient), None, None);
+    let r = validate(dir.path(), &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("error[HF070]: `ageKey` is an age recipient (the public key)"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// A post-quantum identity committed to a tracked file, in either case, or pasted into
+/// `flux.yaml`: an error naming the file, the value masked.
+#[test]
+fn a_post_quantum_identity_in_a_tracked_file_is_an_error_naming_the_file() {
+    let (identity, recipient) = fixture_key("pq-cluster");
+    let dir = work_tree(FLUX_SOPS, &secrets_with(&identity), Some(&recipient), None);
+    let root = dir.path();
+    write(root, "notes.md", &format!("my key: {identity}\n"));
+    write(
+        root,
+        "docs/setup.md",
+        &format!("export SOPS_AGE_KEY={}\n", identity.to_ascii_lowercase()),
+    );
+    let repo = Repository::open(root).unwrap();
+    let mut index = repo.index().unwrap();
+    index.add_path(Path::new("notes.md")).unwrap();
+    index.add_path(Path::new("docs/setup.md")).unwrap();
+    index.write().unwrap();
+    let r = validate(root, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_no_identity_leak(&identity, &r.transcript(), "tracked identity");
+    insta::assert_snapshot!("pq_identity_in_a_tracked_file", r.transcript());
+
+    // Found the same when the identity comes from sops' places rather than `ageKey`.
+    let dir = work_tree(
+        FLUX_SOPS,
+        &format!("token: {TOKEN}\n"),
+        Some(&recipient),
+        None,
+    );
+    let root = dir.path();
+    write(root, "notes.md", &format!("my key: {identity}\n"));
+    let repo = Repository::open(root).unwrap();
+    let mut index = repo.index().unwrap();
+    index.add_path(Path::new("notes.md")).unwrap();
+    index.write().unwrap();
+    let r = validate(root, &[("SOPS_AGE_KEY", &identity)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("error[HF075]: an age identity is in `notes.md`, a file git tracks"),
+        "{}",
+        r.stderr
+    );
+    assert_no_identity_leak(&identity, &r.transcript(), "tracked identity, SOPS_AGE_KEY");
+
+    let flux = "repo: https://github.com/username/manifests.git\nbranch: main\n";
+    let dir = work_tree(
+        &format!("{flux}decryption: {identity}\n"),
+        &format!("token: {TOKEN}\n"),
+        None,
+        None,
+    );
+    let r = validate(dir.path(), &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "error[HF039]: `decryption` holds an age identity, a secret, in a committed file"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_no_identity_leak(&identity, &r.transcript(), "identity in flux.yaml");
+}
+
 /// A fresh identity run through every command and failure path at `-vv`: no piece of it may
-/// appear in stdout or stderr, wherever it was put.
+/// appear in stdout or stderr, wherever it was put, in plain or in base64.
 #[test]
 fn the_canary_identity_never_appears() {
     let (identity, recipient) = age_keygen();
     let (_, other) = age_keygen();
+    canary(&identity, &recipient, &other);
+}
+
+/// The same with a fresh post-quantum identity, the other recipient being an X25519 one.
+#[test]
+fn the_canary_post_quantum_identity_never_appears() {
+    let (identity, recipient) = age_keygen_pq();
+    let (_, other) = age_keygen();
+    canary(&identity, &recipient, &other);
+}
+
+fn canary(identity: &str, recipient: &str, other: &str) {
+    let identity = identity.to_string();
     let token = canary_token();
     let secrets = format!("token: {token}\nageKey: {identity}\n");
     let mut truncated = identity.clone();
@@ -391,14 +731,14 @@ fn the_canary_identity_never_appears() {
             "valid",
             FLUX_SOPS.into(),
             secrets.clone(),
-            Some(&recipient),
+            Some(recipient),
             vec![],
         ),
         (
             "other recipient",
             FLUX_SOPS.into(),
             secrets.clone(),
-            Some(&other),
+            Some(other),
             vec![],
         ),
         (
@@ -478,7 +818,7 @@ fn the_canary_identity_never_appears() {
             "SOPS_AGE_KEY",
             FLUX_SOPS.into(),
             format!("token: {token}\n"),
-            Some(&recipient),
+            Some(recipient),
             vec![("SOPS_AGE_KEY", identity.clone())],
         ),
         (
@@ -492,7 +832,7 @@ fn the_canary_identity_never_appears() {
             "token from the environment",
             FLUX_SOPS.into(),
             String::new(),
-            Some(&other),
+            Some(other),
             vec![
                 ("HOMELAB_FLUX_TOKEN", token.clone()),
                 ("SOPS_AGE_KEY", identity.clone()),

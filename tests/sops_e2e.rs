@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject};
-use support::cli::{Run, age_keygen, assert_has, assert_no_identity_leak};
+use support::cli::{Run, age_keygen, age_keygen_pq, assert_has, assert_no_identity_leak};
 use support::cluster;
 use support::world::{self, World, flux_api, ready_line};
 
@@ -97,6 +97,24 @@ impl Sops {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         self.identities.push(identity.to_string());
+    }
+
+    /// Gives no `ageKey`: the identities are in sops' own `keys.txt` (in `$HOME/.config`, the
+    /// scratch directory), as on a machine set up for sops. Written after the last `commit`, so
+    /// that the file is not staged.
+    fn use_keys_txt(&mut self, identities: &[&str]) {
+        let path = self.w.dir.path().join("config/secrets-flux.yaml");
+        std::fs::write(&path, format!("token: {}\n", self.w.token)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let keys = self.w.dir.path().join(".config/sops/age/keys.txt");
+        std::fs::create_dir_all(keys.parent().unwrap()).unwrap();
+        let mut text = String::from("# created: 2026-12-04T18:00:00Z\n");
+        for identity in identities {
+            text.push_str(&format!("{identity}\n"));
+            self.identities.push(identity.to_string());
+        }
+        std::fs::write(&keys, text).unwrap();
     }
 
     /// Commits `.sops.yaml` and the encrypted Secret to the served repository (and GitHub's
@@ -366,4 +384,51 @@ async fn a_wrong_identity_is_stopped_before_the_cluster_and_a_new_one_is_rewritt
         &r,
         "(hint: the cluster's age identity cannot decrypt a file of the repository: run `homelab-flux validate --offline`",
     );
+}
+
+/// Scenario 3: a post-quantum identity (`age-keygen -pq`, age v1.3.2). sops' `keys.txt` lists
+/// an X25519 identity first and the post-quantum one after it; the repository is encrypted by
+/// the real sops CLI for the `age1pq1…` recipient, so the post-quantum identity is the one
+/// bootstrap puts into `sops-age`, and the real kustomize-controller decrypts the Secret with
+/// it. The same identity given as `ageKey` afterwards leaves `sops-age` unchanged. Every run
+/// is at `-vv` and checked for the identities in plain and in base64.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_post_quantum_identity_decrypts_the_repository() {
+    let c = cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    world::reset(c).await;
+    let mut s = Sops::new("sopspq");
+    let (x25519, _) = age_keygen();
+    let (pq, pq_recipient) = age_keygen_pq();
+    assert!(pq_recipient.starts_with("age1pq1"), "{pq_recipient}");
+    let namespace = s.w.repo.name().to_string();
+    let password = format!("pw-{}", &pq_recipient[10..30]);
+    let encrypted = encrypt(&namespace, &password, &pq_recipient);
+    assert!(
+        encrypted.contains(&format!("recipient: {pq_recipient}")),
+        "sops encrypted for the post-quantum recipient:\n{encrypted}"
+    );
+    let sha = s.commit(&pq_recipient, &encrypted);
+    s.use_keys_txt(&[&x25519, &pq]);
+
+    let r = s.validate();
+    assert_eq!(r.code, 0, "{}", r.transcript());
+
+    let r = s.bootstrap();
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "- Secret `flux-system/sops-age` created");
+    assert_has(&r, &ready_line(&sha));
+    assert_eq!(identity_in_cluster().await.as_deref(), Some(pq.as_str()));
+    // Ready at the commit: kustomize-controller decrypted the Secret with that identity.
+    assert_eq!(decrypted_password(&namespace).await, Some(password));
+
+    let before = sops_age().await.unwrap().metadata.resource_version;
+    std::fs::remove_file(s.w.dir.path().join(".config/sops/age/keys.txt")).unwrap();
+    s.use_identity(&pq.to_ascii_lowercase());
+    let r = s.bootstrap();
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "- Secret `flux-system/sops-age` unchanged");
+    assert_eq!(sops_age().await.unwrap().metadata.resource_version, before);
+    let r = s.run(&["status"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
 }

@@ -125,7 +125,7 @@ pub(crate) fn check_offline(dir: &Path, secrets: Secrets) -> Result<Loaded, Cann
     {
         tracing::debug!(
             "the cluster gets the age identity of recipient `{}` (of {} found)",
-            identity.recipient(),
+            identity.recipient_shown(),
             loaded.age_identities().len()
         );
         loaded = loaded.extend(crate::sops::check(&identity, &hygiene.sops));

@@ -19,7 +19,7 @@ pub const KEY_FILE_ENV: &str = "SOPS_AGE_KEY_FILE";
 pub const USER_KEYS_FILE: &str = "sops/age/keys.txt";
 
 /// The hint for a value that is not an identity.
-pub const IDENTITY_HINT: &str = "paste the `AGE-SECRET-KEY-1...` line of the file `age-keygen` wrote (not the `age1...` public key)";
+pub const IDENTITY_HINT: &str = "paste the `AGE-SECRET-KEY-1...` or `AGE-SECRET-KEY-PQ-1...` line of the file `age-keygen` wrote (not the `age1...` public key)";
 
 /// The identities for `decryption: sops`, pushing findings for every malformed one and for
 /// none at all. `age_key` is the secrets file's `ageKey` (already checked) and where it stands;
@@ -59,6 +59,14 @@ pub(super) fn find(
         for (i, entry) in value.split_whitespace().enumerate() {
             match AgeIdentity::parse(entry) {
                 Ok(id) => found.push(id),
+                Err(IdentityError::Plugin(name)) => {
+                    report.push(plugin_skipped(
+                        format!("entry {} of `${KEY_ENV}`", i + 1),
+                        name.as_deref(),
+                        format!("${KEY_ENV}"),
+                        None,
+                    ));
+                }
                 Err(e) => report.push(
                     Diagnostic::error(
                         Code::AgeKeyInvalid,
@@ -112,15 +120,15 @@ pub(super) fn find(
             )
             .in_file(&shown_secrets)
             .with_hint(format!(
-                "add `ageKey: AGE-SECRET-KEY-1...` to `{shown_secrets}`, or set `{KEY_ENV}` or `{KEY_FILE_ENV}`, or keep it in `~/.config/{USER_KEYS_FILE}` as sops does"
+                "add `ageKey: AGE-SECRET-KEY-1...` (or `AGE-SECRET-KEY-PQ-1...`) to `{shown_secrets}`, or set `{KEY_ENV}` or `{KEY_FILE_ENV}`, or keep it in `~/.config/{USER_KEYS_FILE}` as sops does"
             )),
         );
     }
     Ok(unique)
 }
 
-/// Reads an identity file into `found`; `Ok(false)` when it does not exist. Plugin and
-/// post-quantum identities are skipped: sops on this machine may use them, the cluster cannot.
+/// Reads an identity file into `found`; `Ok(false)` when it does not exist. Plugin identities
+/// are skipped with a note: sops on this machine may use them, the cluster cannot.
 fn from_file(
     path: &Path,
     found: &mut Vec<AgeIdentity>,
@@ -159,7 +167,12 @@ fn from_file(
     for (line, parsed) in sops::parse_identities(text) {
         match parsed {
             Ok(id) => found.push(id),
-            Err(IdentityError::Plugin | IdentityError::PostQuantum) => {}
+            Err(IdentityError::Plugin(name)) => report.push(plugin_skipped(
+                format!("line {line} of `{shown}`"),
+                name.as_deref(),
+                shown.clone(),
+                Some(line),
+            )),
             Err(e) => report.push(
                 Diagnostic::error(Code::AgeKeyInvalid, format!("line {line} of `{shown}` {e}"))
                     .at(
@@ -175,4 +188,31 @@ fn from_file(
         }
     }
     Ok(true)
+}
+
+/// The note for a plugin identity (`AGE-PLUGIN-…`) among the identities: skipped, since Flux's
+/// kustomize-controller runs no age plugin; the others in the same place still count.
+fn plugin_skipped(
+    what: String,
+    plugin: Option<&str>,
+    file: String,
+    line: Option<usize>,
+) -> Diagnostic {
+    let plugin = sops::plugin_shown(plugin);
+    let d = Diagnostic::note(
+        Code::AgePluginSkipped,
+        format!("{what} is an identity of {plugin}, skipped: Flux's kustomize-controller cannot use plugins"),
+    )
+    .with_hint("the cluster gets an `AGE-SECRET-KEY-1...` or `AGE-SECRET-KEY-PQ-1...` identity; encrypt the repository for one too");
+    match line {
+        Some(line) => d.at(
+            &file,
+            Position {
+                line,
+                column: 1,
+                width: 1,
+            },
+        ),
+        None => d.in_file(file),
+    }
 }

@@ -127,7 +127,7 @@ pub(super) fn parse_flux_bytes(
                     // A pasted identity is a secret in a committed file: never echoed.
                     let d = if value
                         .to_ascii_uppercase()
-                        .contains(crate::sops::IDENTITY_PREFIX)
+                        .contains(crate::sops::IDENTITY_STEM)
                     {
                         Diagnostic::error(
                             Code::DecryptionInvalid,

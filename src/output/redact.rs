@@ -41,7 +41,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     // registered or not.
     let token_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let bech32_char = |c: char| c.is_ascii_alphanumeric();
-    let shapes: [(&str, &dyn Fn(char) -> bool); 8] = [
+    let shapes: [(&str, &dyn Fn(char) -> bool); 10] = [
         ("github_pat_", &token_char),
         ("ghp_", &token_char),
         ("gho_", &token_char),
@@ -50,6 +50,8 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         ("ghr_", &token_char),
         (crate::sops::IDENTITY_PREFIX, &bech32_char),
         (crate::sops::IDENTITY_PREFIX_LOWER, &bech32_char),
+        (crate::age_pq::IDENTITY_PREFIX, &bech32_char),
+        (crate::age_pq::IDENTITY_PREFIX_LOWER, &bech32_char),
     ];
     for (prefix, allowed) in shapes {
         for (i, _) in text.match_indices(prefix) {

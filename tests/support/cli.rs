@@ -278,13 +278,52 @@ pub fn age_keygen() -> (String, String) {
     (identity, recipient)
 }
 
+/// A fresh post-quantum age identity (`AGE-SECRET-KEY-PQ-1…`) and its recipient (`age1pq1…`),
+/// made by `age-keygen -pq` of age v1.3.2, which tests/env/setup builds (Debian's has no `-pq`).
+pub fn age_keygen_pq() -> (String, String) {
+    let out = Command::new(testenv_bin("age-keygen"))
+        .arg("-pq")
+        .output()
+        .expect("target/testenv/bin/age-keygen is missing: run tests/env/setup");
+    assert!(out.status.success(), "age-keygen -pq failed");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let identity = text
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-PQ-1"))
+        .expect("an identity line")
+        .to_string();
+    let recipient = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("a public key line")
+        .to_string();
+    (identity, recipient)
+}
+
+/// A binary that tests/env/setup built into `target/testenv/bin`.
+pub fn testenv_bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/testenv/bin")
+        .join(name)
+}
+
 /// Fails if any 8-character piece of the identity's key material (after the
-/// `AGE-SECRET-KEY-1` every identity shares, and which hints name) appears in `text`, in
-/// either case.
+/// `AGE-SECRET-KEY-1` or `AGE-SECRET-KEY-PQ-1` every identity of its kind shares, and which
+/// hints name) appears in `text`, in either case, or in base64 (as a Secret's `data` holds it).
 pub fn assert_no_identity_leak(identity: &str, text: &str, context: &str) {
-    let key = &identity["AGE-SECRET-KEY-1".len()..];
+    use base64::Engine as _;
+    let prefix = if identity.starts_with("AGE-SECRET-KEY-PQ-1") {
+        "AGE-SECRET-KEY-PQ-1"
+    } else {
+        "AGE-SECRET-KEY-1"
+    };
+    let key = &identity[prefix.len()..];
     assert_no_leak(key, text, context);
     assert_no_leak(&key.to_ascii_lowercase(), text, context);
+    // The first 18 bytes (`AGE-SECRET-KEY-PQ-`, `AGE-SECRET-KEY-1` and two key characters) are
+    // the first 24 base64 characters; what follows depends on the key alone.
+    let encoded = base64::engine::general_purpose::STANDARD.encode(identity);
+    assert_no_leak(&encoded[24..], text, &format!("{context} (base64)"));
 }
 
 /// Fails, showing the whole run, unless stderr holds `what`.
