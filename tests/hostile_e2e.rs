@@ -9,7 +9,8 @@
 //! `status` with Flux conditions whose reason and message carry terminal escapes (they are
 //! written by whoever controls the repository's content): shown escaped, in text and JSON.
 //!
-//! Both tests take the cluster exclusively (one deletes the CRDs); each sets up what it needs.
+//! Both tests take the cluster exclusively (one deletes the CRDs); each sets up what it needs,
+//! whatever a test before it left (the cluster may be shared with other end-to-end tests).
 
 mod support;
 
@@ -145,6 +146,9 @@ fn assert_nothing_applied(context: &str) {
 fn flux_manifests_come_over_https_within_the_cap_and_as_pinned() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive_blocking();
+    // A cluster without Flux: no controllers (they would lose their CRDs), no Deployments, no CRDs.
+    c.stop_flux();
+    c.delete_flux_deployments();
     c.delete_crds();
 
     let certs = tempfile::tempdir().unwrap();
@@ -234,11 +238,14 @@ fn flux_manifests_come_over_https_within_the_cap_and_as_pinned() {
 fn status_shows_flux_messages_escaped() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive_blocking();
-    c.install_crds();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    // No `flux-system` objects left by another test, and no controller to overwrite the
+    // conditions written below.
+    runtime.block_on(support::world::reset(c));
+    c.stop_flux();
     let message = "kustomization path not found: ./\u{1b}]52;c;cm0gLXJmIH4=\u{7}\nok: all Ready \u{1b}[2J\u{202e}\u{9b}";
     runtime.block_on(async {
         let client = c.client().await;
