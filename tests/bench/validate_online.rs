@@ -3,7 +3,7 @@
 //! Run: `cargo bench --bench validate_online` (set `HOMELAB_FLUX_BIN=target/release/homelab-flux`
 //! to time the release binary). See BENCHMARKS.md.
 
-#[path = "../support/mod.rs"]
+#[path = "../it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

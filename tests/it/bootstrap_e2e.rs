@@ -2,11 +2,11 @@
 //! real Flux controllers, the SSH and HTTP git servers on loopback, and the fake GitHub (whose
 //! deploy keys are the SSH server's authorized keys, and whose `/meta` lists its host key).
 //!
-//! The tests share one cluster per test binary and take it exclusively, one at a time; each
+//! The tests share the test binary's cluster and take it exclusively, one at a time; each
 //! starts from `reset_cluster()` ("Flux installed, nothing bootstrapped"), so their order does not
 //! matter. Every run is at `-vv` and checked for every token of its world (the canary check).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! nothing bootstrapped"); every wait is for an observable event (a line the run printed, an
 //! object's state in the API), never a fixed sleep.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Secrets hygiene of `validate --offline` in git work trees made with git2 in temp dirs.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -6,7 +6,7 @@
 //! once for the identity `cluster` and once for `other`. The canary identities are made fresh
 //! by `age-keygen` on every run.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
@@ -116,7 +116,7 @@ fn a_repository_encrypted_for_the_identity_is_valid() {
     );
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    insta::assert_snapshot!("encrypted_for_the_identity", r.transcript());
+    assert_snapshot!("encrypted_for_the_identity", r.transcript());
 }
 
 /// The most common SOPS mistake: the repository is encrypted for another key than the cluster's.
@@ -133,7 +133,7 @@ fn a_repository_encrypted_for_another_identity_is_an_error_per_file() {
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_no_identity_leak(&identity, &r.transcript(), "wrong recipient");
-    insta::assert_snapshot!("encrypted_for_another_identity", r.transcript());
+    assert_snapshot!("encrypted_for_another_identity", r.transcript());
     // The same findings in JSON, one per file.
     let r = homelab_flux(
         dir.path(),
@@ -191,7 +191,7 @@ fn a_malformed_age_key_is_an_error_that_never_shows_the_value() {
         assert_eq!(r.code, 1, "{name}: {}", r.stderr);
         assert_no_identity_leak(&identity, &r.transcript(), name);
         assert!(!r.stderr.contains("hunter2"), "{name}: {}", r.stderr);
-        insta::assert_snapshot!(format!("malformed_age_key__{name}"), r.transcript());
+        assert_snapshot!(format!("malformed_age_key__{name}"), r.transcript());
     }
 }
 
@@ -200,7 +200,7 @@ fn no_identity_is_a_warning_in_validate_and_an_error_in_bootstrap() {
     let dir = work_tree(FLUX_SOPS, &format!("token: {TOKEN}\n"), None, None);
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    insta::assert_snapshot!("no_identity__validate", r.transcript());
+    assert_snapshot!("no_identity__validate", r.transcript());
     let r = homelab_flux(dir.path(), &["validate", "--offline", "--strict"], &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     // Stopped with the configuration's findings, before GitHub or a cluster is asked.
@@ -324,7 +324,7 @@ fn an_identity_in_a_tracked_file_is_an_error_naming_the_file() {
     let r = validate(root, &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_no_identity_leak(&identity, &r.transcript(), "tracked identity");
-    insta::assert_snapshot!("identity_in_a_tracked_file", r.transcript());
+    assert_snapshot!("identity_in_a_tracked_file", r.transcript());
 }
 
 #[test]
@@ -334,7 +334,7 @@ fn an_age_key_without_decryption_and_a_bad_decryption_value() {
     let dir = work_tree(flux, &secrets_with(&identity), None, None);
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    insta::assert_snapshot!("age_key_without_decryption", r.transcript());
+    assert_snapshot!("age_key_without_decryption", r.transcript());
 
     let dir = work_tree(
         &format!("{flux}decryption: age\n"),
@@ -344,7 +344,7 @@ fn an_age_key_without_decryption_and_a_bad_decryption_value() {
     );
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    insta::assert_snapshot!("decryption_typo", r.transcript());
+    assert_snapshot!("decryption_typo", r.transcript());
 
     // An identity pasted into the committed file is never echoed.
     let dir = work_tree(
@@ -356,7 +356,7 @@ fn an_age_key_without_decryption_and_a_bad_decryption_value() {
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_no_identity_leak(&identity, &r.transcript(), "identity in flux.yaml");
-    insta::assert_snapshot!("decryption_holds_an_identity", r.transcript());
+    assert_snapshot!("decryption_holds_an_identity", r.transcript());
 }
 
 #[test]
@@ -364,7 +364,7 @@ fn export_prints_the_decryption_block() {
     let dir = work_tree(FLUX_SOPS, "", None, None);
     let r = homelab_flux(dir.path(), &["bootstrap", "--export"], &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    insta::assert_snapshot!("export_with_decryption", r.stdout);
+    assert_snapshot!("export_with_decryption", r.stdout);
 }
 
 /// A fresh identity run through every command and failure path at `-vv`: no piece of it may

@@ -1,8 +1,8 @@
 //! Online `validate` through the real binary against the fake GitHub. Each case names the
-//! documented GitHub behaviour it stands for (see tests/support/fake_github.rs and
+//! documented GitHub behaviour it stands for (see tests/it/support/fake_github.rs and
 //! ../shared/reference/github/).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -12,7 +12,7 @@
 //! Both tests take the cluster exclusively (one deletes the CRDs); each sets up what it needs,
 //! whatever a test before it left (the cluster may be shared with other end-to-end tests).
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -212,7 +212,7 @@ fn flux_manifests_come_over_https_within_the_cap_and_as_pinned() {
         assert_nothing_applied(&source);
         transcript.push_str(&format!("{}\n", error_line(&r, &ports)));
     }
-    insta::assert_snapshot!("refused_manifests", transcript);
+    assert_snapshot!("refused_manifests", transcript);
 
     // Over https, as pinned (case-insensitive), in a dry run: the SHA-256 is printed.
     let source = format!("https://127.0.0.1:{https}/install.yaml");
@@ -319,5 +319,5 @@ fn status_shows_flux_messages_escaped() {
         }
         transcript.push_str(&format!("$ status --format {format}\n{}\n", r.transcript()));
     }
-    insta::assert_snapshot!("status_escapes", transcript);
+    assert_snapshot!("status_escapes", transcript);
 }

@@ -9,9 +9,10 @@
 //! binary exits, whether the tests passed, panicked or the binary was killed. (The death signal
 //! fires when the spawning *thread* ends, and test threads end early, hence the dedicated thread.)
 //!
-//! Tests that stop, restart or wipe the cluster disturb every other test of the same binary that
-//! uses it: hold [`Cluster::exclusive`] in such tests and [`Cluster::shared`] in the others, or put
-//! them in a test binary of their own.
+//! Tests that stop, restart or wipe the cluster disturb every other test that uses it: hold
+//! [`Cluster::exclusive`] in such tests and [`Cluster::shared`] in the others. Every module of the
+//! test binary shares the cluster, so a test also sets up the state it needs (see
+//! `world::reset`) rather than count on what a test before it left.
 
 // Each test binary compiles every support module but uses only part of it.
 #![allow(dead_code)]

@@ -1,7 +1,7 @@
 //! The corpus of configurations: every invalid one with its exact diagnostics (insta snapshots),
 //! every valid variant accepted, all through the real binary.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,7 +57,7 @@ fn every_invalid_configuration_gives_its_exact_diagnostics() {
         for token in fixture_tokens(&dir) {
             assert_no_leak(&token, &run.transcript(), &name);
         }
-        insta::assert_snapshot!(format!("invalid__{name}"), run.transcript());
+        assert_snapshot!(format!("invalid__{name}"), run.transcript());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -74,7 +74,7 @@ fn every_valid_variant_passes() {
         for token in fixture_tokens(&dir) {
             assert_no_leak(&token, &run.transcript(), &name);
         }
-        insta::assert_snapshot!(format!("valid__{name}"), run.transcript());
+        assert_snapshot!(format!("valid__{name}"), run.transcript());
     }
 }
 
@@ -94,7 +94,7 @@ fn json_output_is_one_document_with_every_field() {
         assert!(first.get(field).is_some(), "missing {field} in {first}");
     }
     assert_eq!(doc["summary"]["errors"], 5);
-    insta::assert_snapshot!("json__many-errors-at-once", run.stdout);
+    assert_snapshot!("json__many-errors-at-once", run.stdout);
 }
 
 #[test]

@@ -10,7 +10,7 @@
 //! `validate` sees what Flux will see. Every wait is on an object in the API server or a line
 //! the run printed; every run is checked for the token and the identities (the canary check).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

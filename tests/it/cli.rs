@@ -1,7 +1,7 @@
 //! The command line through the real binary: help texts, export, completions, exit codes, and
 //! the canary token that must never appear in any output.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
@@ -39,7 +39,7 @@ fn help_of_every_command() {
     ] {
         let r = homelab_flux(dir.path(), args);
         assert_eq!(r.code, 0);
-        insta::assert_snapshot!(
+        assert_snapshot!(
             format!("help__{}", args.join("_").trim_start_matches('-')),
             r.stdout
         );
@@ -55,7 +55,7 @@ fn export_with_a_deploy_key() {
     let r = homelab_flux(dir.path(), &["bootstrap", "--export"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.is_empty(), "{}", r.stderr);
-    insta::assert_snapshot!("export__deploy_key", r.stdout);
+    assert_snapshot!("export__deploy_key", r.stdout);
 }
 
 #[test]
@@ -69,7 +69,7 @@ fn export_with_a_token_reads_no_secret_and_defaults_the_branch() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_no_leak(&token, &r.transcript(), "export");
     assert!(!r.stdout.contains("kind: Secret"));
-    insta::assert_snapshot!("export__token", r.transcript());
+    assert_snapshot!("export__token", r.transcript());
 }
 
 #[test]
@@ -255,7 +255,7 @@ fn the_canary_token_never_appears() {
             Some(format!("token: ghs_{}\n", &token[4..])),
         ),
     ];
-    // Online paths run against a closed loopback port here; tests/validate_online.rs runs them
+    // Online paths run against a closed loopback port here; tests/it/validate_online.rs runs them
     // against the fake GitHub, each with the same leak check.
     let api = closed_api_url();
     for (name, flux, secrets) in &scenarios {
