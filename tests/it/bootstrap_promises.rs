@@ -4,8 +4,8 @@
 //! a Flux install cut short. The real binary, at `-vv` with the token checked in every output,
 //! against real kube-apiservers with the real Flux controllers, a real sshd and the fake GitHub.
 //!
-//! Each test takes the cluster exclusively and starts from `world::reset` ("Flux installed,
-//! nothing bootstrapped"); every wait is for an observable event (a line the run printed, an
+//! Each test takes the cluster and starts from `world::fresh` or `world::reset` ("Flux
+//! installed, nothing bootstrapped"); every wait is for an observable event (a line the run printed, an
 //! object's state in the API), never a fixed sleep.
 
 use crate::support;
@@ -17,28 +17,9 @@ use support::cli::assert_has;
 use support::cluster;
 use support::fake_github::{Access, RepoSpec, TokenSpec};
 use support::world::{
-    self, SilentServer, World, condition_status, flux_api, key_in_cluster, ready_line,
+    self, SilentServer, World, condition_status, flux_api, fresh, key_in_cluster, ready_line,
     reconcile_git_repository, signal,
 };
-
-/// The cluster of this binary, taken exclusively and reset, and a world on it whose path is
-/// `./clusters/home`.
-async fn fresh(
-    tag: &str,
-) -> (
-    &'static cluster::Cluster,
-    tokio::sync::RwLockWriteGuard<'static, ()>,
-    World,
-) {
-    let c = cluster::cluster();
-    let exclusive = c.exclusive().await;
-    world::reset(c).await;
-    (
-        c,
-        exclusive,
-        World::new(tag, "./clusters/home", c.kubeconfig_path()),
-    )
-}
 
 fn title_of(c: &cluster::Cluster, context: &str) -> String {
     homelab_flux::keys::default_title(context, c.server_url())
