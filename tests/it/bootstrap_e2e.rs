@@ -175,14 +175,7 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
     assert!(keys[0].read_only);
     assert_eq!(keys[0].title, title());
     let sha = w.repo.seeded_commit().to_string();
-    assert!(
-        r.stderr.contains(&format!(
-            "Kustomization `flux-system/flux-system` is Ready at {}",
-            &sha[..12]
-        )),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, &ready_line(&sha));
     let cm = seeded_config_map(w.repo.name())
         .await
         .expect("the ConfigMap from the repository");
@@ -207,7 +200,7 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
         "GitRepository `flux-system/flux-system` unchanged",
         "Kustomization `flux-system/flux-system` unchanged",
     ] {
-        assert!(r.stderr.contains(what), "missing `{what}`:\n{}", r.stderr);
+        assert_has(&r, what);
     }
     assert_eq!(
         resource_versions().await,
@@ -215,7 +208,7 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
         "a re-run changes no object"
     );
     // The key GitHub still lists is not proven again over SSH: GitHub's branch head is enough.
-    assert!(r.stderr.contains(&format!("- `main` is at {}", &sha[..12])));
+    assert_has(&r, &format!("- `main` is at {}", &sha[..12]));
     assert!(!r.stderr.contains("proved the deploy key"), "{}", r.stderr);
     assert!(
         w.gh.writes().is_empty(),
@@ -525,13 +518,8 @@ async fn the_api_server_stopped_before_or_during_a_bootstrap() {
     let r = w.finish(run, &["bootstrap"]);
     assert_eq!(r.code, 2, "{}", r.transcript());
     assert_has(&r, "- Kustomization `flux-system/flux-system` created");
-    assert!(r.stderr.contains(&unreachable_prefix), "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("); is the cluster up, and is `--context` right?"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, &unreachable_prefix);
+    assert_has(&r, "); is the cluster up, and is `--context` right?");
 
     c.start_api_server();
     c.start_flux();

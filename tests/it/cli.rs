@@ -6,8 +6,8 @@ use crate::support;
 use std::path::Path;
 
 use support::cli::{
-    CANARY_COMMANDS, assert_no_leak, canary_token, closed_api_url, command, fixtures, run,
-    scratch_copy,
+    CANARY_COMMANDS, assert_has, assert_no_leak, canary_token, closed_api_url, command, fixtures,
+    run, scratch_copy,
 };
 
 fn config_dir(flux: &str, secrets: Option<&str>) -> tempfile::TempDir {
@@ -78,7 +78,7 @@ fn export_of_an_invalid_configuration_prints_the_diagnostics_and_nothing_on_stdo
     let r = homelab_flux(scratch.path(), &["bootstrap", "--export"]);
     assert_eq!(r.code, 1);
     assert!(r.stdout.is_empty());
-    assert!(r.stderr.contains("error[HF020]"), "{}", r.stderr);
+    assert_has(&r, "error[HF020]");
 }
 
 #[test]
@@ -133,11 +133,7 @@ fn usage_errors_exit_2() {
     assert_eq!(r.code, 2);
     let r = homelab_flux(dir.path(), &["bootstrap", "--timeout", "soon"]);
     assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("`soon` is not a duration"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "`soon` is not a duration");
     let r = homelab_flux(dir.path(), &["validate", "--token", "ghp_abc"]);
     assert_eq!(r.code, 2, "a token is never accepted as an argument");
 }
@@ -151,11 +147,7 @@ fn the_config_dir_flag_is_honoured() {
         &["validate", "--offline", "--config-dir", "elsewhere"],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("`elsewhere/secrets-flux.yaml` not found"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "`elsewhere/secrets-flux.yaml` not found");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use crate::support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::cli::{assert_no_leak, command, fixtures, run_with_limit, scratch_copy};
+use support::cli::{assert_has, assert_no_leak, command, fixtures, run_with_limit, scratch_copy};
 
 /// A hang guard for one `validate` run (milliseconds when idle).
 const HANG_GUARD: Duration = Duration::from_secs(120);
@@ -107,5 +107,5 @@ fn strict_turns_warnings_into_errors() {
     cmd.args(["validate", "--offline", "--strict"]);
     let run = run_with_limit(cmd, HANG_GUARD);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("error[HF047]"), "{}", run.stderr);
+    assert_has(&run, "error[HF047]");
 }

@@ -27,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use support::cli::{Run, assert_no_leak, command, run_with_limit};
+use support::cli::{Run, assert_has, assert_no_leak, command, run_with_limit};
 use support::cluster;
 use support::fake_github::{FakeGitHub, RepoSpec, TokenSpec, fake_sha};
 
@@ -226,7 +226,7 @@ fn flux_manifests_come_over_https_within_the_cap_and_as_pinned() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let line = format!("- the Flux manifests `{source}` have SHA-256 {actual} (as pinned)\n");
-    assert!(r.stderr.contains(&line), "{}", r.stderr);
+    assert_has(&r, &line);
     assert_nothing_applied("dry run");
 
     c.install_crds();

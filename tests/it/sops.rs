@@ -12,8 +12,8 @@ use std::path::Path;
 
 use git2::{IndexAddOption, Repository};
 use support::cli::{
-    CANARY_COMMANDS, Run, age_keygen, assert_no_identity_leak, assert_no_leak, canary_token,
-    closed_api_url, command, fixtures, run,
+    CANARY_COMMANDS, Run, age_keygen, assert_has, assert_no_identity_leak, assert_no_leak,
+    canary_token, closed_api_url, command, fixtures, run,
 };
 
 const FLUX_SOPS: &str =
@@ -172,7 +172,7 @@ fn a_creation_rule_for_another_identity_is_an_error_before_anything_is_encrypted
     let dir = work_tree(FLUX_SOPS, &secrets_with(&identity), Some(&other), None);
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("error[HF073]"), "{}", r.stderr);
+    assert_has(&r, "error[HF073]");
     assert!(!r.stderr.contains("HF074"), "{}", r.stderr);
 }
 
@@ -206,11 +206,9 @@ fn no_identity_is_a_warning_in_validate_and_an_error_in_bootstrap() {
     // Stopped with the configuration's findings, before GitHub or a cluster is asked.
     let r = homelab_flux(dir.path(), &["bootstrap"], &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("error[HF071]: `decryption: sops` is set, but no age identity was found"),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "error[HF071]: `decryption: sops` is set, but no age identity was found",
     );
 }
 
@@ -242,12 +240,7 @@ fn the_identity_is_found_where_sops_reads_it() {
     write(root, ".config/sops/age/keys.txt", &keys);
     let r = homelab_flux(root, &["-v", "validate", "--offline"], &[]);
     assert_eq!(r.code, 0, "keys.txt: {}", r.stderr);
-    assert!(
-        r.stderr
-            .contains(&format!("recipient `{recipient}` (of 2 found)")),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, &format!("recipient `{recipient}` (of 2 found)"));
     std::fs::remove_file(root.join(".config/sops/age/keys.txt")).unwrap();
     let xdg = root.join("xdg");
     write(&xdg, "sops/age/keys.txt", &keys);
@@ -257,7 +250,7 @@ fn the_identity_is_found_where_sops_reads_it() {
     // Only the other identity: the repository is not encrypted for it.
     let r = validate(root, &[("SOPS_AGE_KEY", &other)]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("error[HF074]"), "{}", r.stderr);
+    assert_has(&r, "error[HF074]");
 }
 
 #[test]
@@ -275,13 +268,12 @@ fn a_broken_identity_file_is_an_error_naming_the_line() {
     let file = root.join("keys.txt");
     let r = validate(root, &[("SOPS_AGE_KEY_FILE", file.to_str().unwrap())]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains(&format!(
+    assert_has(
+        &r,
+        &format!(
             "error[HF070]: line 3 of `{}` starts like an age identity but is not one",
             file.display()
-        )),
-        "{}",
-        r.stderr
+        ),
     );
     assert_no_identity_leak(&cluster, &r.transcript(), "broken keys file");
 
@@ -290,21 +282,12 @@ fn a_broken_identity_file_is_an_error_naming_the_line() {
     let huge = root.join("huge.txt");
     let r = validate(root, &[("SOPS_AGE_KEY_FILE", huge.to_str().unwrap())]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("an identity file is at most 64 KiB"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "an identity file is at most 64 KiB");
 
     let missing = root.join("nowhere.txt");
     let r = validate(root, &[("SOPS_AGE_KEY_FILE", missing.to_str().unwrap())]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("error[HF070]: `$SOPS_AGE_KEY_FILE` names"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "error[HF070]: `$SOPS_AGE_KEY_FILE` names");
 }
 
 #[test]
