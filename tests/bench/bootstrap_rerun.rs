@@ -19,7 +19,8 @@
 //!    restarted): a new deploy key, its proof over SSH, the four objects applied, the wait until
 //!    Flux has synced; wall time from spawn to exit.
 
-#[path = "../support/mod.rs"]
+#[allow(dead_code, reason = "a benchmark uses a part of the tests' support")]
+#[path = "../it/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -3,7 +3,8 @@
 //! Run: `cargo bench --bench validate_online` (set `HOMELAB_FLUX_BIN=target/release/homelab-flux`
 //! to time the release binary). See BENCHMARKS.md.
 
-#[path = "../support/mod.rs"]
+#[allow(dead_code, reason = "a benchmark uses a part of the tests' support")]
+#[path = "../it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -10,9 +10,6 @@
 //! and a ConfigMap. Processes are started like the cluster's (see `cluster.rs`): killed when the
 //! server is dropped or the test binary exits.
 
-// Each test binary compiles every support module but uses only part of it.
-#![allow(dead_code)]
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,11 +137,6 @@ SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
         })
     }
 
-    /// Port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// The server's host key as `ssh-ed25519 AAAA...` (what GitHub's `/meta` lists).
     pub fn host_key(&self) -> &str {
         &self.host_keys[0]
@@ -178,22 +170,6 @@ SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
         fs::write(&self.authorized_keys, text).expect("writing authorized_keys");
     }
 
-    /// Removes every line with this key's type and base64 (comments do not matter).
-    pub fn remove_authorized_key(&self, public_key: &str) {
-        let _guard = self
-            .keys
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let wanted: Vec<&str> = public_key.split_whitespace().take(2).collect();
-        let text = fs::read_to_string(&self.authorized_keys).unwrap_or_default();
-        let kept: String = text
-            .lines()
-            .filter(|line| line.split_whitespace().take(2).collect::<Vec<_>>() != wanted)
-            .map(|line| format!("{line}\n"))
-            .collect();
-        fs::write(&self.authorized_keys, kept).expect("writing authorized_keys");
-    }
-
     /// Creates and seeds a bare repository `NAME.git` (see [`GitRepo`]).
     pub fn create_repo(&self, name: &str) -> GitRepo {
         GitRepo::create(&self.dir, name)
@@ -217,8 +193,9 @@ pub struct HttpGitServer {
     port: u16,
     username: String,
     htpasswd: PathBuf,
-    nginx: Process,
-    fcgiwrap: Process,
+    /// Held, not read: dropping the server kills nginx and fcgiwrap.
+    _nginx: Process,
+    _fcgiwrap: Process,
 }
 
 impl HttpGitServer {
@@ -327,20 +304,10 @@ http {{
             port,
             username: username.to_owned(),
             htpasswd,
-            nginx,
-            fcgiwrap,
+            _nginx: nginx,
+            _fcgiwrap: fcgiwrap,
         };
         Ok(server)
-    }
-
-    /// Port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The one user name accepted.
-    pub fn username(&self) -> &str {
-        &self.username
     }
 
     /// Replaces the accepted password (nginx reads the file on every request).
@@ -357,11 +324,6 @@ http {{
     /// `http://127.0.0.1:PORT/NAME.git`.
     pub fn url(&self, repo: &GitRepo) -> String {
         format!("http://127.0.0.1:{}/{}.git", self.port, repo.name())
-    }
-
-    /// Last lines of nginx's error log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.dir.join("nginx-error.log"), lines)
     }
 }
 
@@ -422,16 +384,6 @@ impl GitRepo {
     /// SHA-1 of the seeded commit.
     pub fn seeded_commit(&self) -> &str {
         &self.seeded_commit
-    }
-
-    /// SHA-1 at the tip of `main` now.
-    pub fn head(&self) -> String {
-        run(git(&self.worktree)
-            .args(["--git-dir"])
-            .arg(&self.path)
-            .args(["rev-parse", "main"]))
-        .map(|out| out.trim().to_owned())
-        .expect("reading the tip of main")
     }
 
     /// Writes the files (path relative to the repository root, content), commits them and

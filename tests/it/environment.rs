@@ -1,9 +1,9 @@
 //! Proves the test environment is real, without any homelab-flux code: the API server is the
 //! Kubernetes version we claim, the Flux CRDs are served, and Flux's own controllers clone from
 //! the SSH and HTTP git servers and apply what they find. If these fail, every end-to-end test
-//! built on `tests/support` would fail for reasons that are not the tool's.
+//! built on `tests/it/support` would fail for reasons that are not the tool's.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -464,7 +464,7 @@ fn processes_die_with_the_test_binary() {
         .args([
             "--ignored",
             "--exact",
-            "helper_start_a_process_and_exit",
+            "environment::helper_start_a_process_and_exit",
             "--nocapture",
         ])
         .env("HOMELAB_FLUX_ENV_HELPER", "1")

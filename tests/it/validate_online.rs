@@ -1,13 +1,13 @@
 //! Online `validate` through the real binary against the fake GitHub. Each case names the
-//! documented GitHub behaviour it stands for (see tests/support/fake_github.rs and
+//! documented GitHub behaviour it stands for (see tests/it/support/fake_github.rs and
 //! ../shared/reference/github/).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use support::cli::{Run, assert_no_leak, command, run};
+use support::cli::{Run, assert_has, assert_no_leak, command, run};
 use support::fake_github::{Access, FakeGitHub, RepoSpec, TokenSpec, fake_sha};
 
 /// A fine-grained token shaped like GitHub's (93 characters), unique per test.
@@ -82,13 +82,12 @@ fn the_http_libraries_log_at_vv_and_never_the_token() {
     let v = run(cmd);
     assert_no_leak(&c.token, &v.transcript(), "validate -v");
     assert_eq!(v.code, 0, "{}", v.stderr);
-    assert!(
-        v.stderr.contains(&format!(
+    assert_has(
+        &v,
+        &format!(
             "debug: checking `https://github.com/username/manifests.git` against the GitHub API at {}",
             c.gh.url()
-        )),
-        "{}",
-        v.stderr
+        ),
     );
     assert!(
         !v.stderr.contains("reqwest::") && !v.stderr.contains("hyper_util::"),
@@ -157,12 +156,9 @@ fn without_a_branch_the_default_branch_is_checked_and_named() {
     let c = Case::new("dflt", TokenSpec::fine_grained("username"), "");
     let r = c.validate(&[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stderr.contains(
-            "note[HF112]: `branch` is not set; Flux will follow the default branch `main`"
-        ),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "note[HF112]: `branch` is not set; Flux will follow the default branch `main`",
     );
 }
 
@@ -173,17 +169,11 @@ fn a_rejected_token() {
     c.gh.revoke_token(&c.token);
     let r = c.validate(&[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("error[HF101]: GitHub rejected the token (expired, revoked or mistyped)"),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "error[HF101]: GitHub rejected the token (expired, revoked or mistyped)",
     );
-    assert!(
-        r.stderr.contains("\n--> config/secrets-flux.yaml\n"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "\n--> config/secrets-flux.yaml\n");
 }
 
 fn expiry_header(days_from_now: i64) -> String {
@@ -201,11 +191,7 @@ fn a_token_expiring_soon_is_a_warning_and_an_expired_one_an_error() {
     );
     let r = c.validate(&[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("warning[HF102]: the token expires on "),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "warning[HF102]: the token expires on ");
 
     let c = Case::new(
         "gone",
@@ -214,11 +200,7 @@ fn a_token_expiring_soon_is_a_warning_and_an_expired_one_an_error() {
     );
     let r = c.validate(&[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("error[HF103]: the token expired on "),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "error[HF103]: the token expired on ");
 
     // With `auth: token` the cluster keeps the token, so a near expiry is an error.
     let c = Case::new(
@@ -228,7 +210,7 @@ fn a_token_expiring_soon_is_a_warning_and_an_expired_one_an_error() {
     );
     let r = c.validate(&[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("error[HF102]"), "{}", r.stderr);
+    assert_has(&r, "error[HF102]");
 }
 
 /// `X-OAuth-Scopes` on classic tokens ([D-scopes]).
@@ -241,10 +223,9 @@ fn a_classic_token_without_the_repo_scope() {
     );
     let r = c.validate(&[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("error[HF104]: the classic token has `read:user`, `gist`; creating a deploy key needs `repo`"),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "error[HF104]: the classic token has `read:user`, `gist`; creating a deploy key needs `repo`",
     );
 }
 
@@ -258,19 +239,11 @@ fn a_missing_or_invisible_repository_gets_the_checklist_for_the_token_type() {
     );
     let r = c.validate(&[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains(
-            "error[HF105]: repository `username/manifests` not found, or the token cannot see it"
-        ),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "error[HF105]: repository `username/manifests` not found, or the token cannot see it",
     );
-    assert!(
-        r.stderr
-            .contains("that the token's resource owner is `username`"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "that the token's resource owner is `username`");
     // Nothing else is reported about a repository that cannot be seen.
     assert!(
         !r.stderr.contains("HF108") && !r.stderr.contains("HF110"),
@@ -304,17 +277,13 @@ fn archived_and_public_repositories_are_warnings() {
     .unwrap();
     let r = validate_at(dir.path(), &gh.url(), &t, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("warning[HF106]: repository `username/manifests` is archived"),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "warning[HF106]: repository `username/manifests` is archived",
     );
-    assert!(
-        r.stderr
-            .contains("warning[HF107]: repository `username/manifests` is public"),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "warning[HF107]: repository `username/manifests` is public",
     );
     let r = validate_at(dir.path(), &gh.url(), &t, &["--strict"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
@@ -330,18 +299,11 @@ fn a_missing_branch_names_the_default_branch() {
     );
     let r = c.validate(&[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("error[HF108]: branch `develop` not found in `username/manifests`"),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "error[HF108]: branch `develop` not found in `username/manifests`",
     );
-    assert!(
-        r.stderr
-            .contains("the default branch is `main`: set `branch: main`"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "the default branch is `main`: set `branch: main`");
 }
 
 /// 403 "Resource not accessible by personal access token" with
@@ -352,22 +314,16 @@ fn no_contents_permission_is_a_note_for_deploy_keys_and_an_error_for_auth_token(
     let c = Case::new("nocont", spec.clone(), "branch: main\n");
     let r = c.validate(&[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("note[HF109]: branch `main` cannot be checked with this token"),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "note[HF109]: branch `main` cannot be checked with this token",
     );
-    assert!(
-        r.stderr.contains("(GitHub says it needs `contents=read`)"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "(GitHub says it needs `contents=read`)");
 
     let c = Case::new("nocont2", spec, "branch: main\nauth: token\n");
     let r = c.validate(&[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("error[HF111]"), "{}", r.stderr);
+    assert_has(&r, "error[HF111]");
 }
 
 /// errors.json `resource-not-accessible-403` on GET /keys (`administration=read`).
@@ -380,19 +336,11 @@ fn no_administration_permission_cannot_manage_deploy_keys() {
     );
     let r = c.validate(&[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains(
-            "error[HF110]: the token cannot manage the deploy keys of `username/manifests`"
-        ),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "error[HF110]: the token cannot manage the deploy keys of `username/manifests`",
     );
-    assert!(
-        r.stderr
-            .contains("(GitHub says it needs `administration=read`)"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "(GitHub says it needs `administration=read`)");
 }
 
 /// errors.json `rate-limited-403`: `x-ratelimit-remaining: 0` and `x-ratelimit-reset`.
@@ -402,11 +350,9 @@ fn an_exhausted_rate_limit_cannot_run_and_says_when_it_resets() {
     c.gh.set_primary_rate_limit(Some((403, 1_900_000_000)));
     let r = c.validate(&[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("rate limit exhausted; it resets at 2030-03-17 17:46:40 UTC"),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "rate limit exhausted; it resets at 2030-03-17 17:46:40 UTC",
     );
 }
 
@@ -457,7 +403,10 @@ fn an_unreachable_github_cannot_run() {
         &[],
     );
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("error: cannot check the configuration against GitHub: could not reach GitHub at http://127.0.0.1:"), "{}", r.stderr);
+    assert_has(
+        &r,
+        "error: cannot check the configuration against GitHub: could not reach GitHub at http://127.0.0.1:",
+    );
 }
 
 #[test]
@@ -469,12 +418,7 @@ fn plain_http_is_refused_for_hosts_other_than_loopback() {
     );
     let r = validate_at(c.dir.path(), "http://github.example.com", &c.token, &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("`http://` is accepted only for loopback hosts"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "`http://` is accepted only for loopback hosts");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! terminal), the pre-commit hooks with the real `pre-commit`, a secrets file under another
 //! name, shell completions in a real bash, the cluster errors a first run meets, and the help.
 
-mod support;
+use crate::support;
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};

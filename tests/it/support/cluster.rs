@@ -9,12 +9,10 @@
 //! binary exits, whether the tests passed, panicked or the binary was killed. (The death signal
 //! fires when the spawning *thread* ends, and test threads end early, hence the dedicated thread.)
 //!
-//! Tests that stop, restart or wipe the cluster disturb every other test of the same binary that
-//! uses it: hold [`Cluster::exclusive`] in such tests and [`Cluster::shared`] in the others, or put
-//! them in a test binary of their own.
-
-// Each test binary compiles every support module but uses only part of it.
-#![allow(dead_code)]
+//! Tests that stop, restart or wipe the cluster disturb every other test that uses it: hold
+//! [`Cluster::exclusive`] in such tests and [`Cluster::shared`] in the others. Every module of the
+//! test binary shares the cluster, so a test also sets up the state it needs (see
+//! `world::reset`) rather than count on what a test before it left.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -130,21 +128,10 @@ struct State {
     flux: Option<Flux>,
 }
 
-/// Addresses of the running Flux controllers.
-#[derive(Debug, Clone)]
-pub struct FluxAddresses {
-    /// `127.0.0.1:PORT` where source-controller serves artifacts.
-    pub storage_addr: String,
-    /// Health (`/readyz`, `/healthz`) of source-controller.
-    pub source_health_addr: String,
-    /// Health (`/readyz`, `/healthz`) of kustomize-controller.
-    pub kustomize_health_addr: String,
-}
-
+/// The running Flux controllers (killed when dropped).
 struct Flux {
     source: Process,
     kustomize: Process,
-    addresses: FluxAddresses,
 }
 
 impl Cluster {
@@ -213,11 +200,6 @@ impl Cluster {
         self.dir.join("audit.log")
     }
 
-    /// Folder with this cluster's data, logs and kubeconfig.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// A new client for the admin identity. Make one per tokio runtime (each `#[tokio::test]` has
     /// its own): a client's connections belong to the runtime it was first used on.
     pub async fn client(&self) -> kube::Client {
@@ -236,11 +218,6 @@ impl Cluster {
     /// [`Cluster::shared`] do not run meanwhile.
     pub async fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
         self.tests.write().await
-    }
-
-    /// [`Cluster::shared`] for sync tests (panics inside an async runtime).
-    pub fn shared_blocking(&self) -> RwLockReadGuard<'_, ()> {
-        self.tests.blocking_read()
     }
 
     /// [`Cluster::exclusive`] for sync tests (panics inside an async runtime).
@@ -392,11 +369,11 @@ impl Cluster {
     /// Starts source-controller and kustomize-controller (no-op if they run) and waits until
     /// both answer `/readyz`. Their Deployments are applied too (see
     /// [`Cluster::apply_flux_deployments`]).
-    pub fn start_flux(&self) -> FluxAddresses {
+    pub fn start_flux(&self) {
         self.apply_flux_deployments();
         let mut state = self.lock();
-        if let Some(flux) = &state.flux {
-            return flux.addresses.clone();
+        if state.flux.is_some() {
+            return;
         }
         let begin = Instant::now();
         let flux = self.spawn_flux().unwrap_or_else(|err| panic!("{err:#}"));
@@ -404,9 +381,7 @@ impl Cluster {
             "Flux controllers ready in {:.1?}",
             begin.elapsed()
         ));
-        let addresses = flux.addresses.clone();
         state.flux = Some(flux);
-        addresses
     }
 
     /// Applies the Namespace `flux-system` and the Deployments `source-controller` and
@@ -458,11 +433,6 @@ impl Cluster {
     /// Stops both Flux controllers; no-op if they are not running.
     pub fn stop_flux(&self) {
         drop(self.lock().flux.take());
-    }
-
-    /// Whether the Flux controllers were started (and not stopped since).
-    pub fn flux_running(&self) -> bool {
-        self.lock().flux.is_some()
     }
 
     /// Last lines of a component's log: `etcd`, `kube-apiserver`, `source-controller` or
@@ -761,15 +731,7 @@ current-context: {context}
                 http_get(port, "/readyz").is_ok()
             })?;
         }
-        Ok(Flux {
-            source,
-            kustomize,
-            addresses: FluxAddresses {
-                storage_addr,
-                source_health_addr,
-                kustomize_health_addr,
-            },
-        })
+        Ok(Flux { source, kustomize })
     }
 }
 

@@ -1,5 +1,4 @@
-//! Test support shared by the integration tests. Each test binary uses only part of it.
-#![allow(dead_code)]
+//! Test support shared by the modules of the integration tests.
 
 pub mod cli;
 pub mod cluster;

@@ -13,9 +13,6 @@
 //! // point the client (or HOMELAB_FLUX_GITHUB_API_URL) at gh.url()
 //! ```
 
-// Each test binary uses a different part of the fake.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -323,6 +320,7 @@ pub struct LoggedRequest {
     /// When the request arrived.
     pub at: Instant,
     /// How many other requests were in flight when it arrived (0: it waited on no answer).
+    #[allow(dead_code, reason = "read by the bootstrap_rerun benchmark only")]
     pub others_in_flight: usize,
     /// The status answered.
     pub status: u16,

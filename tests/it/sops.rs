@@ -7,14 +7,14 @@
 //! after (`mixed`: for both `cluster` and `pq-cluster`). The canary identities are made fresh
 //! by `age-keygen` (and `age-keygen -pq`) on every run.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
 use git2::{IndexAddOption, Repository};
 use support::cli::{
-    CANARY_COMMANDS, Run, age_keygen, age_keygen_pq, assert_no_identity_leak, assert_no_leak,
-    canary_token, closed_api_url, command, fixtures, run,
+    CANARY_COMMANDS, Run, age_keygen, age_keygen_pq, assert_has, assert_no_identity_leak,
+    assert_no_leak, canary_token, closed_api_url, command, fixtures, run,
 };
 
 const FLUX_SOPS: &str =
@@ -120,7 +120,7 @@ fn a_repository_encrypted_for_the_identity_is_valid() {
     );
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    insta::assert_snapshot!("encrypted_for_the_identity", r.transcript());
+    assert_snapshot!("encrypted_for_the_identity", r.transcript());
 }
 
 /// The most common SOPS mistake: the repository is encrypted for another key than the cluster's.
@@ -137,7 +137,7 @@ fn a_repository_encrypted_for_another_identity_is_an_error_per_file() {
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_no_identity_leak(&identity, &r.transcript(), "wrong recipient");
-    insta::assert_snapshot!("encrypted_for_another_identity", r.transcript());
+    assert_snapshot!("encrypted_for_another_identity", r.transcript());
     // The same findings in JSON, one per file.
     let r = homelab_flux(
         dir.path(),
@@ -176,7 +176,7 @@ fn a_creation_rule_for_another_identity_is_an_error_before_anything_is_encrypted
     let dir = work_tree(FLUX_SOPS, &secrets_with(&identity), Some(&other), None);
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("error[HF073]"), "{}", r.stderr);
+    assert_has(&r, "error[HF073]");
     assert!(!r.stderr.contains("HF074"), "{}", r.stderr);
 }
 
@@ -195,7 +195,7 @@ fn a_malformed_age_key_is_an_error_that_never_shows_the_value() {
         assert_eq!(r.code, 1, "{name}: {}", r.stderr);
         assert_no_identity_leak(&identity, &r.transcript(), name);
         assert!(!r.stderr.contains("hunter2"), "{name}: {}", r.stderr);
-        insta::assert_snapshot!(format!("malformed_age_key__{name}"), r.transcript());
+        assert_snapshot!(format!("malformed_age_key__{name}"), r.transcript());
     }
 }
 
@@ -204,17 +204,15 @@ fn no_identity_is_a_warning_in_validate_and_an_error_in_bootstrap() {
     let dir = work_tree(FLUX_SOPS, &format!("token: {TOKEN}\n"), None, None);
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    insta::assert_snapshot!("no_identity__validate", r.transcript());
+    assert_snapshot!("no_identity__validate", r.transcript());
     let r = homelab_flux(dir.path(), &["validate", "--offline", "--strict"], &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     // Stopped with the configuration's findings, before GitHub or a cluster is asked.
     let r = homelab_flux(dir.path(), &["bootstrap"], &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("error[HF071]: `decryption: sops` is set, but no age identity was found"),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "error[HF071]: `decryption: sops` is set, but no age identity was found",
     );
 }
 
@@ -246,12 +244,7 @@ fn the_identity_is_found_where_sops_reads_it() {
     write(root, ".config/sops/age/keys.txt", &keys);
     let r = homelab_flux(root, &["-v", "validate", "--offline"], &[]);
     assert_eq!(r.code, 0, "keys.txt: {}", r.stderr);
-    assert!(
-        r.stderr
-            .contains(&format!("recipient `{recipient}` (of 2 found)")),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, &format!("recipient `{recipient}` (of 2 found)"));
     std::fs::remove_file(root.join(".config/sops/age/keys.txt")).unwrap();
     let xdg = root.join("xdg");
     write(&xdg, "sops/age/keys.txt", &keys);
@@ -261,7 +254,7 @@ fn the_identity_is_found_where_sops_reads_it() {
     // Only the other identity: the repository is not encrypted for it.
     let r = validate(root, &[("SOPS_AGE_KEY", &other)]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("error[HF074]"), "{}", r.stderr);
+    assert_has(&r, "error[HF074]");
 }
 
 #[test]
@@ -279,13 +272,12 @@ fn a_broken_identity_file_is_an_error_naming_the_line() {
     let file = root.join("keys.txt");
     let r = validate(root, &[("SOPS_AGE_KEY_FILE", file.to_str().unwrap())]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains(&format!(
+    assert_has(
+        &r,
+        &format!(
             "error[HF070]: line 3 of `{}` starts like an age identity but is not one",
             file.display()
-        )),
-        "{}",
-        r.stderr
+        ),
     );
     assert_no_identity_leak(&cluster, &r.transcript(), "broken keys file");
 
@@ -294,21 +286,12 @@ fn a_broken_identity_file_is_an_error_naming_the_line() {
     let huge = root.join("huge.txt");
     let r = validate(root, &[("SOPS_AGE_KEY_FILE", huge.to_str().unwrap())]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("an identity file is at most 64 KiB"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "an identity file is at most 64 KiB");
 
     let missing = root.join("nowhere.txt");
     let r = validate(root, &[("SOPS_AGE_KEY_FILE", missing.to_str().unwrap())]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("error[HF070]: `$SOPS_AGE_KEY_FILE` names"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "error[HF070]: `$SOPS_AGE_KEY_FILE` names");
 }
 
 #[test]
@@ -328,7 +311,7 @@ fn an_identity_in_a_tracked_file_is_an_error_naming_the_file() {
     let r = validate(root, &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_no_identity_leak(&identity, &r.transcript(), "tracked identity");
-    insta::assert_snapshot!("identity_in_a_tracked_file", r.transcript());
+    assert_snapshot!("identity_in_a_tracked_file", r.transcript());
 }
 
 #[test]
@@ -338,7 +321,7 @@ fn an_age_key_without_decryption_and_a_bad_decryption_value() {
     let dir = work_tree(flux, &secrets_with(&identity), None, None);
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    insta::assert_snapshot!("age_key_without_decryption", r.transcript());
+    assert_snapshot!("age_key_without_decryption", r.transcript());
 
     let dir = work_tree(
         &format!("{flux}decryption: age\n"),
@@ -348,7 +331,7 @@ fn an_age_key_without_decryption_and_a_bad_decryption_value() {
     );
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    insta::assert_snapshot!("decryption_typo", r.transcript());
+    assert_snapshot!("decryption_typo", r.transcript());
 
     // An identity pasted into the committed file is never echoed.
     let dir = work_tree(
@@ -360,7 +343,7 @@ fn an_age_key_without_decryption_and_a_bad_decryption_value() {
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_no_identity_leak(&identity, &r.transcript(), "identity in flux.yaml");
-    insta::assert_snapshot!("decryption_holds_an_identity", r.transcript());
+    assert_snapshot!("decryption_holds_an_identity", r.transcript());
 }
 
 #[test]
@@ -368,7 +351,7 @@ fn export_prints_the_decryption_block() {
     let dir = work_tree(FLUX_SOPS, "", None, None);
     let r = homelab_flux(dir.path(), &["bootstrap", "--export"], &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    insta::assert_snapshot!("export_with_decryption", r.stdout);
+    assert_snapshot!("export_with_decryption", r.stdout);
 }
 
 /// `age1pq1…` as messages show it: its first 16 and last 8 characters.
@@ -391,7 +374,7 @@ fn a_repository_encrypted_for_the_post_quantum_identity_is_valid() {
     );
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    insta::assert_snapshot!("pq_encrypted_for_the_identity", r.transcript());
+    assert_snapshot!("pq_encrypted_for_the_identity", r.transcript());
     // Lower case is the same identity.
     let dir = work_tree(
         FLUX_SOPS,
@@ -425,7 +408,7 @@ fn a_repository_encrypted_for_another_post_quantum_identity_is_an_error_per_file
     );
     // The whole recipient is too long for a message: the hint says where to get it.
     assert!(!r.stderr.contains(&recipient), "{}", r.stderr);
-    insta::assert_snapshot!("pq_encrypted_for_another_identity", r.transcript());
+    assert_snapshot!("pq_encrypted_for_another_identity", r.transcript());
     let r = homelab_flux(
         dir.path(),
         &["validate", "--offline", "--format", "json"],
@@ -583,7 +566,7 @@ fn a_mistyped_post_quantum_identity_is_an_error_that_never_shows_the_value() {
     let r = validate(dir.path(), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_no_identity_leak(&identity, &r.transcript(), "mistyped ageKey");
-    insta::assert_snapshot!("pq_mistyped_age_key", r.transcript());
+    assert_snapshot!("pq_mistyped_age_key", r.transcript());
 
     let dir = work_tree(
         FLUX_SOPS,
@@ -650,7 +633,7 @@ fn a_post_quantum_identity_in_a_tracked_file_is_an_error_naming_the_file() {
     let r = validate(root, &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_no_identity_leak(&identity, &r.transcript(), "tracked identity");
-    insta::assert_snapshot!("pq_identity_in_a_tracked_file", r.transcript());
+    assert_snapshot!("pq_identity_in_a_tracked_file", r.transcript());
 
     // Found the same when the identity comes from sops' places rather than `ageKey`.
     let dir = work_tree(

@@ -1,11 +1,11 @@
 //! Secrets hygiene of `validate --offline` in git work trees made with git2 in temp dirs.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
 use git2::{IndexAddOption, Repository, Signature};
-use support::cli::{Run, assert_no_leak, canary_token, command, run};
+use support::cli::{Run, assert_has, assert_no_leak, canary_token, command, run};
 
 const FLUX: &str = "repo: https://github.com/username/manifests.git\nbranch: main\n";
 
@@ -91,23 +91,12 @@ fn a_committed_secrets_file_is_an_error_that_says_to_rotate() {
     commit(&repo);
     let r = validate(dir.path(), &token);
     assert_eq!(r.code, 1);
-    assert!(
-        r.stderr
-            .contains("error[HF060]: the secrets file `config/secrets-flux.yaml` is committed"),
-        "{}",
-        r.stderr
+    assert_has(
+        &r,
+        "error[HF060]: the secrets file `config/secrets-flux.yaml` is committed",
     );
-    assert!(
-        r.stderr
-            .contains("git rm --cached config/secrets-flux.yaml"),
-        "{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr.contains("revoke it and create a new one"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "git rm --cached config/secrets-flux.yaml");
+    assert_has(&r, "revoke it and create a new one");
 }
 
 #[test]
@@ -117,7 +106,10 @@ fn a_staged_secrets_file_is_an_error() {
     stage(&repo, &["config/secrets-flux.yaml"]);
     let r = validate(dir.path(), &token);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("error[HF060]: the secrets file `config/secrets-flux.yaml` is staged for the next commit"), "{}", r.stderr);
+    assert_has(
+        &r,
+        "error[HF060]: the secrets file `config/secrets-flux.yaml` is staged for the next commit",
+    );
 }
 
 #[test]
@@ -126,13 +118,8 @@ fn an_unignored_secrets_file_is_an_error_with_the_line_to_add() {
     let (dir, _repo) = work_tree(&token, "target/\n");
     let r = validate(dir.path(), &token);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("error[HF061]"), "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("add the line `config/secrets-*.yaml` to .gitignore"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "error[HF061]");
+    assert_has(&r, "add the line `config/secrets-*.yaml` to .gitignore");
 }
 
 #[test]
@@ -142,12 +129,8 @@ fn a_secrets_file_readable_by_others_is_a_warning() {
     chmod(&dir.path().join("config/secrets-flux.yaml"), 0o644);
     let r = validate(dir.path(), &token);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("warning[HF062]"), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("chmod 600 config/secrets-flux.yaml"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "warning[HF062]");
+    assert_has(&r, "chmod 600 config/secrets-flux.yaml");
 }
 
 #[test]
@@ -165,18 +148,8 @@ fn the_token_in_a_tracked_or_staged_file_is_named_by_file_never_by_value() {
     stage(&repo, &["scripts/run.sh"]);
     let r = validate(dir.path(), &token);
     assert_eq!(r.code, 1);
-    assert!(
-        r.stderr
-            .contains("error[HF063]: the token's value is in `notes/setup.md`"),
-        "{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr
-            .contains("error[HF063]: the token's value is in `scripts/run.sh`"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "error[HF063]: the token's value is in `notes/setup.md`");
+    assert_has(&r, "error[HF063]: the token's value is in `scripts/run.sh`");
 }
 
 #[test]
@@ -192,12 +165,7 @@ fn the_token_from_the_environment_is_searched_for_too() {
     let r = run(cmd);
     assert_no_leak(&token, &r.transcript(), "env token");
     assert_eq!(r.code, 1);
-    assert!(
-        r.stderr
-            .contains("error[HF063]: the token's value is in `ci.env`"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "error[HF063]: the token's value is in `ci.env`");
 }
 
 #[test]
@@ -217,17 +185,8 @@ fn a_tracked_plaintext_secret_manifest_is_a_warning_and_sops_files_are_not() {
     stage(&repo, &["apps/db.yaml", "apps/enc.yaml"]);
     let r = validate(dir.path(), &token);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("warning[HF064]: `apps/db.yaml` is a Kubernetes Secret"),
-        "{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr.contains("\n--> apps/db.yaml:2:1\n"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "warning[HF064]: `apps/db.yaml` is a Kubernetes Secret");
+    assert_has(&r, "\n--> apps/db.yaml:2:1\n");
     assert!(!r.stderr.contains("apps/enc.yaml"), "{}", r.stderr);
 }
 
@@ -238,5 +197,5 @@ fn a_missing_secrets_file_is_a_warning_in_validate() {
     std::fs::remove_file(dir.path().join("config/secrets-flux.yaml")).unwrap();
     let r = validate(dir.path(), &token);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("warning[HF050]"), "{}", r.stderr);
+    assert_has(&r, "warning[HF050]");
 }

@@ -1,9 +1,9 @@
 //! Hostile and odd input through the real binary (issue 10): reads that would never end, flags
 //! that could only end badly, the token kept to its own host and out of credential plugins and
 //! proxies, and terminal escapes in JSON. The escape, depth and long-line cases of the config
-//! files themselves are fixtures of the corpus (tests/config_corpus.rs).
+//! files themselves are fixtures of the corpus (tests/it/config_corpus.rs).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -46,7 +46,7 @@ fn a_fifo_as_the_config_file_is_refused_at_once() {
         .unwrap();
     assert!(made.success());
     let r = homelab_flux(dir.path(), &["validate", "--offline"]);
-    insta::assert_snapshot!("fifo_config", r.transcript());
+    assert_snapshot!("fifo_config", r.transcript());
 }
 
 /// Regression: `config/flux.yaml` (or the secrets file) as a symlink to `/dev/zero` read forever.
@@ -56,7 +56,7 @@ fn a_symlink_to_a_device_is_refused_and_one_to_a_file_is_read() {
     let dir = config_dir(None, &token);
     std::os::unix::fs::symlink("/dev/zero", dir.path().join("config/flux.yaml")).unwrap();
     let r = homelab_flux(dir.path(), &["validate", "--offline"]);
-    insta::assert_snapshot!("dev_zero_config", r.transcript());
+    assert_snapshot!("dev_zero_config", r.transcript());
 
     let secrets = dir.path().join("config/secrets-flux.yaml");
     std::fs::remove_file(dir.path().join("config/flux.yaml")).unwrap();
@@ -64,7 +64,7 @@ fn a_symlink_to_a_device_is_refused_and_one_to_a_file_is_read() {
     std::fs::remove_file(&secrets).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &secrets).unwrap();
     let r = homelab_flux(dir.path(), &["validate", "--offline"]);
-    insta::assert_snapshot!("dev_zero_secrets", r.transcript());
+    assert_snapshot!("dev_zero_secrets", r.transcript());
 
     // Dotfile managers link the real file in: that is fine.
     std::fs::remove_file(&secrets).unwrap();
@@ -102,7 +102,7 @@ fn the_hygiene_scan_skips_what_is_not_a_regular_file() {
     assert!(made.success());
     let r = homelab_flux(dir.path(), &["validate", "--offline"]);
     assert_no_leak(&token, &r.transcript(), "hygiene with a FIFO");
-    insta::assert_snapshot!("hygiene_skips_devices_and_fifos", r.transcript());
+    assert_snapshot!("hygiene_skips_devices_and_fifos", r.transcript());
 }
 
 /// Regression: `--timeout 99999999999999h` was accepted and would have panicked at
@@ -131,7 +131,7 @@ fn flags_that_can_only_end_badly_are_usage_errors() {
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
         transcript.push_str(&format!("$ {}\n{}\n", args.join(" "), r.transcript()));
     }
-    insta::assert_snapshot!("usage_errors", transcript);
+    assert_snapshot!("usage_errors", transcript);
 }
 
 /// Regression: clap quoted the arguments of a bad command line as they were typed. A carriage
@@ -208,7 +208,7 @@ fn a_panic_exits_2_with_the_message_escaped_and_the_token_masked() {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "a_panic_exits_2_with_the_message_escaped_and_the_token_masked",
+                "hostile::a_panic_exits_2_with_the_message_escaped_and_the_token_masked",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -219,7 +219,7 @@ fn a_panic_exits_2_with_the_message_escaped_and_the_token_masked() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{how}: {stderr}");
         assert!(
-            stderr.contains("error: homelab-flux crashed at tests/hostile.rs:"),
+            stderr.contains("error: homelab-flux crashed at tests/it/hostile.rs:"),
             "{how}: {stderr}"
         );
         assert!(
@@ -271,7 +271,7 @@ fn a_repo_on_another_host_sends_no_request() {
         transcript.push_str(&format!("$ {}\n{}\n", args.join(" "), r.transcript()));
     }
     assert!(gh.requests().is_empty(), "{:?}", gh.requests());
-    insta::assert_snapshot!("repo_on_another_host", transcript);
+    assert_snapshot!("repo_on_another_host", transcript);
 }
 
 /// `HOMELAB_FLUX_GITHUB_HOST` names the host of `HOMELAB_FLUX_TOKEN` (for CI): an Enterprise
@@ -301,7 +301,7 @@ fn the_token_host_comes_from_the_environment_beside_the_token() {
             r.transcript()
         ));
     }
-    insta::assert_snapshot!("token_host_from_env", transcript);
+    assert_snapshot!("token_host_from_env", transcript);
 }
 
 /// The loopback `http://` override never goes through `HTTP_PROXY` (the proxy would read the
@@ -425,5 +425,5 @@ fn json_output_escapes_terminal_controls() {
         doc["diagnostics"][0]["message"],
         "`auth` must be `deploy-key` or `token`, not `\u{1b}]52;c;aGk=\u{7}\u{202e}\u{7f}\u{9b}`"
     );
-    insta::assert_snapshot!("json_escapes", r.stdout);
+    assert_snapshot!("json_escapes", r.stdout);
 }

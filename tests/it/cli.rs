@@ -1,13 +1,13 @@
 //! The command line through the real binary: help texts, export, completions, exit codes, and
 //! the canary token that must never appear in any output.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
 use support::cli::{
-    CANARY_COMMANDS, assert_no_leak, canary_token, closed_api_url, command, fixtures, run,
-    scratch_copy,
+    CANARY_COMMANDS, assert_has, assert_no_leak, canary_token, closed_api_url, command, fixtures,
+    run, scratch_copy,
 };
 
 fn config_dir(flux: &str, secrets: Option<&str>) -> tempfile::TempDir {
@@ -40,7 +40,7 @@ fn help_of_every_command() {
     ] {
         let r = homelab_flux(dir.path(), args);
         assert_eq!(r.code, 0);
-        insta::assert_snapshot!(
+        assert_snapshot!(
             format!("help__{}", args.join("_").trim_start_matches('-')),
             r.stdout
         );
@@ -56,7 +56,7 @@ fn export_with_a_deploy_key() {
     let r = homelab_flux(dir.path(), &["bootstrap", "--export"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.is_empty(), "{}", r.stderr);
-    insta::assert_snapshot!("export__deploy_key", r.stdout);
+    assert_snapshot!("export__deploy_key", r.stdout);
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn export_with_a_token_reads_no_secret_and_defaults_the_branch() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_no_leak(&token, &r.transcript(), "export");
     assert!(!r.stdout.contains("kind: Secret"));
-    insta::assert_snapshot!("export__token", r.transcript());
+    assert_snapshot!("export__token", r.transcript());
 }
 
 #[test]
@@ -79,7 +79,7 @@ fn export_of_an_invalid_configuration_prints_the_diagnostics_and_nothing_on_stdo
     let r = homelab_flux(scratch.path(), &["bootstrap", "--export"]);
     assert_eq!(r.code, 1);
     assert!(r.stdout.is_empty());
-    assert!(r.stderr.contains("error[HF020]"), "{}", r.stderr);
+    assert_has(&r, "error[HF020]");
 }
 
 #[test]
@@ -137,11 +137,7 @@ fn usage_errors_exit_2() {
     assert_eq!(r.code, 2);
     let r = homelab_flux(dir.path(), &["bootstrap", "--timeout", "soon"]);
     assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("`soon` is not a duration"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "`soon` is not a duration");
     let r = homelab_flux(dir.path(), &["validate", "--token", "ghp_abc"]);
     assert_eq!(r.code, 2, "a token is never accepted as an argument");
 }
@@ -155,11 +151,7 @@ fn the_config_dir_flag_is_honoured() {
         &["validate", "--offline", "--config-dir", "elsewhere"],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("`elsewhere/secrets-flux.yaml` not found"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, "`elsewhere/secrets-flux.yaml` not found");
 }
 
 #[test]
@@ -259,7 +251,7 @@ fn the_canary_token_never_appears() {
             Some(format!("token: ghs_{}\n", &token[4..])),
         ),
     ];
-    // Online paths run against a closed loopback port here; tests/validate_online.rs runs them
+    // Online paths run against a closed loopback port here; tests/it/validate_online.rs runs them
     // against the fake GitHub, each with the same leak check.
     let api = closed_api_url();
     for (name, flux, secrets) in &scenarios {

@@ -3,7 +3,7 @@
 //! recipients from the same tool's `-y`, and homelab-flux's derivation of each. The fixed vectors
 //! in `tests/fixtures/age-pq` are checked by the unit tests; these are new on every run.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

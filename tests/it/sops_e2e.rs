@@ -10,7 +10,7 @@
 //! `validate` sees what Flux will see. Every wait is on an object in the API server or a line
 //! the run printed; every run is checked for the token and the identities (the canary check).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,9 +70,7 @@ struct Sops {
 }
 
 impl Sops {
-    fn new(tag: &str) -> Sops {
-        let c = cluster::cluster();
-        let w = World::new(tag, "./clusters/home", c.kubeconfig_path());
+    fn new(w: World) -> Sops {
         std::fs::write(
             w.dir.path().join("config/flux.yaml"),
             "repo: https://github.com/username/manifests.git\nbranch: main\npath: ./clusters/home\ndecryption: sops\n",
@@ -202,10 +200,8 @@ async fn identity_in_cluster() -> Option<String> {
 /// bootstrap restores the key and so the Secret, with no hand step.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cluster_decrypts_the_repository_and_a_rebuild_restores_the_key() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
-    let mut s = Sops::new("sops");
+    let (c, _exclusive, w) = world::fresh("sops").await;
+    let mut s = Sops::new(w);
     let (identity, recipient) = age_keygen();
     s.use_identity(&identity);
     let namespace = s.w.repo.name().to_string();
@@ -270,10 +266,8 @@ async fn the_cluster_decrypts_the_repository_and_a_rebuild_restores_the_key() {
 /// `status` as a decryption error, with a hint.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_identity_is_stopped_before_the_cluster_and_a_new_one_is_rewritten() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
-    let mut s = Sops::new("sopswrong");
+    let (c, _exclusive, w) = world::fresh("sopswrong").await;
+    let mut s = Sops::new(w);
     let (first, first_recipient) = age_keygen();
     let (second, second_recipient) = age_keygen();
     let namespace = s.w.repo.name().to_string();
@@ -394,10 +388,8 @@ async fn a_wrong_identity_is_stopped_before_the_cluster_and_a_new_one_is_rewritt
 /// is at `-vv` and checked for the identities in plain and in base64.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_post_quantum_identity_decrypts_the_repository() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    world::reset(c).await;
-    let mut s = Sops::new("sopspq");
+    let (_c, _exclusive, w) = world::fresh("sopspq").await;
+    let mut s = Sops::new(w);
     let (x25519, _) = age_keygen();
     let (pq, pq_recipient) = age_keygen_pq();
     assert!(pq_recipient.starts_with("age1pq1"), "{pq_recipient}");

@@ -9,9 +9,10 @@
 //! `status` with Flux conditions whose reason and message carry terminal escapes (they are
 //! written by whoever controls the repository's content): shown escaped, in text and JSON.
 //!
-//! Both tests take the cluster exclusively (one deletes the CRDs); each sets up what it needs.
+//! Both tests take the cluster exclusively (one deletes the CRDs); each sets up what it needs,
+//! whatever a test before it left (the cluster may be shared with other end-to-end tests).
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use support::cli::{Run, assert_no_leak, command, run_with_limit};
+use support::cli::{Run, assert_has, assert_no_leak, command, run_with_limit};
 use support::cluster;
 use support::fake_github::{FakeGitHub, RepoSpec, TokenSpec, fake_sha};
 
@@ -145,6 +146,9 @@ fn assert_nothing_applied(context: &str) {
 fn flux_manifests_come_over_https_within_the_cap_and_as_pinned() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive_blocking();
+    // A cluster without Flux: no controllers (they would lose their CRDs), no Deployments, no CRDs.
+    c.stop_flux();
+    c.delete_flux_deployments();
     c.delete_crds();
 
     let certs = tempfile::tempdir().unwrap();
@@ -208,7 +212,7 @@ fn flux_manifests_come_over_https_within_the_cap_and_as_pinned() {
         assert_nothing_applied(&source);
         transcript.push_str(&format!("{}\n", error_line(&r, &ports)));
     }
-    insta::assert_snapshot!("refused_manifests", transcript);
+    assert_snapshot!("refused_manifests", transcript);
 
     // Over https, as pinned (case-insensitive), in a dry run: the SHA-256 is printed.
     let source = format!("https://127.0.0.1:{https}/install.yaml");
@@ -222,7 +226,7 @@ fn flux_manifests_come_over_https_within_the_cap_and_as_pinned() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let line = format!("- the Flux manifests `{source}` have SHA-256 {actual} (as pinned)\n");
-    assert!(r.stderr.contains(&line), "{}", r.stderr);
+    assert_has(&r, &line);
     assert_nothing_applied("dry run");
 
     c.install_crds();
@@ -234,11 +238,14 @@ fn flux_manifests_come_over_https_within_the_cap_and_as_pinned() {
 fn status_shows_flux_messages_escaped() {
     let c = cluster::cluster();
     let _exclusive = c.exclusive_blocking();
-    c.install_crds();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    // No `flux-system` objects left by another test, and no controller to overwrite the
+    // conditions written below.
+    runtime.block_on(support::world::reset(c));
+    c.stop_flux();
     let message = "kustomization path not found: ./\u{1b}]52;c;cm0gLXJmIH4=\u{7}\nok: all Ready \u{1b}[2J\u{202e}\u{9b}";
     runtime.block_on(async {
         let client = c.client().await;
@@ -312,5 +319,5 @@ fn status_shows_flux_messages_escaped() {
         }
         transcript.push_str(&format!("$ status --format {format}\n{}\n", r.transcript()));
     }
-    insta::assert_snapshot!("status_escapes", transcript);
+    assert_snapshot!("status_escapes", transcript);
 }

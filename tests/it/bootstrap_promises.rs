@@ -4,11 +4,11 @@
 //! a Flux install cut short. The real binary, at `-vv` with the token checked in every output,
 //! against real kube-apiservers with the real Flux controllers, a real sshd and the fake GitHub.
 //!
-//! Each test takes the cluster exclusively and starts from `world::reset` ("Flux installed,
-//! nothing bootstrapped"); every wait is for an observable event (a line the run printed, an
+//! Each test takes the cluster and starts from `world::fresh` or `world::reset` ("Flux
+//! installed, nothing bootstrapped"); every wait is for an observable event (a line the run printed, an
 //! object's state in the API), never a fixed sleep.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -17,28 +17,9 @@ use support::cli::assert_has;
 use support::cluster;
 use support::fake_github::{Access, RepoSpec, TokenSpec};
 use support::world::{
-    self, SilentServer, World, condition_status, flux_api, key_in_cluster, ready_line,
+    self, SilentServer, World, condition_status, flux_api, fresh, key_in_cluster, ready_line,
     reconcile_git_repository, signal,
 };
-
-/// The cluster of this binary, taken exclusively and reset, and a world on it whose path is
-/// `./clusters/home`.
-async fn fresh(
-    tag: &str,
-) -> (
-    &'static cluster::Cluster,
-    tokio::sync::RwLockWriteGuard<'static, ()>,
-    World,
-) {
-    let c = cluster::cluster();
-    let exclusive = c.exclusive().await;
-    world::reset(c).await;
-    (
-        c,
-        exclusive,
-        World::new(tag, "./clusters/home", c.kubeconfig_path()),
-    )
-}
 
 fn title_of(c: &cluster::Cluster, context: &str) -> String {
     homelab_flux::keys::default_title(context, c.server_url())
@@ -537,13 +518,12 @@ async fn a_stalled_api_server_ends_the_run_at_the_request_timeout() {
         let took = begin.elapsed();
         w.check(&r, &args.join(" "));
         assert_eq!(r.code, 2, "{}", r.transcript());
-        assert!(
-            r.stderr.contains(&format!(
+        assert_has(
+            &r,
+            &format!(
                 "cannot reach the Kubernetes API server at https://127.0.0.1:{}/ (no answer within the 10 s connect or 30 s read timeout)",
                 silent.port()
-            )),
-            "{}",
-            r.stderr
+            ),
         );
         assert!(took >= Duration::from_secs(10), "gave up early: {took:?}");
         eprintln!(
@@ -580,13 +560,12 @@ async fn an_api_server_that_takes_the_request_and_never_answers_ends_the_run_at_
         let (args, r, took) = run.join().unwrap();
         w.check(&r, &args.join(" "));
         assert_eq!(r.code, 2, "{}", r.transcript());
-        assert!(
-            r.stderr.contains(&format!(
+        assert_has(
+            &r,
+            &format!(
                 "cannot reach the Kubernetes API server at https://127.0.0.1:{}/ (no answer within the 10 s connect or 30 s read timeout)",
                 silent.port()
-            )),
-            "{}",
-            r.stderr
+            ),
         );
         assert!(took >= Duration::from_secs(30), "gave up early: {took:?}");
         eprintln!(

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::cli::{Run, Spawned, assert_no_leak, command, run_with_limit};
+use super::cluster::Cluster;
 use super::fake_github::{FakeGitHub, FakeKey, RepoSpec, TokenSpec};
 use super::git_server::{GitRepo, SshGitServer};
 
@@ -307,11 +308,31 @@ pub fn flux_api(client: kube::Client, kind: &str) -> kube::Api<kube::api::Dynami
     kube::Api::namespaced_with(client, "flux-system", &ar)
 }
 
+/// The test binary's cluster, taken exclusively (hold the guard to the end of the test) and put
+/// back to "Flux installed and running, nothing bootstrapped" ([`reset`]), and a world on it
+/// named after `tag` whose `flux.yaml` has `path: ./clusters/home`: where a scenario starts.
+pub async fn fresh(
+    tag: &str,
+) -> (
+    &'static Cluster,
+    tokio::sync::RwLockWriteGuard<'static, ()>,
+    World,
+) {
+    let c = super::cluster::cluster();
+    let exclusive = c.exclusive().await;
+    reset(c).await;
+    (
+        c,
+        exclusive,
+        World::new(tag, "./clusters/home", c.kubeconfig_path()),
+    )
+}
+
 /// Puts a cluster back to "Flux installed and running, nothing bootstrapped": the API server
 /// and controllers up, the CRDs and Deployments in place, no Lease, Kustomization, GitRepository
 /// or Secret (nor `sops-age`). Objects are deleted while the controllers run, so that they remove their
 /// finalizers; one a controller never got to loses its finalizer after 30 s.
-pub async fn reset(c: &super::cluster::Cluster) {
+pub async fn reset(c: &Cluster) {
     use kube::runtime::wait::await_condition;
     c.start_api_server();
     c.install_crds();

@@ -1,7 +1,7 @@
 //! The GitHub client against the fake GitHub: each test names the documented GitHub behaviour it
 //! stands for (see `../shared/reference/github/`).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,11 +2,13 @@
 //! real Flux controllers, the SSH and HTTP git servers on loopback, and the fake GitHub (whose
 //! deploy keys are the SSH server's authorized keys, and whose `/meta` lists its host key).
 //!
-//! The tests share one cluster per test binary and take it exclusively, one at a time; each
-//! starts from `reset_cluster()` ("Flux installed, nothing bootstrapped"), so their order does not
-//! matter. Every run is at `-vv` and checked for every token of its world (the canary check).
+//! The tests share the test binary's cluster and take it exclusively, one at a time; each
+//! starts from `world::fresh` ("Flux installed, nothing bootstrapped", whatever the test before
+//! left: a stopped API server, missing CRDs, stopped controllers, a wiped etcd), so their order
+//! does not matter. Every run is at `-vv` and checked for every token of its world (the canary
+//! check).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use support::cli::{Run, assert_has};
 use support::cluster;
 use support::fake_github::{RepoSpec, TokenSpec};
 use support::git_server::{HttpGitServer, SEED_CONFIG_MAP, generate_ssh_key};
-use support::world::{World, ready_line, token};
+use support::world::{World, fresh, ready_line, token};
 
 /// The deploy key's title: the context and the id of this API server's address (SPEC §3).
 fn title() -> String {
@@ -76,14 +78,6 @@ async fn seeded_config_map(namespace: &str) -> Option<k8s_openapi::api::core::v1
     let client = cluster::cluster().client().await;
     let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, namespace);
     api.get_opt(SEED_CONFIG_MAP).await.unwrap()
-}
-
-/// Puts the cluster back to "Flux installed and running, nothing bootstrapped", whatever the
-/// previous scenario left (a stopped API server, missing CRDs, stopped controllers, a wiped
-/// etcd). Objects are deleted while the controllers run, so that they remove their finalizers;
-/// the Namespace stays (the API server has no namespace controller to finish deleting it).
-async fn reset_cluster() {
-    support::world::reset(cluster::cluster()).await;
 }
 
 /// resourceVersions of the Namespace, Secret, GitRepository and Kustomization (`None`: absent).
@@ -172,14 +166,7 @@ fn assert_converges(w: &World) -> Run {
 /// read-only key titled after the context; a re-run changes nothing anywhere.
 #[tokio::test(flavor = "multi_thread")]
 async fn fresh_bootstrap_then_an_idempotent_rerun() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
-    let w = World::new(
-        "fresh",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
+    let (_, _exclusive, w) = fresh("fresh").await;
 
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -188,14 +175,7 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
     assert!(keys[0].read_only);
     assert_eq!(keys[0].title, title());
     let sha = w.repo.seeded_commit().to_string();
-    assert!(
-        r.stderr.contains(&format!(
-            "Kustomization `flux-system/flux-system` is Ready at {}",
-            &sha[..12]
-        )),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, &ready_line(&sha));
     let cm = seeded_config_map(w.repo.name())
         .await
         .expect("the ConfigMap from the repository");
@@ -220,7 +200,7 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
         "GitRepository `flux-system/flux-system` unchanged",
         "Kustomization `flux-system/flux-system` unchanged",
     ] {
-        assert!(r.stderr.contains(what), "missing `{what}`:\n{}", r.stderr);
+        assert_has(&r, what);
     }
     assert_eq!(
         resource_versions().await,
@@ -228,7 +208,7 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
         "a re-run changes no object"
     );
     // The key GitHub still lists is not proven again over SSH: GitHub's branch head is enough.
-    assert!(r.stderr.contains(&format!("- `main` is at {}", &sha[..12])));
+    assert_has(&r, &format!("- `main` is at {}", &sha[..12]));
     assert!(!r.stderr.contains("proved the deploy key"), "{}", r.stderr);
     assert!(
         w.gh.writes().is_empty(),
@@ -252,14 +232,7 @@ async fn fresh_bootstrap_then_an_idempotent_rerun() {
 /// old key of the same title deleted. Another cluster's key on the same repository is untouched.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rebuilt_cluster_gets_a_new_key_and_the_stale_one_goes_after_the_proof() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
-    let w = World::new(
-        "rebuilt",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
+    let (c, _exclusive, w) = fresh("rebuilt").await;
     let other = generate_ssh_key("other cluster");
     let other_title = "homelab-flux other-cluster";
     let other_id = w.gh.add_deploy_key(
@@ -318,14 +291,7 @@ async fn a_rebuilt_cluster_gets_a_new_key_and_the_stale_one_goes_after_the_proof
 /// says the key is gone (exit 1); bootstrap makes a new key and Flux recovers at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deploy_key_deleted_on_github_is_replaced_and_flux_recovers() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
-    let w = World::new(
-        "keygone",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
+    let (_, _exclusive, w) = fresh("keygone").await;
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     let old = keys_titled(&w, "manifests", &title());
@@ -389,14 +355,7 @@ fn ready_status(o: &DynamicObject) -> Option<String> {
 /// Flux fetches with the new token before bootstrap says Ready.
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_token_over_https_then_a_new_token_rotates_the_secret() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
-    let w = World::new(
-        "httptoken",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
+    let (_, _exclusive, w) = fresh("httptoken").await;
     let http = HttpGitServer::start("git", &w.token);
     let repo = http.create_repo("manifests-httptoken");
     w.gh.add_repo(
@@ -452,14 +411,7 @@ async fn auth_token_over_https_then_a_new_token_rotates_the_secret() {
 /// refuses and changes nothing; `--force` repoints it, with a new Secret for the new repository.
 #[tokio::test(flavor = "multi_thread")]
 async fn another_repository_or_path_is_refused_without_force_and_applied_with_it() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
-    let w = World::new(
-        "movea",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
+    let (_, _exclusive, w) = fresh("movea").await;
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     let repo_b = w.ssh.create_repo("manifests-moveb");
@@ -528,14 +480,7 @@ async fn another_repository_or_path_is_refused_without_force_and_applied_with_it
 /// message and exit 2 (could not run), and the next run, once the server is back, converges.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_server_stopped_before_or_during_a_bootstrap() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
-    let w = World::new(
-        "apidown",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
+    let (c, _exclusive, w) = fresh("apidown").await;
     // The cause in parentheses is the innermost error: refused before the run, reset (or
     // refused) when the server goes away under an open watch.
     let unreachable = format!(
@@ -573,13 +518,8 @@ async fn the_api_server_stopped_before_or_during_a_bootstrap() {
     let r = w.finish(run, &["bootstrap"]);
     assert_eq!(r.code, 2, "{}", r.transcript());
     assert_has(&r, "- Kustomization `flux-system/flux-system` created");
-    assert!(r.stderr.contains(&unreachable_prefix), "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("); is the cluster up, and is `--context` right?"),
-        "{}",
-        r.stderr
-    );
+    assert_has(&r, &unreachable_prefix);
+    assert_has(&r, "); is the cluster up, and is `--context` right?");
 
     c.start_api_server();
     c.start_flux();
@@ -597,18 +537,11 @@ async fn the_api_server_stopped_before_or_during_a_bootstrap() {
 /// and no key left behind on GitHub.
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
+    let (c, _exclusive, w) = fresh("nobranch").await;
     let before = flux_state().await;
     assert_eq!(before[1..], [None, None, None]);
 
     // A branch missing everywhere: GitHub says so.
-    let w = World::new(
-        "nobranch",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
     write_flux(w.dir.path(), "branch: nope\npath: ./clusters/home\n");
     let r = w.bootstrap(&[]);
     assert_eq!(r.code, 1, "{}", r.transcript());
@@ -624,11 +557,7 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
 
     // A branch GitHub lists that the git server lacks: the key is made, fails its proof, and is
     // deleted again.
-    let w = World::new(
-        "gitlacks",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
+    let w = World::new("gitlacks", "./clusters/home", c.kubeconfig_path());
     w.gh.set_branch("username", "manifests", "release", w.repo.seeded_commit());
     write_flux(w.dir.path(), "branch: release\npath: ./clusters/home\n");
     let r = w.bootstrap(&[]);
@@ -645,11 +574,7 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
     assert_eq!(write_summary(&w).len(), 2, "{:?}", write_summary(&w));
 
     // A repository that does not exist (or that the token cannot see).
-    let w = World::new(
-        "norepo",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
+    let w = World::new("norepo", "./clusters/home", c.kubeconfig_path());
     write_flux_for(
         w.dir.path(),
         "missing",
@@ -664,11 +589,7 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
     assert!(w.gh.writes().is_empty(), "{:?}", write_summary(&w));
 
     // A key the SSH server never sees: GitHub takes it, the server refuses it.
-    let w = World::new(
-        "refused",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
+    let w = World::new("refused", "./clusters/home", c.kubeconfig_path());
     let elsewhere = tempfile::tempdir().unwrap();
     w.gh.set_authorized_keys_file(elsewhere.path().join("authorized_keys"));
     let r = w.bootstrap(&[]);
@@ -699,18 +620,11 @@ async fn failures_before_the_cluster_is_touched_leave_it_and_github_clean() {
 /// rather than the file's Deployments, so they are started once the CRDs exist.
 #[tokio::test(flavor = "multi_thread")]
 async fn flux_is_installed_from_a_manifests_file_when_its_crds_are_missing() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
+    let (c, _exclusive, w) = fresh("install").await;
     // A cluster without Flux's CRDs (the controllers, being processes here, are started once the
     // CRDs exist).
-    reset_cluster().await;
     c.stop_flux();
     c.delete_crds();
-    let w = World::new(
-        "install",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
     let mut manifests =
         String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flux-system\n");
     let crds = cluster::testenv_dir().join("crds");
@@ -782,15 +696,8 @@ async fn flux_is_installed_from_a_manifests_file_when_its_crds_are_missing() {
 /// keeping it, and GitHub gets no write.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_prints_the_plan_and_writes_nothing() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
+    let (c, _exclusive, w) = fresh("dryrun").await;
     let before = flux_state().await;
-    let w = World::new(
-        "dryrun",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
     let r = w.bootstrap(&["--dry-run"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     for line in [
@@ -847,15 +754,8 @@ async fn a_dry_run_prints_the_plan_and_writes_nothing() {
 /// message that says what to do, and the next run converges with one key per title.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_bootstrap_says_so_and_the_next_run_converges() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
+    let (c, _exclusive, w) = fresh("interrupted").await;
     c.stop_flux(); // so that the wait cannot end before the interrupt
-    let w = World::new(
-        "interrupted",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
     let args = ["bootstrap", "--timeout", "150s"];
     let run = w.spawn(&args);
     // Into the wait: its first progress line comes from the watch it opened.
@@ -885,15 +785,8 @@ async fn an_interrupted_bootstrap_says_so_and_the_next_run_converges() {
 /// GitHub is changed, and once it resets the next run converges.
 #[tokio::test(flavor = "multi_thread")]
 async fn github_errors_are_retried_or_stop_the_run_cleanly() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
+    let (_, _exclusive, w) = fresh("ghfail").await;
     let before = flux_state().await;
-    let w = World::new(
-        "ghfail",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
 
     let reset = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -925,14 +818,7 @@ async fn github_errors_are_retried_or_stop_the_run_cleanly() {
 /// the Kustomization to another path looks at exactly what `--force` would rewrite first.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_shows_each_field_old_to_new_and_json_gives_the_steps() {
-    let c = cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    reset_cluster().await;
-    let w = World::new(
-        "plan",
-        "./clusters/home",
-        cluster::cluster().kubeconfig_path(),
-    );
+    let (_, _exclusive, w) = fresh("plan").await;
     let r = w.bootstrap(&["--no-wait"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     let key = w.gh.deploy_keys("username", "manifests");

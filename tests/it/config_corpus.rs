@@ -1,12 +1,12 @@
 //! The corpus of configurations: every invalid one with its exact diagnostics (insta snapshots),
 //! every valid variant accepted, all through the real binary.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::cli::{assert_no_leak, command, fixtures, run_with_limit, scratch_copy};
+use support::cli::{assert_has, assert_no_leak, command, fixtures, run_with_limit, scratch_copy};
 
 /// A hang guard for one `validate` run (milliseconds when idle).
 const HANG_GUARD: Duration = Duration::from_secs(120);
@@ -57,7 +57,7 @@ fn every_invalid_configuration_gives_its_exact_diagnostics() {
         for token in fixture_tokens(&dir) {
             assert_no_leak(&token, &run.transcript(), &name);
         }
-        insta::assert_snapshot!(format!("invalid__{name}"), run.transcript());
+        assert_snapshot!(format!("invalid__{name}"), run.transcript());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -74,7 +74,7 @@ fn every_valid_variant_passes() {
         for token in fixture_tokens(&dir) {
             assert_no_leak(&token, &run.transcript(), &name);
         }
-        insta::assert_snapshot!(format!("valid__{name}"), run.transcript());
+        assert_snapshot!(format!("valid__{name}"), run.transcript());
     }
 }
 
@@ -94,7 +94,7 @@ fn json_output_is_one_document_with_every_field() {
         assert!(first.get(field).is_some(), "missing {field} in {first}");
     }
     assert_eq!(doc["summary"]["errors"], 5);
-    insta::assert_snapshot!("json__many-errors-at-once", run.stdout);
+    assert_snapshot!("json__many-errors-at-once", run.stdout);
 }
 
 #[test]
@@ -107,5 +107,5 @@ fn strict_turns_warnings_into_errors() {
     cmd.args(["validate", "--offline", "--strict"]);
     let run = run_with_limit(cmd, HANG_GUARD);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("error[HF047]"), "{}", run.stderr);
+    assert_has(&run, "error[HF047]");
 }

@@ -2,7 +2,7 @@
 //! `authorized_keys`, as GitHub's own SSH endpoint would honour a new deploy key) and lists the
 //! server's host key in `/meta`.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
