@@ -15,7 +15,7 @@ fn config_dir(flux: &str, secrets: Option<&str>) -> tempfile::TempDir {
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
     std::fs::write(dir.path().join("config/flux.yaml"), flux).unwrap();
     if let Some(s) = secrets {
-        std::fs::write(dir.path().join("config/secrets-flux.yaml"), s).unwrap();
+        support::cli::write_secrets(&dir.path().join("config/secrets-flux.yaml"), s);
     }
     dir
 }

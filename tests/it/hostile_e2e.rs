@@ -168,11 +168,10 @@ fn flux_manifests_come_over_https_within_the_cap_and_as_pinned() {
         "repo: https://github.com/username/manifests.git\nbranch: main\nauth: token\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("config/secrets-flux.yaml"),
-        format!("token: {token}\n"),
-    )
-    .unwrap();
+    support::cli::write_secrets(
+        &dir.path().join("config/secrets-flux.yaml"),
+        &format!("token: {token}\n"),
+    );
     let bootstrap = |source: String, extra: &[&str]| {
         let mut cmd = command(dir.path());
         cmd.args(["-vv", "bootstrap", "--flux-manifests", &source])

@@ -38,11 +38,10 @@ impl Case {
             format!("repo: https://github.com/username/manifests.git\n{flux_extra}"),
         )
         .unwrap();
-        std::fs::write(
-            dir.path().join("config/secrets-flux.yaml"),
-            format!("token: {token}\n"),
-        )
-        .unwrap();
+        support::cli::write_secrets(
+            &dir.path().join("config/secrets-flux.yaml"),
+            &format!("token: {token}\n"),
+        );
         Case { gh, dir, token }
     }
 
@@ -270,11 +269,10 @@ fn archived_and_public_repositories_are_warnings() {
         "repo: https://github.com/username/manifests\nbranch: main\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("config/secrets-flux.yaml"),
-        format!("token: {t}\n"),
-    )
-    .unwrap();
+    support::cli::write_secrets(
+        &dir.path().join("config/secrets-flux.yaml"),
+        &format!("token: {t}\n"),
+    );
     let r = validate_at(dir.path(), &gh.url(), &t, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_has(

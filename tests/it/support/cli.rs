@@ -196,6 +196,17 @@ pub fn run(cmd: Command) -> Run {
     run_with_limit(cmd, Duration::from_secs(60))
 }
 
+/// Writes a secrets file as `init` does and a careful user keeps it: mode 600 (a file readable by
+/// others is a warning of its own, HF062).
+pub fn write_secrets(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write the secrets file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+}
+
 /// Copies a fixture's `config/` into a fresh temporary directory outside any git work tree. The
 /// secrets file gets mode 600, as `init` writes it: the fixtures are about the files' content
 /// (git does not keep a mode stricter than 644).

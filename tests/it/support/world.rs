@@ -76,11 +76,10 @@ impl World {
             kubeconfig: kubeconfig.to_path_buf(),
         };
         w.set_path(path);
-        std::fs::write(
-            w.dir.path().join("config/secrets-flux.yaml"),
-            format!("token: {}\n", w.token),
-        )
-        .unwrap();
+        super::cli::write_secrets(
+            &w.dir.path().join("config/secrets-flux.yaml"),
+            &format!("token: {}\n", w.token),
+        );
         w
     }
 
@@ -112,11 +111,10 @@ impl World {
 
     /// Replaces the token in the secrets file (the old one stays in the leak check).
     pub fn set_token(&self, token: &str) {
-        std::fs::write(
-            self.dir.path().join("config/secrets-flux.yaml"),
-            format!("token: {token}\n"),
-        )
-        .unwrap();
+        super::cli::write_secrets(
+            &self.dir.path().join("config/secrets-flux.yaml"),
+            &format!("token: {token}\n"),
+        );
         self.tokens.lock().unwrap().push(token.to_string());
     }
 
