@@ -18,10 +18,199 @@ pub const NAME: &str = "flux-system";
 /// The branch used when the configuration names none and GitHub cannot be asked.
 pub const OFFLINE_DEFAULT_BRANCH: &str = "main";
 
-/// The Flux release whose `install.yaml` is applied when Flux is missing.
-pub const FLUX_VERSION: &str = "v2.9.4";
-/// Flux 2.9 needs Kubernetes 1.33 or newer.
-pub const MIN_KUBERNETES: (u32, u32) = (1, 33);
+/// The pinned Flux release: installed when Flux is missing, and what an older Flux is upgraded
+/// to, unless `--flux-version` or `--flux-manifests` says otherwise (SPEC §4a).
+pub const FLUX_VERSION: &str = "v2.10.1";
+
+/// The label Flux's install manifests put on every object: the Flux release (`v2.10.1`).
+pub const VERSION_LABEL: &str = "app.kubernetes.io/version";
+/// The labels Flux's install manifests put on every object besides the version.
+pub const PART_OF_LABEL: (&str, &str) = ("app.kubernetes.io/part-of", "flux");
+pub const INSTANCE_LABEL: (&str, &str) = ("app.kubernetes.io/instance", "flux-system");
+/// Set by kustomize-controller on what a Kustomization applied: on the controllers' own
+/// Deployments, it means `flux bootstrap`'s `gotk-components.yaml` is applied from Git.
+pub const KUSTOMIZE_NAME_LABEL: &str = "kustomize.toolkit.fluxcd.io/name";
+/// Set by the Flux Operator on what a FluxInstance applied.
+pub const OPERATOR_NAME_LABEL: &str = "fluxcd.controlplane.io/name";
+/// The CRD of the Flux Operator's FluxInstance.
+pub const FLUX_INSTANCE_CRD: &str = "fluxinstances.fluxcd.controlplane.io";
+
+/// A release `vMAJOR.MINOR.PATCH` (of Flux or of Kubernetes), ordered as semver orders
+/// releases. Pre-release and build suffixes (`v1.36.3+k3s1`) are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl Version {
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Version {
+        Version {
+            major,
+            minor,
+            patch,
+        }
+    }
+
+    /// `v2.10.1`, `2.10.1` or a Kubernetes `gitVersion` such as `v1.36.3+k3s1`; `None` when it is
+    /// not three numbers.
+    pub fn parse(text: &str) -> Option<Version> {
+        let text = text.trim();
+        let text = text.strip_prefix('v').unwrap_or(text);
+        let core = text.split(['-', '+']).next().unwrap_or_default();
+        let mut parts = core.split('.').map(|p| {
+            (!p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+                .then(|| p.parse::<u32>().ok())
+                .flatten()
+        });
+        let (Some(Some(major)), Some(Some(minor)), Some(Some(patch)), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        Some(Version::new(major, minor, patch))
+    }
+
+    /// The release line, `2.10`.
+    pub fn line(self) -> (u32, u32) {
+        (self.major, self.minor)
+    }
+}
+
+/// As text, `"v2.10.1"`, in JSON output.
+impl Serialize for Version {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// A Flux release line and the Kubernetes it supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReleaseLine {
+    /// `(2, 10)`.
+    pub line: (u32, u32),
+    /// The newest release of the line this tool knows: what an older `--flux-version` hint names.
+    pub latest: Version,
+    /// The oldest Kubernetes the line supports (`flux check` refuses older ones).
+    pub min_kubernetes: Version,
+    /// The newest Kubernetes minor release the line is tested with; newer ones are a warning.
+    pub tested_kubernetes: (u32, u32),
+}
+
+/// Every Flux release line this tool knows, oldest first (SPEC §4a): the one table the
+/// preflight and `status` read.
+pub const RELEASE_LINES: [ReleaseLine; 2] = [
+    ReleaseLine {
+        line: (2, 9),
+        latest: Version::new(2, 9, 5),
+        min_kubernetes: Version::new(1, 33, 0),
+        tested_kubernetes: (1, 36),
+    },
+    ReleaseLine {
+        line: (2, 10),
+        latest: Version::new(2, 10, 1),
+        min_kubernetes: Version::new(1, 35, 2),
+        tested_kubernetes: (1, 37),
+    },
+];
+
+/// The pinned release, as a [`Version`].
+pub fn pinned() -> Version {
+    Version::parse(FLUX_VERSION).unwrap_or(Version::new(0, 0, 0))
+}
+
+/// The line of a release, when the table knows it.
+pub fn release_line(version: Version) -> Option<&'static ReleaseLine> {
+    RELEASE_LINES.iter().find(|l| l.line == version.line())
+}
+
+/// How a Kubernetes release fits a Flux release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    Supported,
+    /// Newer than the line's tested maximum: it may work; a warning.
+    Untested {
+        tested: (u32, u32),
+    },
+    /// Older than the line's minimum: Flux does not run there.
+    TooOld {
+        min: Version,
+        /// The newest known release of an older line that supports this Kubernetes.
+        older: Option<Version>,
+    },
+    /// A release line this tool has no table row for: nothing is known.
+    UnknownLine,
+}
+
+/// Whether `kubernetes` is within what the Flux release `flux` supports (SPEC §4a).
+pub fn supports(flux: Version, kubernetes: Version) -> Support {
+    let Some(line) = release_line(flux) else {
+        return Support::UnknownLine;
+    };
+    if kubernetes < line.min_kubernetes {
+        let older = RELEASE_LINES
+            .iter()
+            .rev()
+            .find(|l| l.line < line.line && kubernetes >= l.min_kubernetes)
+            .map(|l| l.latest);
+        return Support::TooOld {
+            min: line.min_kubernetes,
+            older,
+        };
+    }
+    if (kubernetes.major, kubernetes.minor) > line.tested_kubernetes {
+        return Support::Untested {
+            tested: line.tested_kubernetes,
+        };
+    }
+    Support::Supported
+}
+
+/// The Flux release the manifests are: the [`VERSION_LABEL`] of the controllers' Deployments
+/// (or, when the manifests hold none, of the first object that has the label).
+pub fn manifests_version(documents: &[Value]) -> Option<Version> {
+    let label = |d: &Value| {
+        d["metadata"]["labels"][VERSION_LABEL]
+            .as_str()
+            .and_then(Version::parse)
+    };
+    documents
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" && d["metadata"]["namespace"] == NAMESPACE)
+        .find_map(label)
+        .or_else(|| documents.iter().find_map(label))
+}
+
+/// Who else manages the Flux controllers, from their Deployments' labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManagedBy {
+    /// `flux bootstrap`: the Kustomization `flux-system` applies `gotk-components.yaml`.
+    FluxBootstrap,
+    /// The Flux Operator, through a FluxInstance.
+    FluxOperator,
+}
+
+/// What a controller's Deployment says about the Flux running: its release, and who manages it.
+pub fn deployment_release(deployment: &Value) -> (Option<Version>, Option<ManagedBy>) {
+    let labels = &deployment["metadata"]["labels"];
+    let version = labels[VERSION_LABEL].as_str().and_then(Version::parse);
+    let managed = if labels[KUSTOMIZE_NAME_LABEL].is_string() {
+        Some(ManagedBy::FluxBootstrap)
+    } else if labels[OPERATOR_NAME_LABEL].is_string() {
+        Some(ManagedBy::FluxOperator)
+    } else {
+        None
+    };
+    (version, managed)
+}
 
 /// The API group of the GitRepository.
 pub const SOURCE_GROUP: &str = "source.toolkit.fluxcd.io";
@@ -81,11 +270,16 @@ pub struct FluxParts {
     pub missing: Vec<String>,
     /// A Flux CRD is among them: no Flux object can be read or written yet.
     pub crds_missing: bool,
+    /// The release the controllers' Deployments are labelled with (the oldest, when they
+    /// differ: an upgrade cut short); `None` when none is there or one has no label.
+    pub version: Option<Version>,
+    /// Who else applies the controllers' Deployments, from their labels.
+    pub managed_by: Option<ManagedBy>,
 }
 
-/// The pinned Flux release's `install.yaml`.
-pub fn default_manifests_url() -> String {
-    format!("https://github.com/fluxcd/flux2/releases/download/{FLUX_VERSION}/install.yaml")
+/// A Flux release's `install.yaml` on GitHub: the default `--flux-manifests`.
+pub fn default_manifests_url(version: Version) -> String {
+    format!("https://github.com/fluxcd/flux2/releases/download/{version}/install.yaml")
 }
 
 /// The URL Flux clones: SSH for a deploy key, HTTPS for a token.
@@ -370,6 +564,78 @@ pub fn not_ready_hint(message: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn versions_parse_and_order_as_releases() {
+        assert_eq!(Version::parse("v2.10.1"), Some(Version::new(2, 10, 1)));
+        assert_eq!(Version::parse("1.36.3+k3s1"), Some(Version::new(1, 36, 3)));
+        assert_eq!(Version::parse("v1.37.0-rc.1"), Some(Version::new(1, 37, 0)));
+        for bad in ["", "v2.10", "v2.10.1.2", "latest", "v2.x.1", "v-1.2.3"] {
+            assert_eq!(Version::parse(bad), None, "{bad}");
+        }
+        assert!(Version::new(2, 9, 5) < Version::new(2, 10, 1));
+        assert_eq!(Version::new(2, 10, 1).to_string(), "v2.10.1");
+        assert_eq!(pinned(), Version::new(2, 10, 1));
+        assert_eq!(release_line(pinned()).map(|l| l.latest), Some(pinned()));
+    }
+
+    #[test]
+    fn the_table_decides_which_kubernetes_a_release_supports() {
+        let v = Version::new;
+        assert_eq!(supports(v(2, 10, 1), v(1, 36, 3)), Support::Supported);
+        assert_eq!(supports(v(2, 10, 1), v(1, 35, 2)), Support::Supported);
+        assert_eq!(
+            supports(v(2, 10, 1), v(1, 35, 1)),
+            Support::TooOld {
+                min: v(1, 35, 2),
+                older: Some(v(2, 9, 5))
+            }
+        );
+        assert_eq!(
+            supports(v(2, 10, 0), v(1, 32, 9)),
+            Support::TooOld {
+                min: v(1, 35, 2),
+                older: None
+            }
+        );
+        assert_eq!(
+            supports(v(2, 9, 4), v(1, 37, 0)),
+            Support::Untested { tested: (1, 36) }
+        );
+        assert_eq!(
+            supports(v(2, 10, 1), v(1, 38, 0)),
+            Support::Untested { tested: (1, 37) }
+        );
+        assert_eq!(supports(v(2, 11, 0), v(1, 36, 0)), Support::UnknownLine);
+    }
+
+    #[test]
+    fn versions_are_read_from_the_labels() {
+        let deployment = json!({"kind": "Deployment", "metadata": {"name": "source-controller", "namespace": NAMESPACE,
+            "labels": {VERSION_LABEL: "v2.9.5", KUSTOMIZE_NAME_LABEL: "flux-system"}}});
+        let crd = json!({"kind": "CustomResourceDefinition", "metadata": {"name": "x", "labels": {VERSION_LABEL: "v2.9.4"}}});
+        assert_eq!(
+            manifests_version(&[crd.clone(), deployment.clone()]),
+            Some(Version::new(2, 9, 5))
+        );
+        assert_eq!(
+            manifests_version(std::slice::from_ref(&crd)),
+            Some(Version::new(2, 9, 4))
+        );
+        assert_eq!(
+            manifests_version(&[json!({"kind": "Namespace", "metadata": {"name": "x"}})]),
+            None
+        );
+        assert_eq!(
+            deployment_release(&deployment),
+            (Some(Version::new(2, 9, 5)), Some(ManagedBy::FluxBootstrap))
+        );
+        let operator = json!({"metadata": {"labels": {OPERATOR_NAME_LABEL: "flux"}}});
+        assert_eq!(
+            deployment_release(&operator),
+            (None, Some(ManagedBy::FluxOperator))
+        );
+    }
     use super::*;
     use crate::config::parse_flux;
 

@@ -126,6 +126,18 @@ pub enum ContentError {
     },
     #[error("`{source_name}` holds no Kubernetes objects")]
     NoObjects { source_name: String },
+    #[error(
+        "`{source_name}` carries no `app.kubernetes.io/version` label, so its Flux release is unknown; use Flux's own `install.yaml` (or `flux install --export`), which labels every object"
+    )]
+    NoVersion { source_name: String },
+    #[error(
+        "`{source_name}` is Flux {found}, not the {wanted} asked for; check the source, or pass `--flux-version {found}`"
+    )]
+    OtherVersion {
+        source_name: String,
+        found: String,
+        wanted: String,
+    },
 }
 
 /// The objects of multi-document YAML (Flux's `install.yaml`), as JSON values; documents that

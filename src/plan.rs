@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::facts::{DeployKey, Repository};
 use crate::flux;
-use crate::flux::{FluxParts, Kind, is_subset};
+use crate::flux::{FluxParts, Kind, ManagedBy, Support, Version, is_subset};
 use crate::keys::{self, KeyPair};
 use crate::settings::{Auth, FluxConfig};
 use crate::sops::AgeIdentity;
@@ -54,6 +54,9 @@ pub struct Live {
     pub kustomization: Option<Value>,
     /// The Secret `sops-age`, read only for `decryption: sops`.
     pub sops_secret: Option<Value>,
+    /// A FluxInstance (the Flux Operator's), `namespace/name`; read only when the run would
+    /// change the Flux release.
+    pub flux_instance: Option<String>,
 }
 
 /// The choices of the command line that decide anything, and the age identity found for
@@ -67,6 +70,9 @@ pub struct Options {
     pub key_title: Option<String>,
     /// The identity that goes into Secret `sops-age`.
     pub age_identity: Option<AgeIdentity>,
+    /// The Flux release wanted: the label of `--flux-manifests`, else `--flux-version`; `None`
+    /// for the pinned release.
+    pub flux_version: Option<Version>,
 }
 
 /// A field that differs: its path (`spec.ref.branch`), the live value and the one wanted.
@@ -146,6 +152,7 @@ impl std::fmt::Debug for Live {
             .field("git_repository", &masked(&self.git_repository))
             .field("kustomization", &masked(&self.kustomization))
             .field("sops_secret", &masked(&self.sops_secret))
+            .field("flux_instance", &self.flux_instance)
             .finish()
     }
 }
@@ -205,6 +212,88 @@ impl SecretPlan {
     }
 }
 
+/// What happens to Flux itself (SPEC §4a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "flux")]
+pub enum FluxStep {
+    /// The controllers run the wanted release and every part is there: nothing is downloaded.
+    Current { version: Version },
+    /// Parts are missing (a fresh cluster, an install cut short) or carry no release label:
+    /// the manifests are applied.
+    Install { version: Version },
+    /// An older release runs: the manifests of the newer one are applied.
+    Upgrade { from: Version, to: Version },
+    /// A newer release runs and `--force` was given.
+    Downgrade { from: Version, to: Version },
+}
+
+impl FluxStep {
+    /// Whether the manifests are applied.
+    pub fn applies_manifests(self) -> bool {
+        !matches!(self, FluxStep::Current { .. })
+    }
+
+    /// The release the cluster runs afterwards.
+    pub fn wanted(self) -> Version {
+        match self {
+            FluxStep::Current { version } | FluxStep::Install { version } => version,
+            FluxStep::Upgrade { to, .. } | FluxStep::Downgrade { to, .. } => to,
+        }
+    }
+
+    /// The release that ran before, when this run changes it.
+    pub fn replaced(self) -> Option<Version> {
+        match self {
+            FluxStep::Upgrade { from, .. } | FluxStep::Downgrade { from, .. } => Some(from),
+            _ => None,
+        }
+    }
+}
+
+/// Decides what happens to Flux: from the parts there and their release label, the release
+/// wanted and `--force`.
+pub fn flux_step(
+    parts: &FluxParts,
+    flux_instance: Option<&str>,
+    wanted: Version,
+    force: bool,
+) -> Result<FluxStep, Refusal> {
+    let step = match parts.version {
+        Some(live) if parts.missing.is_empty() && live == wanted => {
+            return Ok(FluxStep::Current { version: live });
+        }
+        Some(live) if live < wanted => FluxStep::Upgrade {
+            from: live,
+            to: wanted,
+        },
+        Some(live) if live > wanted && !force => {
+            return Err(Refusal::Downgrade { live, wanted });
+        }
+        Some(live) if live > wanted => FluxStep::Downgrade {
+            from: live,
+            to: wanted,
+        },
+        _ => FluxStep::Install { version: wanted },
+    };
+    // Another tool applies the controllers: it would undo what this run writes.
+    let managed = match (parts.managed_by, flux_instance) {
+        (_, Some(instance)) => Some((ManagedBy::FluxOperator, Some(instance.to_string()))),
+        (Some(by), None) => Some((by, None)),
+        (None, None) => None,
+    };
+    if let Some((by, instance)) = managed
+        && parts.version.is_some()
+    {
+        return Err(Refusal::ManagedElsewhere {
+            by,
+            instance,
+            live: parts.version,
+            wanted,
+        });
+    }
+    Ok(step)
+}
+
 /// A guard that tripped, with `--force`: what is taken over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -250,6 +339,10 @@ pub struct Plan {
     pub title: String,
     /// Flux's missing parts: when there are any, the install manifests are applied.
     pub install: FluxParts,
+    /// What happens to Flux itself: kept, installed, upgraded.
+    pub flux: FluxStep,
+    /// Kubernetes is newer than the wanted Flux release is tested with: `(kubernetes, tested)`.
+    pub untested_kubernetes: Option<(Version, (u32, u32))>,
     pub namespace: Object,
     pub credentials: Credentials,
     /// `--force` onto another repository or path: the live Secret is deleted and written anew,
@@ -301,11 +394,40 @@ impl Plan {
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     #[error(
-        "the cluster runs Kubernetes {git_version}; Flux needs {}.{} or newer: upgrade the cluster first",
-        flux::MIN_KUBERNETES.0,
-        flux::MIN_KUBERNETES.1
+        "the cluster runs Kubernetes {git_version}; Flux {flux} needs Kubernetes {min} or newer; nothing was changed. Upgrade the cluster{}",
+        match older {
+            Some(v) => format!(", or choose an older Flux with `--flux-version {v}`"),
+            None => " first".to_string(),
+        }
     )]
-    OldKubernetes { git_version: String },
+    OldKubernetes {
+        git_version: String,
+        flux: Version,
+        min: Version,
+        older: Option<Version>,
+    },
+    #[error(
+        "the cluster runs Flux {live}, newer than {wanted}; nothing was changed. Run again with `--force` to downgrade, or with `--flux-version {live}` to keep it"
+    )]
+    Downgrade { live: Version, wanted: Version },
+    #[error(
+        "{}; nothing was changed. {}",
+        match (by, instance) {
+            (_, Some(i)) => format!("Flux{} is managed by the Flux Operator (FluxInstance `{i}`), which would undo a change to {wanted}", live.map(|v| format!(" {v}")).unwrap_or_default()),
+            (ManagedBy::FluxOperator, None) => format!("Flux{}'s controllers are applied by the Flux Operator (label `{}`), which would undo a change to {wanted}", live.map(|v| format!(" {v}")).unwrap_or_default(), flux::OPERATOR_NAME_LABEL),
+            (ManagedBy::FluxBootstrap, None) => format!("Flux{}'s controllers are applied from Git by a Kustomization (label `{}`: `flux bootstrap`'s `gotk-components.yaml`), which would undo a change to {wanted}", live.map(|v| format!(" {v}")).unwrap_or_default(), flux::KUSTOMIZE_NAME_LABEL),
+        },
+        match (by, instance) {
+            (ManagedBy::FluxOperator, _) | (_, Some(_)) => format!("Upgrade Flux in the FluxInstance instead (`spec.distribution.version: \"{}.x\"`)", format_args!("{}.{}", wanted.major, wanted.minor)),
+            (ManagedBy::FluxBootstrap, None) => format!("Upgrade Flux in the repository instead: `flux install --version={wanted} --export > gotk-components.yaml` in its `flux-system` folder, committed"),
+        }
+    )]
+    ManagedElsewhere {
+        by: ManagedBy,
+        instance: Option<String>,
+        live: Option<Version>,
+        wanted: Version,
+    },
     #[error(
         "{}; nothing was changed. Run again with `--force` to point Flux at the new repository or path",
         .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
@@ -327,11 +449,31 @@ pub fn plan(
     live: &Live,
     options: &Options,
 ) -> Result<Plan, Refusal> {
-    if live.version < flux::MIN_KUBERNETES {
-        return Err(Refusal::OldKubernetes {
-            git_version: live.git_version.clone(),
-        });
-    }
+    // The preflight: the Kubernetes the wanted Flux release supports (SPEC §4a).
+    let wanted = options.flux_version.unwrap_or_else(flux::pinned);
+    let kubernetes = Version::parse(&live.git_version).unwrap_or(Version::new(
+        live.version.0,
+        live.version.1,
+        0,
+    ));
+    let untested_kubernetes = match flux::supports(wanted, kubernetes) {
+        Support::TooOld { min, older } => {
+            return Err(Refusal::OldKubernetes {
+                git_version: live.git_version.clone(),
+                flux: wanted,
+                min,
+                older,
+            });
+        }
+        Support::Untested { tested } => Some((kubernetes, tested)),
+        Support::Supported | Support::UnknownLine => None,
+    };
+    let flux_step = flux_step(
+        &live.flux_missing,
+        live.flux_instance.as_deref(),
+        wanted,
+        options.force,
+    )?;
     let branch = cfg
         .branch
         .as_ref()
@@ -457,6 +599,8 @@ pub fn plan(
 
     Ok(Plan {
         install: live.flux_missing.clone(),
+        flux: flux_step,
+        untested_kubernetes,
         namespace: Object::new(Kind::Namespace, flux::namespace(), live.namespace.as_ref()),
         credentials,
         replace_secret,
@@ -696,9 +840,9 @@ mod tests {
         Live {
             context: "default".to_string(),
             server: SERVER.to_string(),
-            version: (1, 33),
-            git_version: "v1.33.2".to_string(),
-            flux_missing: Default::default(),
+            version: (1, 36),
+            git_version: "v1.36.3".to_string(),
+            flux_missing: installed(),
             namespace: Some(
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system", "uid": "x"}}),
             ),
@@ -710,6 +854,15 @@ mod tests {
             git_repository: Some(repo),
             kustomization: Some(ks),
             sops_secret: None,
+            flux_instance: None,
+        }
+    }
+
+    /// Every part of Flux there, at the pinned release.
+    fn installed() -> FluxParts {
+        FluxParts {
+            version: Some(flux::pinned()),
+            ..FluxParts::default()
         }
     }
 
@@ -722,8 +875,9 @@ mod tests {
         Live {
             context: "default".to_string(),
             server: SERVER.to_string(),
-            version: (1, 33),
-            git_version: "v1.33.2".to_string(),
+            version: (1, 36),
+            git_version: "v1.36.3".to_string(),
+            flux_missing: installed(),
             ..Live::default()
         }
     }
@@ -921,6 +1075,7 @@ mod tests {
         live.flux_missing = FluxParts {
             missing: vec![format!("CustomResourceDefinition `{}`", flux::CRDS[0])],
             crds_missing: true,
+            ..FluxParts::default()
         };
         let p = plan(
             &cfg,
@@ -936,9 +1091,9 @@ mod tests {
     }
 
     #[test]
-    fn too_old_a_kubernetes_is_refused() {
+    fn too_old_a_kubernetes_is_refused_before_any_write() {
         let mut live = fresh();
-        (live.version, live.git_version) = ((1, 32), "v1.32.9".to_string());
+        (live.version, live.git_version) = ((1, 34), "v1.34.1".to_string());
         let e = plan(
             &deploy_key_config(),
             &token(),
@@ -949,7 +1104,157 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "the cluster runs Kubernetes v1.32.9; Flux needs 1.33 or newer: upgrade the cluster first"
+            "the cluster runs Kubernetes v1.34.1; Flux v2.10.1 needs Kubernetes v1.35.2 or newer; nothing was changed. Upgrade the cluster, or choose an older Flux with `--flux-version v2.9.5`"
+        );
+        // 1.35.1 is below 2.10's minimum too: the patch release counts.
+        (live.version, live.git_version) = ((1, 35), "v1.35.1+k3s1".to_string());
+        assert!(matches!(
+            plan(
+                &deploy_key_config(),
+                &token(),
+                &github(vec![]),
+                &live,
+                &Options::default()
+            ),
+            Err(Refusal::OldKubernetes { .. })
+        ));
+        // The older line the hint names is accepted on the same cluster.
+        let older = Options {
+            flux_version: Some(Version::new(2, 9, 5)),
+            ..Options::default()
+        };
+        live.flux_missing.version = Some(Version::new(2, 9, 5));
+        let p = plan(
+            &deploy_key_config(),
+            &token(),
+            &github(vec![]),
+            &live,
+            &older,
+        )
+        .unwrap();
+        assert_eq!(
+            p.flux,
+            FluxStep::Current {
+                version: Version::new(2, 9, 5)
+            }
+        );
+        // Older than every line: no `--flux-version` to suggest.
+        (live.version, live.git_version) = ((1, 32), "v1.32.9".to_string());
+        let e = plan(
+            &deploy_key_config(),
+            &token(),
+            &github(vec![]),
+            &live,
+            &Options::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().ends_with("Upgrade the cluster first"), "{e}");
+    }
+
+    #[test]
+    fn a_kubernetes_newer_than_tested_is_a_warning() {
+        let mut live = fresh();
+        (live.version, live.git_version) = ((1, 38), "v1.38.0".to_string());
+        let p = plan(
+            &deploy_key_config(),
+            &token(),
+            &github(vec![]),
+            &live,
+            &Options::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.untested_kubernetes,
+            Some((Version::new(1, 38, 0), (1, 37)))
+        );
+        let p = plan(
+            &deploy_key_config(),
+            &token(),
+            &github(vec![]),
+            &fresh(),
+            &Options::default(),
+        )
+        .unwrap();
+        assert_eq!(p.untested_kubernetes, None);
+    }
+
+    #[test]
+    fn the_release_in_the_cluster_decides_install_upgrade_or_refusal() {
+        let v = Version::new;
+        let parts = |version: Option<Version>, missing: bool| FluxParts {
+            missing: match missing {
+                true => vec!["Deployment `flux-system/source-controller`".to_string()],
+                false => vec![],
+            },
+            version,
+            ..FluxParts::default()
+        };
+        let wanted = v(2, 10, 1);
+        assert_eq!(
+            flux_step(&parts(Some(wanted), false), None, wanted, false).unwrap(),
+            FluxStep::Current { version: wanted }
+        );
+        assert_eq!(
+            flux_step(&parts(None, true), None, wanted, false).unwrap(),
+            FluxStep::Install { version: wanted }
+        );
+        // Deployments without the label: applied again, labels and all.
+        assert_eq!(
+            flux_step(&parts(None, false), None, wanted, false).unwrap(),
+            FluxStep::Install { version: wanted }
+        );
+        assert_eq!(
+            flux_step(&parts(Some(v(2, 9, 5)), false), None, wanted, false).unwrap(),
+            FluxStep::Upgrade {
+                from: v(2, 9, 5),
+                to: wanted
+            }
+        );
+        // At the wanted release but with a part missing (an upgrade cut short): applied again.
+        assert_eq!(
+            flux_step(&parts(Some(wanted), true), None, wanted, false).unwrap(),
+            FluxStep::Install { version: wanted }
+        );
+        let e = flux_step(&parts(Some(v(2, 11, 0)), false), None, wanted, false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the cluster runs Flux v2.11.0, newer than v2.10.1; nothing was changed. Run again with `--force` to downgrade, or with `--flux-version v2.11.0` to keep it"
+        );
+        assert_eq!(
+            flux_step(&parts(Some(v(2, 11, 0)), false), None, wanted, true).unwrap(),
+            FluxStep::Downgrade {
+                from: v(2, 11, 0),
+                to: wanted
+            }
+        );
+    }
+
+    #[test]
+    fn a_flux_that_another_tool_manages_is_left_to_it() {
+        let v = Version::new;
+        let mut parts = FluxParts {
+            version: Some(v(2, 9, 5)),
+            managed_by: Some(ManagedBy::FluxBootstrap),
+            ..FluxParts::default()
+        };
+        let e = flux_step(&parts, None, v(2, 10, 1), false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Flux v2.9.5's controllers are applied from Git by a Kustomization (label `kustomize.toolkit.fluxcd.io/name`: `flux bootstrap`'s `gotk-components.yaml`), which would undo a change to v2.10.1; nothing was changed. Upgrade Flux in the repository instead: `flux install --version=v2.10.1 --export > gotk-components.yaml` in its `flux-system` folder, committed"
+        );
+        // `--force` does not help: the other tool would undo it.
+        assert!(flux_step(&parts, None, v(2, 10, 1), true).is_err());
+        // At the wanted release already, nothing is written to Flux: no refusal.
+        parts.version = Some(v(2, 10, 1));
+        assert!(flux_step(&parts, None, v(2, 10, 1), false).is_ok());
+        parts.version = Some(v(2, 9, 5));
+        parts.managed_by = None;
+        let e = flux_step(&parts, Some("flux-system/flux"), v(2, 10, 1), false).unwrap_err();
+        assert!(
+            e.to_string().contains("FluxInstance `flux-system/flux`")
+                && e.to_string()
+                    .contains("`spec.distribution.version: \"2.10.x\"`"),
+            "{e}"
         );
     }
 

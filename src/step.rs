@@ -24,6 +24,21 @@ pub enum Step {
         sha256: String,
         pinned: bool,
     },
+    /// The Flux release changes: an upgrade, or a downgrade with `--force`.
+    FluxRelease {
+        from: crate::flux::Version,
+        to: crate::flux::Version,
+    },
+    /// Kubernetes is newer than the Flux release is tested with: a warning.
+    KubernetesUntested {
+        kubernetes: crate::flux::Version,
+        flux: crate::flux::Version,
+        tested: String,
+    },
+    /// Objects of the old release that the new one dropped, deleted.
+    Pruned {
+        names: Vec<String>,
+    },
     /// Flux's install manifests were applied.
     Installed {
         source: String,

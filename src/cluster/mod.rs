@@ -318,6 +318,22 @@ impl Cluster {
         );
         let crds_missing =
             c0.as_ref().is_ok_and(Option::is_none) || c1.as_ref().is_ok_and(Option::is_none);
+        // The release the controllers run: the oldest of their labels, unknown when one has
+        // none; who else applies them, from the same labels.
+        let (mut version, mut managed_by, mut unlabelled) = (None, None, false);
+        for d in [&d0, &d1] {
+            if let Ok(Some(d)) = d {
+                let (v, by) =
+                    flux::deployment_release(&serde_json::to_value(d).unwrap_or_default());
+                unlabelled |= v.is_none();
+                version = match (version, v) {
+                    (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                    (a, b) => a.or(b),
+                };
+                managed_by = managed_by.or(by);
+            }
+        }
+        let version = version.filter(|_| !unlabelled);
         let mut missing = Vec::new();
         for (found, kind, name) in [
             (
@@ -348,7 +364,33 @@ impl Cluster {
         Ok(FluxParts {
             missing,
             crds_missing,
+            version,
+            managed_by,
         })
+    }
+
+    /// The first FluxInstance (the Flux Operator's) in any namespace, `namespace/name`;
+    /// `None` when there is none or the Flux Operator's CRD is not installed.
+    pub async fn flux_instance(&self) -> Result<Option<String>, Error> {
+        let ar = kube::api::ApiResource {
+            group: "fluxcd.controlplane.io".to_string(),
+            version: "v1".to_string(),
+            api_version: "fluxcd.controlplane.io/v1".to_string(),
+            kind: "FluxInstance".to_string(),
+            plural: "fluxinstances".to_string(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Ok(list) => Ok(list.items.first().map(|o| {
+                format!(
+                    "{}/{}",
+                    o.metadata.namespace.as_deref().unwrap_or_default(),
+                    o.metadata.name.as_deref().unwrap_or_default()
+                )
+            })),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) => Err(self.unreachable_or("listing FluxInstances", e)),
+        }
     }
 
     /// Server-side applies `desired` (a JSON object); whether anything differs is the plan's to
@@ -487,6 +529,82 @@ impl Cluster {
         Ok((early.len() + late.len(), written))
     }
 
+    /// After an upgrade from `old`: deletes the objects still labelled as Flux `old` (part of
+    /// Flux, instance `flux-system`) that the new manifests do not hold, in the kinds Flux's
+    /// `install.yaml` uses. CRDs and Namespaces are never deleted here (that would delete every
+    /// object in them). Returns `Kind namespace/name` of each deleted object.
+    pub async fn prune_release(
+        &self,
+        old: flux::Version,
+        documents: &[Value],
+    ) -> Result<Vec<String>, Error> {
+        let selector = format!(
+            "{}={},{}={},{}={old}",
+            flux::PART_OF_LABEL.0,
+            flux::PART_OF_LABEL.1,
+            flux::INSTANCE_LABEL.0,
+            flux::INSTANCE_LABEL.1,
+            flux::VERSION_LABEL
+        );
+        let kept: std::collections::HashSet<(String, String, String)> = documents
+            .iter()
+            .map(|d| {
+                (
+                    d["kind"].as_str().unwrap_or_default().to_string(),
+                    d["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    d["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let mut pruned = Vec::new();
+        for (group, version, kind, plural, namespaced) in PRUNED_KINDS {
+            let api_version = match group {
+                "" => version.to_string(),
+                g => format!("{g}/{version}"),
+            };
+            let ar = kube::api::ApiResource {
+                group: group.to_string(),
+                version: version.to_string(),
+                api_version,
+                kind: kind.to_string(),
+                plural: plural.to_string(),
+            };
+            let api: Api<DynamicObject> = match namespaced {
+                true => Api::namespaced_with(self.client.clone(), flux::NAMESPACE, &ar),
+                false => Api::all_with(self.client.clone(), &ar),
+            };
+            let list = api
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| self.unreachable_or(&format!("listing {kind}s of Flux {old}"), e))?;
+            for o in list.items {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let ns = o.metadata.namespace.clone().unwrap_or_default();
+                if kept.contains(&(kind.to_string(), ns.clone(), name.clone())) {
+                    continue;
+                }
+                match api.delete(&name, &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        return Err(self.unreachable_or(&format!("deleting {kind} `{name}`"), e));
+                    }
+                }
+                pruned.push(match ns.is_empty() {
+                    true => format!("{kind} {name}"),
+                    false => format!("{kind} {ns}/{name}"),
+                });
+            }
+        }
+        Ok(pruned)
+    }
+
     /// Applies one manifest unless the live object holds all of it; true when it was written.
     async fn apply_any(&self, doc: &Value, params: &PatchParams) -> Result<bool, Error> {
         let (Some(api_version), Some(kind), Some(name)) = (
@@ -539,6 +657,36 @@ impl Cluster {
         }
     }
 }
+
+/// The kinds of Flux's `install.yaml` that an upgrade may prune: group, version, kind, plural,
+/// namespaced (in `flux-system`).
+const PRUNED_KINDS: [(&str, &str, &str, &str, bool); 7] = [
+    ("apps", "v1", "Deployment", "deployments", true),
+    ("", "v1", "Service", "services", true),
+    ("", "v1", "ServiceAccount", "serviceaccounts", true),
+    ("", "v1", "ResourceQuota", "resourcequotas", true),
+    (
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        true,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        false,
+    ),
+];
 
 /// The connection to the API server failed: the kube-rs error, shown as its innermost cause
 /// (for example `Connection refused (os error 111)`; the layers above it only repeat "client

@@ -132,6 +132,31 @@ pub fn step_lines(step: &Step, planned: bool) -> Vec<String> {
             "- the Flux manifests `{source}` have SHA-256 {sha256}{}",
             if *pinned { " (as pinned)" } else { "" }
         )),
+        Step::FluxRelease { from, to } => one(format!(
+            "{prefix}Flux {from} → {to}{}",
+            if to < from {
+                " (a downgrade, `--force`)"
+            } else {
+                ""
+            }
+        )),
+        Step::KubernetesUntested {
+            kubernetes,
+            flux,
+            tested,
+        } => one(format!(
+            "warning: Kubernetes {kubernetes} is newer than Flux {flux} is tested with (up to {tested}); it may work, or choose a newer `--flux-version`"
+        )),
+        Step::Pruned { names } => one(format!(
+            "{prefix}{} `{}` of the old Flux release {}",
+            if names.len() == 1 {
+                "object"
+            } else {
+                "objects"
+            },
+            names.join("`, `"),
+            would("deleted")
+        )),
         Step::Installed { source, objects } => one(format!(
             "{prefix}installed Flux from `{source}` ({objects} objects)"
         )),

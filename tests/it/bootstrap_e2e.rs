@@ -625,8 +625,11 @@ async fn flux_is_installed_from_a_manifests_file_when_its_crds_are_missing() {
     // CRDs exist).
     c.stop_flux();
     c.delete_crds();
-    let mut manifests =
-        String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flux-system\n");
+    // Labelled with its Flux release, as Flux's `install.yaml` labels every object.
+    let mut manifests = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flux-system\n  labels:\n    app.kubernetes.io/version: {}\n",
+        cluster::FLUX_RELEASE
+    );
     let crds = cluster::testenv_dir().join("crds");
     let mut files: Vec<_> = std::fs::read_dir(&crds)
         .unwrap()

@@ -34,8 +34,7 @@ use support::fake_github::{FakeGitHub, RepoSpec, TokenSpec, fake_sha};
 /// The manifest served at `/install.yaml`: a Namespace that nothing else creates, so that its
 /// absence proves nothing of the manifest was applied.
 const PROBE: &str = "homelab-flux-manifest-probe";
-const MANIFEST: &str =
-    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: homelab-flux-manifest-probe\n";
+const MANIFEST: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: homelab-flux-manifest-probe\n  labels:\n    app.kubernetes.io/version: v2.10.1\n";
 /// One byte over the binary's cap (16 MiB).
 const HUGE: usize = 16 * 1024 * 1024 + 1;
 

@@ -32,6 +32,7 @@ mod cli;
 mod config_corpus;
 mod environment;
 mod first_hour;
+mod flux_lifecycle;
 mod git_remote;
 mod github_client;
 mod hostile;

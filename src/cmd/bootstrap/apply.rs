@@ -46,6 +46,8 @@ pub(super) struct Manifests {
     pub source: manifests::Source,
     pub sha256: String,
     pub documents: Vec<Value>,
+    /// Their release, from their labels.
+    pub version: flux::Version,
 }
 
 impl Run<'_> {
@@ -58,22 +60,35 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Reads the install manifests (`--flux-manifests`, else the pinned release's).
-    pub async fn manifests(&self) -> Result<Manifests, Error> {
-        let source = self
-            .args
-            .flux_manifests
-            .clone()
-            .unwrap_or_else(default_manifests);
+    /// Reads the install manifests (`--flux-manifests`, else the `install.yaml` of the release
+    /// wanted) and checks their release label: it must be there, and for the default source
+    /// be the release asked for.
+    pub async fn manifests(&self, wanted: flux::Version) -> Result<Manifests, Error> {
+        let given = self.args.flux_manifests.clone();
+        let source = given.clone().unwrap_or_else(|| default_manifests(wanted));
         let pinned = self.args.flux_manifests_sha256.as_deref();
         let fetched = manifests::fetch(&source, pinned)
             .await
             .map_err(Error::Manifests)?;
         let documents = manifests::documents(&source, &fetched.text)?;
+        let version = flux::manifests_version(&documents).ok_or_else(|| {
+            manifests::ContentError::NoVersion {
+                source_name: source.to_string(),
+            }
+        })?;
+        if given.is_none() && version != wanted {
+            return Err(manifests::ContentError::OtherVersion {
+                source_name: source.to_string(),
+                found: version.to_string(),
+                wanted: wanted.to_string(),
+            }
+            .into());
+        }
         Ok(Manifests {
             source,
             sha256: fetched.sha256,
             documents,
+            version,
         })
     }
 
@@ -90,10 +105,26 @@ impl Run<'_> {
         });
     }
 
-    /// Applies Flux's install manifests.
-    pub async fn install(&self, missing: &[String], steps: &mut Steps<'_>) -> Result<(), Error> {
-        tracing::debug!("Flux is not fully installed: no {}", missing.join(", no "));
-        let m = self.manifests().await?;
+    /// Applies Flux's install manifests (writing only the objects whose content differs); after
+    /// an upgrade, deletes what the old release had and the new one dropped.
+    pub async fn install(
+        &self,
+        plan: &Plan,
+        m: &Manifests,
+        steps: &mut Steps<'_>,
+    ) -> Result<(), Error> {
+        if !plan.install.missing.is_empty() {
+            tracing::debug!(
+                "Flux is not fully installed: no {}",
+                plan.install.missing.join(", no ")
+            );
+        }
+        if let Some(from) = plan.flux.replaced() {
+            steps.emit(Step::FluxRelease {
+                from,
+                to: plan.flux.wanted(),
+            });
+        }
         let (count, written) = self
             .cluster
             .install(&m.documents, self.args.timeout)
@@ -102,7 +133,13 @@ impl Run<'_> {
             "{written} of {count} objects written, {} already as wanted",
             count - written
         );
-        self.installed(&m, steps);
+        self.installed(m, steps);
+        if let Some(from) = plan.flux.replaced() {
+            let pruned = self.cluster.prune_release(from, &m.documents).await?;
+            if !pruned.is_empty() {
+                steps.emit(Step::Pruned { names: pruned });
+            }
+        }
         Ok(())
     }
 
@@ -275,10 +312,10 @@ impl Run<'_> {
     }
 }
 
-/// The pinned Flux release's `install.yaml`.
-fn default_manifests() -> manifests::Source {
-    manifests::parse_source(&flux::default_manifests_url())
-        .expect("the pinned release URL is https")
+/// A Flux release's `install.yaml` on GitHub.
+fn default_manifests(version: flux::Version) -> manifests::Source {
+    manifests::parse_source(&flux::default_manifests_url(version))
+        .expect("the release URL is https")
 }
 
 /// How a key opens the repository over SSH.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::cmd::{ClusterArgs, parse_duration};
+use crate::flux::Version;
 use crate::manifests;
 use crate::output::Format;
 
@@ -51,7 +52,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 
-    /// Flux's install manifests, a file or an `https://` URL (default: the pinned Flux release).
+    /// The Flux release to install or upgrade to (default: the pinned release, v2.10.1); its
+    /// `install.yaml` on GitHub is the default `--flux-manifests`.
+    #[arg(long, value_name = "vX.Y.Z", value_parser = parse_flux_version, conflicts_with = "flux_manifests")]
+    pub flux_version: Option<Version>,
+
+    /// Flux's install manifests, a file or an `https://` URL (default: the `install.yaml` of
+    /// `--flux-version`). Their `app.kubernetes.io/version` label is the release installed.
     #[arg(long, value_name = "FILE|URL", value_parser = manifests::parse_source)]
     pub flux_manifests: Option<manifests::Source>,
 
@@ -77,4 +84,11 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is longer than the maximum, `24h`"));
     }
     Ok(d)
+}
+
+/// `--flux-version`: a release `vX.Y.Z`.
+fn parse_flux_version(s: &str) -> Result<Version, String> {
+    Version::parse(s)
+        .filter(|_| s.trim().starts_with('v'))
+        .ok_or_else(|| format!("`{s}` is not a Flux release such as `v2.10.1`"))
 }

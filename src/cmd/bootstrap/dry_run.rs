@@ -12,15 +12,23 @@ use crate::output::Steps;
 use crate::plan::{Change, Credentials, Plan, SecretPlan};
 use crate::step::Step;
 
-pub(super) async fn show(run: &Run<'_>, plan: &Plan, steps: &mut Steps<'_>) -> Result<(), Error> {
-    let manifests = match plan.install.missing.is_empty() {
-        true => None,
-        false => Some(run.manifests().await?),
-    };
-    run.cluster.check(&writes(plan, manifests.as_ref())).await?;
+pub(super) async fn show(
+    run: &Run<'_>,
+    plan: &Plan,
+    manifests: Option<&super::apply::Manifests>,
+    steps: &mut Steps<'_>,
+) -> Result<(), Error> {
+    let manifests = manifests.filter(|_| plan.flux.applies_manifests());
+    run.cluster.check(&writes(plan, manifests)).await?;
 
     steps.emit(Step::applied(&plan.namespace));
-    if let Some(m) = &manifests {
+    if let Some(from) = plan.flux.replaced() {
+        steps.emit(Step::FluxRelease {
+            from,
+            to: plan.flux.wanted(),
+        });
+    }
+    if let Some(m) = manifests {
         run.installed(m, steps);
     }
     if let Some(what) = plan.takeover {

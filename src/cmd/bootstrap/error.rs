@@ -73,6 +73,8 @@ impl Error {
             | Error::StaleKeysLeft(_)
             | Error::Refused(
                 plan::Refusal::OldKubernetes { .. }
+                | plan::Refusal::Downgrade { .. }
+                | plan::Refusal::ManagedElsewhere { .. }
                 | plan::Refusal::TakenOver(_)
                 | plan::Refusal::NoAgeIdentity,
             ) => 1,
@@ -216,6 +218,17 @@ mod tests {
             (
                 plan::Refusal::OldKubernetes {
                     git_version: "v1.30.0".into(),
+                    flux: flux::pinned(),
+                    min: flux::Version::new(1, 35, 2),
+                    older: None,
+                }
+                .into(),
+                1,
+            ),
+            (
+                plan::Refusal::Downgrade {
+                    live: flux::Version::new(2, 11, 0),
+                    wanted: flux::pinned(),
                 }
                 .into(),
                 1,

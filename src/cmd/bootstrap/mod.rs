@@ -94,31 +94,59 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
         context: live.context.clone(),
         kubernetes: live.git_version.clone(),
     });
-
-    // Decide.
-    let options = plan::Options {
-        force: args.force,
-        key_title: args.key_title.clone(),
-        age_identity,
-    };
-    let mut plan = plan::plan(&cfg, &token, &github, &live, &options)?;
-    for o in [&plan.git_repository, &plan.kustomization] {
-        tracing::trace!("desired {} spec: {}", o.kind.name(), o.desired["spec"]);
-    }
     let run = Run {
         args,
         cluster: &cluster,
         gh: &gh,
         cfg: &cfg,
     };
+
+    // The Flux release wanted: the label of `--flux-manifests` (read now for it), else
+    // `--flux-version`. The default manifests are downloaded only to install or upgrade.
+    let mut manifests = match args.flux_manifests {
+        Some(_) => Some(run.manifests(flux::pinned()).await?),
+        None => None,
+    };
+    let wanted = manifests
+        .as_ref()
+        .map(|m| m.version)
+        .or(args.flux_version)
+        .unwrap_or_else(flux::pinned);
+    // Changing the release of a Flux that the Flux Operator manages is refused: whether a
+    // FluxInstance exists is read only then.
+    if live.flux_missing.version.is_some_and(|v| v != wanted) {
+        live.flux_instance = cluster.flux_instance().await?;
+    }
+
+    // Decide.
+    let options = plan::Options {
+        force: args.force,
+        key_title: args.key_title.clone(),
+        age_identity,
+        flux_version: Some(wanted),
+    };
+    let mut plan = plan::plan(&cfg, &token, &github, &live, &options)?;
+    for o in [&plan.git_repository, &plan.kustomization] {
+        tracing::trace!("desired {} spec: {}", o.kind.name(), o.desired["spec"]);
+    }
+    if let Some((kubernetes, tested)) = plan.untested_kubernetes {
+        steps.emit(Step::KubernetesUntested {
+            kubernetes,
+            flux: wanted,
+            tested: format!("{}.{}", tested.0, tested.1),
+        });
+    }
+    if plan.flux.applies_manifests() && manifests.is_none() {
+        manifests = Some(run.manifests(wanted).await?);
+    }
     if args.dry_run {
-        return dry_run::show(&run, &plan, &mut steps).await;
+        return dry_run::show(&run, &plan, manifests.as_ref(), &mut steps).await;
     }
 
     // Act, in order: Flux itself, then the credentials, then the objects that use them.
     run.apply(&plan.namespace, &mut steps).await?;
-    if !plan.install.missing.is_empty() {
-        run.install(&plan.install.missing, &mut steps).await?;
+    if let (true, Some(m)) = (plan.flux.applies_manifests(), &manifests) {
+        run.install(&plan, m, &mut steps).await?;
     }
     if let Some(what) = plan.takeover {
         steps.emit(Step::TakeoverNote {

@@ -166,5 +166,6 @@ pub(super) async fn live(cluster: &Cluster, sops: bool) -> Result<Live, cluster:
         git_repository: flux_object(repo)?,
         kustomization: flux_object(ks)?,
         sops_secret: sops_secret?.map(|o| to_value(&o)),
+        flux_instance: None,
     })
 }

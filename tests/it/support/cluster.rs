@@ -126,6 +126,7 @@ struct State {
     etcd: Option<Process>,
     apiserver: Option<Process>,
     flux: Option<Flux>,
+
 }
 
 /// The running Flux controllers (killed when dropped).
@@ -394,7 +395,7 @@ impl Cluster {
         block_on(async move {
             let client = client_for(&kubeconfig).await?;
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}});
+            let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system", "labels": flux_labels(FLUX_RELEASE)}});
             Api::<Namespace>::all(client.clone())
                 .patch("flux-system", &params, &Patch::Apply(&namespace))
                 .await
@@ -611,8 +612,10 @@ current-context: {context}
             let path = crd_file(&crds_dir, name)?;
             let text = fs::read_to_string(&path)
                 .with_context(|| format!("reading {}: run `tests/env/setup`", path.display()))?;
-            let crd: CustomResourceDefinition = serde_yaml::from_str(&text)
+            let mut crd: CustomResourceDefinition = serde_yaml::from_str(&text)
                 .with_context(|| format!("parsing {}", path.display()))?;
+            // Labelled as Flux's `install.yaml` labels them (see `flux_manifests`).
+            crd.metadata.labels = serde_json::from_value(flux_labels(FLUX_RELEASE))?;
             crds.push(crd);
         }
         let kubeconfig = self.kubeconfig.clone();
@@ -735,44 +738,90 @@ current-context: {context}
     }
 }
 
+
 /// The controllers whose Deployments mean "Flux is installed" to homelab-flux.
 pub const FLUX_DEPLOYMENTS: [&str; 2] = ["source-controller", "kustomize-controller"];
 
-/// A Deployment of a Flux controller, trimmed from Flux's `install.yaml`.
+/// The Flux release the test environment's manifests are: the pinned one.
+pub const FLUX_RELEASE: &str = "v2.10.1";
+/// The controllers' image tag of each Flux release the tests use (Flux's `install.yaml`).
+pub fn controller_tag(release: &str, name: &str) -> &'static str {
+    match (release, name) {
+        ("v2.9.5", "source-controller") => "v1.9.6",
+        ("v2.9.5", _) => "v1.9.6",
+        (_, _) => "v1.10.1",
+    }
+}
+
+/// The labels Flux's `install.yaml` puts on every object of a release.
+pub fn flux_labels(release: &str) -> serde_json::Value {
+    serde_json::json!({
+        "app.kubernetes.io/instance": "flux-system",
+        "app.kubernetes.io/part-of": "flux",
+        "app.kubernetes.io/version": release,
+    })
+}
+
+/// A Deployment of a Flux controller at the pinned release, trimmed from Flux's `install.yaml`.
 pub fn flux_deployment(name: &str) -> serde_json::Value {
+    flux_deployment_at(name, FLUX_RELEASE)
+}
+
+/// A Deployment of a Flux controller of a release, trimmed from Flux's `install.yaml`: its
+/// labels and its image.
+pub fn flux_deployment_at(name: &str, release: &str) -> serde_json::Value {
+    let mut labels = flux_labels(release);
+    labels["app.kubernetes.io/component"] = name.into();
+    labels["control-plane"] = "controller".into();
     serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "flux-system", "labels": {"app": name}},
+        "metadata": {"name": name, "namespace": "flux-system", "labels": labels},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "manager", "image": format!("ghcr.io/fluxcd/{name}:v1.9.6")}]},
+                "spec": {"containers": [{"name": "manager", "image": format!("ghcr.io/fluxcd/{name}:{}", controller_tag(release, name))}]},
             },
         },
     })
 }
 
 /// Flux's install manifests as this environment has them: the Namespace `flux-system`, the
-/// seven CRDs `tests/env/setup` extracted (in file order) and the two Deployments. Returns the
-/// YAML stream and how many objects it holds.
+/// seven CRDs `tests/env/setup` extracted (in file order) and the two Deployments, every object
+/// labelled as Flux labels the pinned release. Returns the YAML stream and how many objects it
+/// holds.
 pub fn flux_manifests() -> (String, usize) {
-    let mut manifests =
-        String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flux-system\n");
-    // The same seven CRDs the cluster gets (`apply_crds`).
-    let crds_dir = testenv_dir().join("crds");
+    flux_manifests_at(FLUX_RELEASE, &testenv_dir().join("crds"))
+}
+
+/// Flux's install manifests of a release, as [`flux_manifests`], with the CRDs of `crds_dir`
+/// (`target/testenv/crds`, or a release line's `target/testenv/crd-lines/LINE`).
+pub fn flux_manifests_at(release: &str, crds_dir: &Path) -> (String, usize) {
+    let mut objects = vec![serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "flux-system", "labels": flux_labels(release)},
+    })];
     for name in FLUX_CRDS {
-        let path = crd_file(&crds_dir, name).unwrap_or_else(|err| panic!("{err:#}"));
-        manifests.push_str("---\n");
-        manifests.push_str(&fs::read_to_string(path).expect("a CRD file"));
+        let Ok(path) = crd_file(crds_dir, name) else {
+            // An older line without this kind (ExternalArtifact came with 2.7).
+            continue;
+        };
+        let text = fs::read_to_string(path).expect("a CRD file");
+        let mut crd: serde_json::Value = serde_yaml::from_str(&text).expect("a CRD");
+        crd["metadata"]["labels"] = flux_labels(release);
+        objects.push(crd);
     }
     for name in FLUX_DEPLOYMENTS {
-        manifests.push_str("---\n");
-        manifests.push_str(&serde_yaml::to_string(&flux_deployment(name)).expect("YAML"));
+        objects.push(flux_deployment_at(name, release));
     }
-    (manifests, FLUX_CRDS.len() + 1 + FLUX_DEPLOYMENTS.len())
+    let mut manifests = String::new();
+    for o in &objects {
+        manifests.push_str("---\n");
+        manifests.push_str(&serde_yaml::to_string(o).expect("YAML"));
+    }
+    (manifests, objects.len())
 }
 
 /// Deletes every object of a CRD in every namespace, removing finalizers first (nobody may be
