@@ -126,7 +126,6 @@ struct State {
     etcd: Option<Process>,
     apiserver: Option<Process>,
     flux: Option<Flux>,
-
 }
 
 /// The running Flux controllers (killed when dropped).
@@ -737,7 +736,6 @@ current-context: {context}
         Ok(Flux { source, kustomize })
     }
 }
-
 
 /// The controllers whose Deployments mean "Flux is installed" to homelab-flux.
 pub const FLUX_DEPLOYMENTS: [&str; 2] = ["source-controller", "kustomize-controller"];

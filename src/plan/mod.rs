@@ -16,12 +16,18 @@ use serde_json::Value;
 
 use crate::facts::{DeployKey, Repository};
 use crate::flux;
-use crate::flux::{FluxParts, Kind, ManagedBy, Support, Version, is_subset};
+use crate::flux::{FluxParts, Kind, ManagedBy, Support, Version};
 use crate::keys::{self, KeyPair};
 use crate::settings::{Auth, FluxConfig};
 use crate::sops::AgeIdentity;
 use crate::ssh_url::{self, InvalidSshUrl, SshEndpoint};
 use crate::token::Token;
+
+mod flux_step;
+mod object;
+pub use flux_step::{FluxStep, flux_step};
+use object::Masked;
+pub use object::{Change, FieldChange, Object};
 
 /// What GitHub said, all read in one round.
 #[derive(Debug, Clone)]
@@ -59,83 +65,6 @@ pub struct Live {
     pub flux_instance: Option<String>,
 }
 
-/// The choices of the command line that decide anything, and the age identity found for
-/// `decryption: sops` (a secret like the token: `Debug` shows its recipient only).
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// `--force`: take over a GitRepository or Kustomization set up for another repository or
-    /// path.
-    pub force: bool,
-    /// `--key-title`.
-    pub key_title: Option<String>,
-    /// The identity that goes into Secret `sops-age`.
-    pub age_identity: Option<AgeIdentity>,
-    /// The Flux release wanted: the label of `--flux-manifests`, else `--flux-version`; `None`
-    /// for the pinned release.
-    pub flux_version: Option<Version>,
-}
-
-/// A field that differs: its path (`spec.ref.branch`), the live value and the one wanted.
-/// Values of a Secret are never held, only whether they are set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldChange {
-    pub field: String,
-    pub old: Option<String>,
-    pub new: String,
-}
-
-/// What applying an object changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "change", content = "fields")]
-pub enum Change {
-    Unchanged,
-    Create,
-    Update(Vec<FieldChange>),
-}
-
-impl Change {
-    pub fn is_write(&self) -> bool {
-        *self != Change::Unchanged
-    }
-}
-
-/// One object to apply, and what that changes.
-#[derive(Clone)]
-pub struct Object {
-    pub kind: Kind,
-    pub desired: Value,
-    pub change: Change,
-}
-
-/// An object as JSON for `Debug`, with the values of a Secret's `data` and `stringData` shown
-/// as `(secret)`: they hold the token, the deploy key or the age identity (base64 or plain),
-/// and `Debug` output never shows those (SPEC §1).
-struct Masked<'a>(&'a Value);
-
-impl std::fmt::Debug for Masked<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut shown = self.0.clone();
-        for field in ["data", "stringData"] {
-            if let Some(Value::Object(values)) = shown.get_mut(field) {
-                values
-                    .values_mut()
-                    .for_each(|v| *v = Value::from("(secret)"));
-            }
-        }
-        write!(f, "{shown}")
-    }
-}
-
-impl std::fmt::Debug for Object {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Object")
-            .field("kind", &self.kind)
-            .field("desired", &Masked(&self.desired))
-            .field("change", &self.change)
-            .finish()
-    }
-}
-
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         fn masked(v: &Option<Value>) -> Option<Masked<'_>> {
@@ -157,29 +86,20 @@ impl std::fmt::Debug for Live {
     }
 }
 
-impl Object {
-    fn new(kind: Kind, desired: Value, live: Option<&Value>) -> Object {
-        let change = match live {
-            None => Change::Create,
-            Some(live) if is_subset(&desired, live) => Change::Unchanged,
-            Some(live) => Change::Update(diff(&desired, live, kind == Kind::Secret)),
-        };
-        Object {
-            kind,
-            desired,
-            change,
-        }
-    }
-
-    /// `namespace/name`, or `name` for a cluster-wide object.
-    pub fn name(&self) -> String {
-        let m = &self.desired["metadata"];
-        let name = m["name"].as_str().unwrap_or_default();
-        match m["namespace"].as_str() {
-            Some(ns) => format!("{ns}/{name}"),
-            None => name.to_string(),
-        }
-    }
+/// The choices of the command line that decide anything, and the age identity found for
+/// `decryption: sops` (a secret like the token: `Debug` shows its recipient only).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--force`: take over a GitRepository or Kustomization set up for another repository or
+    /// path.
+    pub force: bool,
+    /// `--key-title`.
+    pub key_title: Option<String>,
+    /// The identity that goes into Secret `sops-age`.
+    pub age_identity: Option<AgeIdentity>,
+    /// The Flux release wanted: the label of `--flux-manifests`, else `--flux-version`; `None`
+    /// for the pinned release.
+    pub flux_version: Option<Version>,
 }
 
 /// How the cluster reads the repository.
@@ -210,88 +130,6 @@ impl SecretPlan {
             SecretPlan::NewKey { change } => change,
         }
     }
-}
-
-/// What happens to Flux itself (SPEC §4a).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "flux")]
-pub enum FluxStep {
-    /// The controllers run the wanted release and every part is there: nothing is downloaded.
-    Current { version: Version },
-    /// Parts are missing (a fresh cluster, an install cut short) or carry no release label:
-    /// the manifests are applied.
-    Install { version: Version },
-    /// An older release runs: the manifests of the newer one are applied.
-    Upgrade { from: Version, to: Version },
-    /// A newer release runs and `--force` was given.
-    Downgrade { from: Version, to: Version },
-}
-
-impl FluxStep {
-    /// Whether the manifests are applied.
-    pub fn applies_manifests(self) -> bool {
-        !matches!(self, FluxStep::Current { .. })
-    }
-
-    /// The release the cluster runs afterwards.
-    pub fn wanted(self) -> Version {
-        match self {
-            FluxStep::Current { version } | FluxStep::Install { version } => version,
-            FluxStep::Upgrade { to, .. } | FluxStep::Downgrade { to, .. } => to,
-        }
-    }
-
-    /// The release that ran before, when this run changes it.
-    pub fn replaced(self) -> Option<Version> {
-        match self {
-            FluxStep::Upgrade { from, .. } | FluxStep::Downgrade { from, .. } => Some(from),
-            _ => None,
-        }
-    }
-}
-
-/// Decides what happens to Flux: from the parts there and their release label, the release
-/// wanted and `--force`.
-pub fn flux_step(
-    parts: &FluxParts,
-    flux_instance: Option<&str>,
-    wanted: Version,
-    force: bool,
-) -> Result<FluxStep, Refusal> {
-    let step = match parts.version {
-        Some(live) if parts.missing.is_empty() && live == wanted => {
-            return Ok(FluxStep::Current { version: live });
-        }
-        Some(live) if live < wanted => FluxStep::Upgrade {
-            from: live,
-            to: wanted,
-        },
-        Some(live) if live > wanted && !force => {
-            return Err(Refusal::Downgrade { live, wanted });
-        }
-        Some(live) if live > wanted => FluxStep::Downgrade {
-            from: live,
-            to: wanted,
-        },
-        _ => FluxStep::Install { version: wanted },
-    };
-    // Another tool applies the controllers: it would undo what this run writes.
-    let managed = match (parts.managed_by, flux_instance) {
-        (_, Some(instance)) => Some((ManagedBy::FluxOperator, Some(instance.to_string()))),
-        (Some(by), None) => Some((by, None)),
-        (None, None) => None,
-    };
-    if let Some((by, instance)) = managed
-        && parts.version.is_some()
-    {
-        return Err(Refusal::ManagedElsewhere {
-            by,
-            instance,
-            live: parts.version,
-            wanted,
-        });
-    }
-    Ok(step)
 }
 
 /// A guard that tripped, with `--force`: what is taken over.
@@ -720,40 +558,6 @@ fn takeovers(
         });
     }
     found
-}
-
-/// The fields of `desired` that `live` does not hold as wanted, in order. A Secret's values are
-/// not shown, only that they change.
-fn diff(desired: &Value, live: &Value, secret: bool) -> Vec<FieldChange> {
-    fn walk(path: &str, d: &Value, l: Option<&Value>, secret: bool, out: &mut Vec<FieldChange>) {
-        if let (Value::Object(dm), Some(Value::Object(lm))) = (d, l) {
-            for (k, v) in dm {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                walk(&p, v, lm.get(k), secret, out);
-            }
-            return;
-        }
-        if l.is_some_and(|l| is_subset(d, l)) {
-            return;
-        }
-        let show = |v: &Value| match v {
-            _ if secret && path.starts_with("data") => "(secret)".to_string(),
-            Value::String(s) => s.clone(),
-            v => v.to_string(),
-        };
-        out.push(FieldChange {
-            field: path.to_string(),
-            old: l.filter(|l| !l.is_null()).map(show),
-            new: show(d),
-        });
-    }
-    let mut out = Vec::new();
-    walk("", desired, Some(live), secret, &mut out);
-    out
 }
 
 #[cfg(test)]
