@@ -51,6 +51,10 @@ async fn object(kind: &str, plural: &str, group: &str) -> Option<DynamicObject> 
     api.get_opt("flux-system").await.unwrap()
 }
 
+/// What a write of homelab-flux would change: the Secret's resourceVersion (no controller writes
+/// it), and of the Flux objects their generation, labels, annotations and spec. Their
+/// resourceVersion is not compared: the controllers write their status whenever they reconcile,
+/// which on a loaded machine can land at any moment of a run.
 async fn resource_versions() -> Vec<String> {
     let mut out = Vec::new();
     for (kind, plural, group) in [
@@ -69,7 +73,19 @@ async fn resource_versions() -> Vec<String> {
         let o = object(kind, plural, group)
             .await
             .unwrap_or_else(|| panic!("{kind} missing"));
-        out.push(o.metadata.resource_version.unwrap_or_default());
+        if kind == "Secret" {
+            out.push(o.metadata.resource_version.unwrap_or_default());
+        } else {
+            out.push(
+                serde_json::json!({
+                    "generation": o.metadata.generation,
+                    "labels": o.metadata.labels,
+                    "annotations": o.metadata.annotations,
+                    "spec": o.data["spec"],
+                })
+                .to_string(),
+            );
+        }
     }
     out
 }
