@@ -275,6 +275,9 @@ pub struct FluxParts {
     pub version: Option<Version>,
     /// Who else applies the controllers' Deployments, from their labels.
     pub managed_by: Option<ManagedBy>,
+    /// The controllers' Deployments that are there but not rolled out (`namespace/name`): the
+    /// manifests are applied again and the rollout waited for.
+    pub not_rolled_out: Vec<String>,
 }
 
 /// A Flux release's `install.yaml` on GitHub: the default `--flux-manifests`.

@@ -17,7 +17,8 @@
 //!    kube-rs), [`manifests`] (Flux's install manifests); [`http`] is what their HTTP clients
 //!    share.
 //! 6. **Values**, pure: [`settings`] (the typed configuration), [`facts`] (what GitHub reports),
-//!    [`flux`] (Flux's names, the objects applied, typed views of their status), [`repo_url`],
+//!    [`flux`] (Flux's names, the objects applied, typed views of their status), [`health`]
+//!    (controllers rolled out, and what a Flux object that is not synced waits for), [`repo_url`],
 //!    [`branch`], [`repo_path`], [`token`] and [`token_host`] (checked values), [`ssh_url`],
 //!    [`sops`] (age identities and SOPS metadata; [`age_pq`] derives the recipient of a
 //!    post-quantum one), [`keys`] (deploy keys in memory), [`diag`]
@@ -36,6 +37,7 @@ pub mod flux;
 pub mod git;
 pub mod git_remote;
 pub mod github;
+pub mod health;
 pub mod http;
 pub mod keys;
 pub mod manifests;

@@ -29,6 +29,12 @@ pub enum Step {
         from: crate::flux::Version,
         to: crate::flux::Version,
     },
+    /// The release wanted runs, but these controllers are not rolled out: the manifests are
+    /// applied again.
+    FluxRepair {
+        version: crate::flux::Version,
+        names: Vec<String>,
+    },
     /// Kubernetes is newer than the Flux release is tested with: a warning.
     KubernetesUntested {
         kubernetes: crate::flux::Version,
@@ -113,12 +119,25 @@ pub enum Step {
     Synced {
         commit: String,
     },
-    /// Waiting: the object's Ready condition, as the controller reports it.
+    /// Waiting for a controller's Deployment to roll out (`rollout` `None` while it is not
+    /// there yet).
+    RollingOut {
+        name: String,
+        rollout: Option<crate::health::Rollout>,
+    },
+    /// Every controller Deployment of the manifests is rolled out.
+    RolledOut {
+        names: Vec<String>,
+    },
+    /// Waiting: what the object waits for, and its Ready condition as the controller reports
+    /// it (the `Stalled` condition when it stalled).
     Waiting {
         kind: &'static str,
         name: String,
-        /// The Ready condition, once the controller has written one.
+        /// The condition, once the controller has written one.
         condition: Option<crate::flux::Condition>,
+        #[serde(flatten)]
+        state: crate::health::WaitState,
     },
     /// The object is Ready at `commit`; `moved_from` the proven commit when a newer head
     /// landed while bootstrap waited.
@@ -143,7 +162,10 @@ impl Step {
 
     /// Live progress, rewritten in place on a terminal, rather than a finished step.
     pub fn is_progress(&self) -> bool {
-        matches!(self, Step::Waiting { .. } | Step::LeaseHeld { .. })
+        matches!(
+            self,
+            Step::Waiting { .. } | Step::LeaseHeld { .. } | Step::RollingOut { .. }
+        )
     }
 }
 

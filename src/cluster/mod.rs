@@ -15,9 +15,11 @@ use serde_json::Value;
 
 use crate::flux::{self, FluxParts, Kind};
 
+mod controllers;
 mod install;
 pub mod lease;
 mod watch;
+pub use controllers::DeploymentEvent;
 pub use install::Write;
 pub use lease::{LEASE_DURATION, LEASE_NAME, LeaseState};
 pub use watch::is_refusal;
@@ -282,8 +284,8 @@ impl Cluster {
             .map_err(|e| self.unreachable_or(&format!("reading {} `{name}`", kind.name()), e))
     }
 
-    /// What of Flux is missing: the CRDs and the controllers' Deployments. (Whether the Deployments are available is the
-    /// wait's business: Flux not reconciling shows there, with the controller's words.)
+    /// What of Flux is missing: the CRDs and the controllers' Deployments, their release, and
+    /// which of them are not rolled out.
     pub async fn missing_flux_parts(&self) -> Result<FluxParts, Error> {
         let ns = flux::NAMESPACE;
         let (c0, c1, d0, d1) = tokio::join!(
@@ -297,10 +299,15 @@ impl Cluster {
         // The release the controllers run: the oldest of their labels, unknown when one has
         // none; who else applies them, from the same labels.
         let (mut version, mut managed_by, mut unlabelled) = (None, None, false);
+        let mut not_rolled_out = Vec::new();
         for d in [&d0, &d1] {
             if let Ok(Some(d)) = d {
-                let (v, by) =
-                    flux::deployment_release(&serde_json::to_value(d).unwrap_or_default());
+                let d = serde_json::to_value(d).unwrap_or_default();
+                let rollout = crate::health::rollout(&d);
+                if !rollout.rolled_out {
+                    not_rolled_out.push(rollout.name);
+                }
+                let (v, by) = flux::deployment_release(&d);
                 unlabelled |= v.is_none();
                 version = match (version, v) {
                     (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
@@ -342,6 +349,7 @@ impl Cluster {
             crds_missing,
             version,
             managed_by,
+            not_rolled_out,
         })
     }
 

@@ -7,6 +7,7 @@ use crate::cluster;
 use crate::config::{Credential, Loaded, Secrets, Valid};
 use crate::flux;
 use crate::flux::Kind;
+use crate::health::{self, PodProblem, Rollout, WaitState};
 use crate::output::{Format, Ui};
 use crate::settings::Auth;
 
@@ -42,11 +43,31 @@ struct ObjectStatus {
     message: Option<String>,
     /// Set when the object is not Ready because of a SOPS decryption error: what to do.
     decryption_failure: Option<&'static str>,
+    /// What it waits for, when it is not Ready, or Ready behind its source (SPEC §4a).
+    #[serde(flatten)]
+    waiting: Option<WaitState>,
+}
+
+/// A controller's Deployment (SPEC §4a, as `flux check` reads it).
+#[derive(Debug, Serialize)]
+struct Controller {
+    #[serde(flatten)]
+    rollout: Rollout,
+    /// What its Pods say, when it is not rolled out.
+    pods: Vec<PodProblem>,
 }
 
 #[derive(Debug, Serialize)]
 struct Status {
     context: String,
+    /// The Flux release the controllers run (the oldest of their labels); `None` when no
+    /// controller is there or one has no label.
+    flux_version: Option<String>,
+    /// The release this homelab-flux installs by default.
+    pinned: String,
+    /// The pinned release is newer than the one the cluster runs.
+    upgrade_available: bool,
+    controllers: Vec<Controller>,
     objects: Vec<ObjectStatus>,
     /// `Some(true)` registered, `Some(false)` gone, `None` not checked (no token, or `auth: token`).
     deploy_key_registered: Option<bool>,
@@ -99,19 +120,47 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
     let ns = flux::NAMESPACE;
     // The version, asked alongside, tells a server that is not Kubernetes from a cluster
     // without Flux (both answer 404 for a GitRepository).
-    let (version, repo, ks, secret) = tokio::join!(
+    let (version, repo, ks, secret, deployments) = tokio::join!(
         cluster.version(),
         cluster.get(Kind::GitRepository, Some(ns), flux::NAME),
         cluster.get(Kind::Kustomization, Some(ns), flux::NAME),
         cluster.get(Kind::Secret, Some(ns), flux::NAME),
+        cluster.flux_deployments(),
     );
     version?;
-    let (repo, ks, secret) = (repo?, ks?, secret?);
+    let (repo, ks, secret, deployments) = (repo?, ks?, secret?, deployments?);
+    let mut controllers = Vec::new();
+    for d in &deployments {
+        let rollout = health::rollout(d);
+        let pods = match rollout.rolled_out {
+            true => Vec::new(),
+            false => cluster.pod_problems(d).await?,
+        };
+        controllers.push(Controller { rollout, pods });
+    }
+    let flux_version = running_release(&controllers);
+    let repo_revision = repo
+        .as_ref()
+        .and_then(|o| serde_json::to_value(o).ok())
+        .and_then(|v| {
+            flux::Observed::from_object(&v)
+                .revision()
+                .map(str::to_string)
+        });
     let describe = |kind: Kind, o: &Option<kube::api::DynamicObject>| {
-        let observed = o
+        let value = o.as_ref().and_then(|o| serde_json::to_value(o).ok());
+        let observed = value.as_ref().map(flux::Observed::from_object);
+        let wanted = match kind {
+            Kind::Kustomization => repo_revision.as_deref(),
+            _ => None,
+        };
+        let waiting = value
             .as_ref()
-            .and_then(|o| serde_json::to_value(o).ok())
-            .map(|v| flux::Observed::from_object(&v));
+            .map(|v| health::waiting(v, wanted).state)
+            .filter(|state| {
+                let ready = observed.as_ref().is_some_and(flux::Observed::is_ready);
+                !ready || matches!(state, WaitState::Behind { .. })
+            });
         let condition = observed
             .as_ref()
             .and_then(|o| o.condition("Ready"))
@@ -132,6 +181,7 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
                 .and_then(|o| o.revision())
                 .map(str::to_string),
             message: condition.map(|c| c.message),
+            waiting,
         }
     };
     let objects = vec![
@@ -160,9 +210,16 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
         deploy_key_registered = Some(keys.iter().any(|k| k.matches_public_key(&public)));
     }
 
-    let ready = objects.iter().all(|o| o.ready) && deploy_key_registered != Some(false);
+    let rolled_out = !controllers.is_empty() && controllers.iter().all(|c| c.rollout.rolled_out);
+    let ready =
+        objects.iter().all(|o| o.ready) && rolled_out && deploy_key_registered != Some(false);
+    let pinned = flux::pinned();
     let status = Status {
         context: cluster.context().to_string(),
+        upgrade_available: flux_version.is_some_and(|v| v < pinned),
+        flux_version: flux_version.map(|v| v.to_string()),
+        pinned: pinned.to_string(),
+        controllers,
         objects,
         deploy_key_registered,
         ready,
@@ -178,11 +235,61 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
     }
 }
 
+/// The release the controllers run: the oldest of their labels, `None` when one has none.
+fn running_release(controllers: &[Controller]) -> Option<flux::Version> {
+    let mut oldest = None;
+    for c in controllers {
+        let v = c
+            .rollout
+            .version
+            .as_deref()
+            .and_then(flux::Version::parse)?;
+        oldest = Some(oldest.map_or(v, |o: flux::Version| o.min(v)));
+    }
+    oldest
+}
+
 /// The text report, one entry per line; [`crate::output::Ui::out_lines`] escapes each line, so a condition
 /// message (written by whoever controls the repository's content) cannot drive the terminal
 /// nor, with a newline of its own, fake a line.
 fn render(s: &Status) -> Vec<String> {
     let mut out = vec![format!("context: {}", s.context)];
+    out.push(match (&s.flux_version, s.controllers.is_empty()) {
+        (_, true) => format!(
+            "Flux: no controller in `{}` (run `homelab-flux bootstrap` to install {})",
+            flux::NAMESPACE,
+            s.pinned
+        ),
+        (None, false) => "Flux: a release without version labels".to_string(),
+        (Some(v), false) if s.upgrade_available => format!(
+            "Flux {v}; {} is out: run `homelab-flux bootstrap` to upgrade to it",
+            s.pinned
+        ),
+        (Some(v), false) if *v == s.pinned => format!("Flux {v} (the release homelab-flux pins)"),
+        (Some(v), false) => format!("Flux {v} (homelab-flux pins {})", s.pinned),
+    });
+    for c in &s.controllers {
+        let r = &c.rollout;
+        let release = r.version.as_deref().unwrap_or("(no version label)");
+        out.push(match r.rolled_out {
+            true => format!(
+                "Deployment {} {release}: rolled out ({}/{} available)",
+                r.name, r.available, r.replicas
+            ),
+            false => format!(
+                "Deployment {} {release}: NOT rolled out: {} of {} replicas available{}",
+                r.name,
+                r.available,
+                r.replicas,
+                r.reason
+                    .as_deref()
+                    .map_or_else(String::new, |why| format!(" ({why})"))
+            ),
+        });
+        for p in &c.pods {
+            out.push(format!("  Pod {}: {}: {}", p.pod, p.reason, p.message));
+        }
+    }
     for o in &s.objects {
         if !o.exists {
             out.push(format!(
@@ -201,6 +308,28 @@ fn render(s: &Status) -> Vec<String> {
         ));
         if let Some(m) = o.message.as_deref().filter(|m| !m.is_empty()) {
             out.push(format!("  {m}"));
+        }
+        match &o.waiting {
+            Some(WaitState::Suspended) => out.push(format!(
+                "  suspended (`spec.suspend: true`): Flux does not reconcile it; resume it with `{}`",
+                health::resume_command(if o.kind == "GitRepository" {
+                    Kind::GitRepository
+                } else {
+                    Kind::Kustomization
+                })
+            )),
+            Some(WaitState::Stalled) => out.push(
+                "  stalled: the controller does not retry until its spec changes".to_string(),
+            ),
+            Some(WaitState::Dependency) => {
+                out.push("  waiting for a Kustomization it `dependsOn`".to_string())
+            }
+            Some(WaitState::Behind { at, wanted }) => out.push(format!(
+                "  applied {}, the GitRepository is at {}: Flux applies it at its next reconcile",
+                crate::step::short(at),
+                wanted.as_deref().map_or("(unknown)", crate::step::short)
+            )),
+            Some(WaitState::Pending | WaitState::NotReady) | None => {}
         }
         if let Some(hint) = o.decryption_failure {
             out.push(format!("  a SOPS decryption error: {hint}"));

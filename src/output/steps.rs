@@ -3,7 +3,8 @@
 use serde::Serialize;
 
 use super::{Format, Ui};
-use crate::step::Step;
+use crate::health::WaitState;
+use crate::step::{Step, short};
 use crate::text::json_safe;
 
 /// Renders the step events of `bootstrap`: step lines with timings on stderr, or one JSON
@@ -106,7 +107,6 @@ impl<'a> Steps<'a> {
 /// The text of an event: its line, then (in a plan) one line per field that would change.
 pub fn step_lines(step: &Step, planned: bool) -> Vec<String> {
     use crate::plan::Change;
-    use crate::step::short;
     let prefix = if planned { "(dry run) " } else { "" };
     let would = |done: &str| {
         if planned {
@@ -232,13 +232,38 @@ pub fn step_lines(step: &Step, planned: bool) -> Vec<String> {
             kind,
             name,
             condition,
-        } => one(match condition {
-            Some(c) => format!(
-                "  {kind} `{name}`: {} {}: {}",
-                c.status, c.reason, c.message
+            state,
+        } => one(waiting_line(kind, name, condition.as_ref(), state)),
+        Step::FluxRepair { version, names } => one(format!(
+            "{prefix}Flux {version} runs, but {} not rolled out: its manifests {} applied again",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+                + if names.len() == 1 { " is" } else { " are" },
+            if planned { "would be" } else { "are" }
+        )),
+        Step::RollingOut { name, rollout } => one(match rollout {
+            None => format!("  Deployment `{name}`: waiting for it to be created"),
+            Some(r) => format!(
+                "  Deployment `{name}`: {} of {} replicas available, {} updated{}",
+                r.available,
+                r.replicas,
+                r.updated,
+                r.reason
+                    .as_deref()
+                    .map_or_else(String::new, |why| format!(" ({why})"))
             ),
-            None => format!("  {kind} `{name}`: waiting for the controller"),
         }),
+        Step::RolledOut { names } => one(format!(
+            "Flux's controllers are rolled out: {}",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
         Step::Ready {
             kind,
             name,
@@ -259,6 +284,44 @@ pub fn step_lines(step: &Step, planned: bool) -> Vec<String> {
     }
 }
 
+/// The live line of an object waited for: what it waits for, in words that never call it "not
+/// Ready" while quoting a condition that says it succeeded.
+fn waiting_line(
+    kind: &str,
+    name: &str,
+    condition: Option<&crate::flux::Condition>,
+    state: &WaitState,
+) -> String {
+    let quoted = |c: &crate::flux::Condition| format!("{} {}: {}", c.status, c.reason, c.message);
+    match (state, condition) {
+        (WaitState::Pending, None) => format!("  {kind} `{name}`: waiting for the controller"),
+        (WaitState::Pending, Some(c)) => format!(
+            "  {kind} `{name}`: waiting for the controller to reconcile the new spec (last: {})",
+            quoted(c)
+        ),
+        (WaitState::NotReady, Some(c)) => format!("  {kind} `{name}`: {}", quoted(c)),
+        (WaitState::NotReady, None) => format!("  {kind} `{name}`: not Ready"),
+        (WaitState::Suspended, _) => {
+            format!("  {kind} `{name}`: suspended (`spec.suspend: true`)")
+        }
+        (WaitState::Stalled, c) => format!(
+            "  {kind} `{name}`: stalled{}",
+            c.map_or_else(String::new, |c| format!(": {}: {}", c.reason, c.message))
+        ),
+        (WaitState::Dependency, c) => format!(
+            "  {kind} `{name}`: waiting for a dependency{}",
+            c.map_or_else(String::new, |c| format!(": {}", c.message))
+        ),
+        (WaitState::Behind { at, wanted }, _) => format!(
+            "  {kind} `{name}`: Ready at {}, waiting for {}",
+            short(at),
+            wanted
+                .as_deref()
+                .map_or_else(|| "the branch's head".to_string(), |w| short(w).to_string())
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,12 +337,14 @@ mod tests {
                 reason: "GitOperationFailed".to_string(),
                 message: "auth failed".to_string(),
             }),
+            state: WaitState::NotReady,
         };
         assert_eq!(
             serde_json::to_value(&step).unwrap(),
             serde_json::json!({
                 "step": "waiting", "kind": "GitRepository", "name": "flux-system",
                 "condition": {"type": "Ready", "status": "False", "reason": "GitOperationFailed", "message": "auth failed"},
+                "state": "not_ready",
             })
         );
         assert_eq!(
@@ -337,6 +402,69 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"step": "applied", "kind": "GitRepository", "name": "flux-system/flux-system", "change": "unchanged"})
+        );
+    }
+
+    #[test]
+    fn each_waiting_state_has_its_own_words() {
+        use crate::flux::Condition;
+        let c = |status: &str, reason: &str, message: &str| Condition {
+            type_: "Ready".to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+        };
+        let line = |state: WaitState, cond: Option<Condition>| {
+            waiting_line("Kustomization", "flux-system", cond.as_ref(), &state)
+        };
+        assert_eq!(
+            line(
+                WaitState::Suspended,
+                Some(c("True", "ReconciliationSucceeded", "Applied"))
+            ),
+            "  Kustomization `flux-system`: suspended (`spec.suspend: true`)"
+        );
+        assert_eq!(
+            line(
+                WaitState::Stalled,
+                Some(c("True", "InvalidPath", "no such path"))
+            ),
+            "  Kustomization `flux-system`: stalled: InvalidPath: no such path"
+        );
+        assert_eq!(
+            line(
+                WaitState::Dependency,
+                Some(c(
+                    "False",
+                    "DependencyNotReady",
+                    "dependency 'flux-system/infra' is not ready"
+                ))
+            ),
+            "  Kustomization `flux-system`: waiting for a dependency: dependency 'flux-system/infra' is not ready"
+        );
+        // Ready at an older revision: never "not Ready" beside a condition that succeeded.
+        let behind = line(
+            WaitState::Behind {
+                at: "aaaaaaaaaaaaaaaa".to_string(),
+                wanted: Some("bbbbbbbbbbbbbbbb".to_string()),
+            },
+            Some(c(
+                "True",
+                "ReconciliationSucceeded",
+                "Applied revision: main@sha1:aaaa",
+            )),
+        );
+        assert_eq!(
+            behind,
+            "  Kustomization `flux-system`: Ready at aaaaaaaaaaaa, waiting for bbbbbbbbbbbb"
+        );
+        assert_eq!(
+            line(WaitState::Pending, Some(c("True", "Succeeded", "stored"))),
+            "  Kustomization `flux-system`: waiting for the controller to reconcile the new spec (last: True Succeeded: stored)"
+        );
+        assert_eq!(
+            line(WaitState::Pending, None),
+            "  Kustomization `flux-system`: waiting for the controller"
         );
     }
 }

@@ -14,6 +14,10 @@ pub enum FluxStep {
     /// Parts are missing (a fresh cluster, an install cut short) or carry no release label:
     /// the manifests are applied.
     Install { version: Version },
+    /// The wanted release runs, but a controller is not rolled out (a bad image, an upgrade
+    /// cut short): the manifests are applied again (what differs is written) and the rollout
+    /// waited for.
+    Repair { version: Version },
     /// An older release runs: the manifests of the newer one are applied.
     Upgrade { from: Version, to: Version },
     /// A newer release runs and `--force` was given.
@@ -29,7 +33,9 @@ impl FluxStep {
     /// The release the cluster runs afterwards.
     pub fn wanted(self) -> Version {
         match self {
-            FluxStep::Current { version } | FluxStep::Install { version } => version,
+            FluxStep::Current { version }
+            | FluxStep::Install { version }
+            | FluxStep::Repair { version } => version,
             FluxStep::Upgrade { to, .. } | FluxStep::Downgrade { to, .. } => to,
         }
     }
@@ -53,7 +59,10 @@ pub fn flux_step(
 ) -> Result<FluxStep, Refusal> {
     let step = match parts.version {
         Some(live) if parts.missing.is_empty() && live == wanted => {
-            return Ok(FluxStep::Current { version: live });
+            match parts.not_rolled_out.is_empty() {
+                true => return Ok(FluxStep::Current { version: live }),
+                false => FluxStep::Repair { version: live },
+            }
         }
         Some(live) if live < wanted => FluxStep::Upgrade {
             from: live,
@@ -77,6 +86,10 @@ pub fn flux_step(
     if let Some((by, instance)) = managed
         && parts.version.is_some()
     {
+        // The release is the one wanted: the tool that manages it repairs its own rollout.
+        if let FluxStep::Repair { version } = step {
+            return Ok(FluxStep::Current { version });
+        }
         return Err(Refusal::ManagedElsewhere {
             by,
             instance,

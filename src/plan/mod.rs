@@ -1034,6 +1034,40 @@ mod tests {
     }
 
     #[test]
+    fn a_controller_not_rolled_out_at_the_wanted_release_is_repaired() {
+        let v = Version::new;
+        let mut parts = FluxParts {
+            version: Some(v(2, 10, 1)),
+            not_rolled_out: vec!["flux-system/source-controller".to_string()],
+            ..FluxParts::default()
+        };
+        let step = flux_step(&parts, None, v(2, 10, 1), false).unwrap();
+        assert_eq!(
+            step,
+            FluxStep::Repair {
+                version: v(2, 10, 1)
+            }
+        );
+        assert!(step.applies_manifests());
+        assert_eq!(step.replaced(), None);
+        // An older release not rolled out is upgraded, as any older release.
+        parts.version = Some(v(2, 9, 5));
+        assert!(matches!(
+            flux_step(&parts, None, v(2, 10, 1), false).unwrap(),
+            FluxStep::Upgrade { .. }
+        ));
+        // Another tool manages it: its rollout is that tool's to repair; nothing is written.
+        parts.version = Some(v(2, 10, 1));
+        parts.managed_by = Some(ManagedBy::FluxBootstrap);
+        assert_eq!(
+            flux_step(&parts, None, v(2, 10, 1), false).unwrap(),
+            FluxStep::Current {
+                version: v(2, 10, 1)
+            }
+        );
+    }
+
+    #[test]
     fn a_flux_that_another_tool_manages_is_left_to_it() {
         let v = Version::new;
         let mut parts = FluxParts {

@@ -29,6 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "settings",
             "facts",
             "flux",
+            "health",
             "sops",
             "token",
             "token_host",

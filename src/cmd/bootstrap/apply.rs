@@ -119,12 +119,7 @@ impl Run<'_> {
                 plan.install.missing.join(", no ")
             );
         }
-        if let Some(from) = plan.flux.replaced() {
-            steps.emit(Step::FluxRelease {
-                from,
-                to: plan.flux.wanted(),
-            });
-        }
+        flux_change(plan, steps);
         let (count, written) = self
             .cluster
             .install(&m.documents, self.args.timeout)
@@ -309,6 +304,24 @@ impl Run<'_> {
             }
         }
         left
+    }
+}
+
+/// The step that says what happens to Flux itself: a new release, or a repair.
+pub(super) fn flux_change(plan: &Plan, steps: &mut Steps<'_>) {
+    match plan.flux {
+        plan::FluxStep::Repair { version } => steps.emit(Step::FluxRepair {
+            version,
+            names: plan.install.not_rolled_out.clone(),
+        }),
+        step => {
+            if let Some(from) = step.replaced() {
+                steps.emit(Step::FluxRelease {
+                    from,
+                    to: step.wanted(),
+                });
+            }
+        }
     }
 }
 

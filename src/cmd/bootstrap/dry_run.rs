@@ -22,12 +22,7 @@ pub(super) async fn show(
     run.cluster.check(&writes(plan, manifests)).await?;
 
     steps.emit(Step::applied(&plan.namespace));
-    if let Some(from) = plan.flux.replaced() {
-        steps.emit(Step::FluxRelease {
-            from,
-            to: plan.flux.wanted(),
-        });
-    }
+    super::apply::flux_change(plan, steps);
     if let Some(m) = manifests {
         run.installed(m, steps);
     }

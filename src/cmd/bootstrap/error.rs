@@ -27,6 +27,9 @@ pub enum Error {
     /// Flux did not get Ready in time, or stalled (exit 1).
     #[error(transparent)]
     NotReady(#[from] NotReady),
+    /// Flux's controllers did not roll out in time (exit 1).
+    #[error(transparent)]
+    NotRolledOut(#[from] super::rollout::NotRolledOut),
     /// Everything was applied (and synced), but GitHub did not delete stale keys (exit 1).
     #[error(transparent)]
     StaleKeysLeft(#[from] StaleKeysLeft),
@@ -70,6 +73,7 @@ impl Error {
             Error::Reported(_)
             | Error::NotProven(_)
             | Error::NotReady(_)
+            | Error::NotRolledOut(_)
             | Error::StaleKeysLeft(_)
             | Error::Refused(
                 plan::Refusal::OldKubernetes { .. }
@@ -174,9 +178,96 @@ pub enum NotReady {
         message: String,
         hint: &'static str,
     },
+    #[error(
+        "{kind} `{}/{}` is suspended (`spec.suspend: true`, as `flux suspend` sets it): Flux does not reconcile it, so the wait cannot end; resume it with `{resume}`, then run `homelab-flux bootstrap` again",
+        flux::NAMESPACE,
+        flux::NAME
+    )]
+    Suspended { kind: &'static str, resume: String },
+    #[error(
+        "{kind} `{}/{}` stalled: {reason}: {message}; the controller does not retry until its spec changes (hint: {hint})",
+        flux::NAMESPACE,
+        flux::NAME
+    )]
+    Stalled {
+        kind: &'static str,
+        reason: String,
+        message: String,
+        hint: &'static str,
+    },
+    #[error(
+        "{kind} `{}/{}` is waiting for a dependency: {message} (hint: the Kustomizations it `dependsOn` must get Ready first: `kubectl get kustomizations -A`)",
+        flux::NAMESPACE,
+        flux::NAME
+    )]
+    Dependency { kind: &'static str, message: String },
+    #[error(
+        "{kind} `{}/{}` is Ready at {at}, but not yet at {wanted} (hint: Flux applies a new revision at its next reconcile; `flux reconcile {} {} -n {}` asks for it now)",
+        flux::NAMESPACE,
+        flux::NAME,
+        if *kind == "GitRepository" { "source git" } else { "kustomization" },
+        flux::NAME,
+        flux::NAMESPACE
+    )]
+    Behind {
+        kind: &'static str,
+        at: String,
+        wanted: String,
+    },
+    #[error(
+        "{kind} `{}/{}` has not reconciled its new spec yet (its Ready condition is of an older generation: {reason}: {message}): are the Flux controllers running? (`kubectl -n flux-system get pods`)",
+        flux::NAMESPACE,
+        flux::NAME
+    )]
+    OlderGeneration {
+        kind: &'static str,
+        reason: String,
+        message: String,
+    },
 }
 
 impl NotReady {
+    /// The failure after a timeout, or at once for a state that does not change by itself,
+    /// from what the object was last seen waiting for.
+    pub fn from_waiting(kind: flux::Kind, waiting: &crate::health::Waiting) -> NotReady {
+        use crate::health::WaitState;
+        let name = kind.name();
+        let c = waiting.condition.as_ref();
+        match &waiting.state {
+            WaitState::Suspended => NotReady::Suspended {
+                kind: name,
+                resume: crate::health::resume_command(kind),
+            },
+            WaitState::Stalled => NotReady::Stalled {
+                kind: name,
+                reason: c.map(|c| c.reason.clone()).unwrap_or_default(),
+                message: c.map(|c| c.message.clone()).unwrap_or_default(),
+                hint: flux::not_ready_hint(c.map_or("", |c| c.message.as_str())),
+            },
+            WaitState::Dependency => NotReady::Dependency {
+                kind: name,
+                message: c.map(|c| c.message.clone()).unwrap_or_default(),
+            },
+            WaitState::Behind { at, wanted } => NotReady::Behind {
+                kind: name,
+                at: crate::step::short(at).to_string(),
+                wanted: wanted.as_deref().map_or_else(
+                    || "the branch's head".to_string(),
+                    |w| crate::step::short(w).to_string(),
+                ),
+            },
+            WaitState::Pending => match c {
+                Some(c) => NotReady::OlderGeneration {
+                    kind: name,
+                    reason: c.reason.clone(),
+                    message: c.message.clone(),
+                },
+                None => NotReady::NoCondition { kind: name },
+            },
+            WaitState::NotReady => NotReady::from_condition(kind, c),
+        }
+    }
+
     /// The failure after a timeout or a stall, from the object's last Ready condition.
     pub fn from_condition(kind: flux::Kind, condition: Option<&flux::Condition>) -> NotReady {
         let kind = kind.name();
@@ -286,6 +377,55 @@ mod tests {
             crate::chain::chain(&e).count(),
             3,
             "the proof, the key left behind, GitHub's answer"
+        );
+    }
+
+    /// A state that does not change by itself is named with what to do, and a Ready behind
+    /// its source is never called "not Ready".
+    #[test]
+    fn each_waiting_state_ends_in_its_own_message() {
+        use crate::health::{WaitState, Waiting};
+        let suspended = Waiting {
+            state: WaitState::Suspended,
+            condition: None,
+        };
+        assert_eq!(
+            NotReady::from_waiting(Kind::GitRepository, &suspended).to_string(),
+            "GitRepository `flux-system/flux-system` is suspended (`spec.suspend: true`, as `flux suspend` sets it): Flux does not reconcile it, so the wait cannot end; resume it with `flux resume source git flux-system -n flux-system`, then run `homelab-flux bootstrap` again"
+        );
+        let behind = Waiting {
+            state: WaitState::Behind {
+                at: "a".repeat(40),
+                wanted: Some("b".repeat(40)),
+            },
+            condition: Some(flux::Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "ReconciliationSucceeded".into(),
+                message: "Applied revision: main@sha1:aaaa".into(),
+            }),
+        };
+        let text = NotReady::from_waiting(Kind::Kustomization, &behind).to_string();
+        assert_eq!(
+            text,
+            "Kustomization `flux-system/flux-system` is Ready at aaaaaaaaaaaa, but not yet at bbbbbbbbbbbb (hint: Flux applies a new revision at its next reconcile; `flux reconcile kustomization flux-system -n flux-system` asks for it now)"
+        );
+        assert!(!text.contains("not Ready"));
+        let stalled = Waiting {
+            state: WaitState::Stalled,
+            condition: Some(flux::Condition {
+                type_: "Stalled".into(),
+                status: "True".into(),
+                reason: "InvalidURL".into(),
+                message: "bad URL".into(),
+            }),
+        };
+        assert!(
+            NotReady::from_waiting(Kind::GitRepository, &stalled)
+                .to_string()
+                .starts_with(
+                    "GitRepository `flux-system/flux-system` stalled: InvalidURL: bad URL;"
+                )
         );
     }
 }

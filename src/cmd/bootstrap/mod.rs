@@ -3,7 +3,8 @@
 //! Read, decide, act, wait. Everything the run needs is read first (`read.rs`: the
 //! configuration, GitHub in one round, the cluster in one round); [`plan::plan`] decides every
 //! write from that; then the plan is carried out (`apply.rs`), or with `--dry-run` checked and
-//! shown (`dry_run.rs`); and the run follows Flux until it has synced (`wait.rs`). The order of
+//! shown (`dry_run.rs`); and the run follows the controllers until they are rolled out
+//! (`rollout.rs`) and Flux until it has synced (`wait.rs`). The order of
 //! the writes is chosen so that every stop leaves a state the next run repairs: nothing touches
 //! the cluster before the configuration and GitHub are checked and a new deploy key is proven;
 //! stale keys are deleted only after the Secret with the new one is applied; every cluster
@@ -15,10 +16,12 @@ mod dry_run;
 mod error;
 mod export;
 mod read;
+mod rollout;
 mod wait;
 
 pub use args::{Args, MAX_TIMEOUT};
 pub use error::{Error, KeyLeftBehind, NotProven, NotReady, StaleKeysLeft};
+pub use rollout::{NotRolledOut, Unrolled};
 
 use crate::cluster::lease::HeldLease;
 use crate::cmd::{Global, NoRuntime};
@@ -216,9 +219,18 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
     // The credentials are settled: another run may go on while this one waits for Flux.
     lease.release().await;
 
-    // Wait.
-    if let (false, Some(sha)) = (args.no_wait, &settled.sha) {
-        wait::wait(&run, &plan, &live, sha, settled.ssh.as_ref(), &mut steps).await?;
+    // Wait, within one `--timeout`: for the controllers to roll out after an install, upgrade or
+    // repair, then for Flux to sync.
+    if !args.no_wait {
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        if let (true, Some(m)) = (plan.flux.applies_manifests(), &manifests) {
+            let controllers = rollout::controllers(&m.documents);
+            rollout::rolled_out(&run, &controllers, deadline, &mut steps).await?;
+        }
+        if let Some(sha) = &settled.sha {
+            let ssh = settled.ssh.as_ref();
+            wait::wait(&run, &plan, &live, sha, ssh, deadline, &mut steps).await?;
+        }
     }
     match left.is_empty() {
         true => Ok(()),

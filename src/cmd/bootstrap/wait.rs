@@ -10,6 +10,7 @@ use super::{Error, NotReady};
 use crate::cluster::{self, Cluster};
 use crate::flux::{self, Kind};
 use crate::github::{self, GitHub};
+use crate::health;
 use crate::output::Steps;
 use crate::plan::{self, Live, Plan, Wait};
 use crate::settings::FluxConfig;
@@ -22,6 +23,7 @@ pub(super) async fn wait(
     live: &Live,
     sha: &str,
     ssh: Option<&SshAccess>,
+    deadline: tokio::time::Instant,
     steps: &mut Steps<'_>,
 ) -> Result<(), Error> {
     let (request_reconcile, request_kustomization) = match plan::wait(plan, live, sha) {
@@ -48,7 +50,6 @@ pub(super) async fn wait(
     };
     let requested = request(Kind::GitRepository, request_reconcile).await?;
     let ks_requested = request(Kind::Kustomization, request_kustomization).await?;
-    let deadline = tokio::time::Instant::now() + run.args.timeout;
     let mut heads = Heads {
         gh: run.gh,
         cfg: run.cfg,
@@ -68,6 +69,8 @@ pub(super) async fn wait(
         }
     };
     let (repo_done, ks_done) = (done_after(requested), done_after(ks_requested));
+    // What each should reach: the commit proven, then the GitRepository's.
+    let mut wanted = sha.to_string();
     for (kind, done) in [
         (
             Kind::GitRepository,
@@ -75,7 +78,17 @@ pub(super) async fn wait(
         ),
         (Kind::Kustomization, &ks_done),
     ] {
-        let at = wait_for(run.cluster, kind, deadline, steps, done, &mut heads).await?;
+        let at = wait_for(
+            run.cluster,
+            kind,
+            deadline,
+            steps,
+            done,
+            &wanted,
+            &mut heads,
+        )
+        .await?;
+        wanted = at.clone();
         steps.emit(Step::Ready {
             kind: kind.name(),
             name: format!("{}/{}", flux::NAMESPACE, flux::NAME),
@@ -135,22 +148,24 @@ impl Heads<'_> {
     }
 }
 
-/// Watches one Flux object until it is Ready at a commit `heads` accepts, showing its Ready
-/// condition as it changes; returns that commit. A watch that drops (an API server restart, a
-/// 410 Gone) is resumed until `deadline`; only an API server that keeps refusing (403, 404)
-/// ends the wait early.
+/// Watches one Flux object until it is Ready at a commit `heads` accepts, showing what it
+/// waits for as it changes; returns that commit. A watch that drops (an API server restart, a
+/// 410 Gone) is resumed until `deadline`; an API server that keeps refusing (403, 404) ends the
+/// wait early, and so does a state that does not change by itself (suspended, stalled).
+/// `wanted` is the revision it should reach, for the words of a Ready-but-behind state.
 async fn wait_for(
     cluster: &Cluster,
     kind: Kind,
     deadline: tokio::time::Instant,
     steps: &mut Steps<'_>,
     ready_at: &(dyn Fn(&flux::Observed) -> Option<String> + Sync),
+    wanted: &str,
     heads: &mut Heads<'_>,
 ) -> Result<String, Error> {
     /// A refusal seen this many times in a row is not passing.
     const REFUSALS: u32 = 3;
     let mut stream = cluster.watch(kind, flux::NAMESPACE, flux::NAME);
-    let mut last: Option<flux::Condition> = None;
+    let mut last: Option<health::Waiting> = None;
     let mut failing: Option<cluster::Error> = None;
     let (mut retries, mut refusals) = (0u32, 0u32);
     loop {
@@ -161,9 +176,10 @@ async fn wait_for(
             }
             Err(_) => {
                 steps.progress_done();
-                return Err(match failing {
-                    Some(e) => e.into(),
-                    None => NotReady::from_condition(kind, last.as_ref()).into(),
+                return Err(match (failing, &last) {
+                    (Some(e), _) => e.into(),
+                    (None, Some(waiting)) => NotReady::from_waiting(kind, waiting).into(),
+                    (None, None) => NotReady::from_condition(kind, None).into(),
                 });
             }
         };
@@ -191,23 +207,25 @@ async fn wait_for(
             }
         };
         let Some(object) = object else { continue };
-        let observed = flux::Observed::from_object(&super::read::to_value(&object));
+        let value = super::read::to_value(&object);
+        let observed = flux::Observed::from_object(&value);
         if let Some(sha) = ready_at(&observed)
             && heads.accepts(&sha).await
         {
             steps.progress_done();
             return Ok(sha);
         }
-        let condition = observed.condition("Ready").cloned();
+        let waiting = health::waiting(&value, Some(wanted));
         steps.emit(Step::Waiting {
             kind: kind.name(),
             name: flux::NAME.to_string(),
-            condition: condition.clone(),
+            condition: waiting.condition.clone(),
+            state: waiting.state.clone(),
         });
-        if observed.is_stalled() {
+        if waiting.state.is_final() {
             steps.progress_done();
-            return Err(NotReady::from_condition(kind, condition.as_ref()).into());
+            return Err(NotReady::from_waiting(kind, &waiting).into());
         }
-        last = condition;
+        last = Some(waiting);
     }
 }
