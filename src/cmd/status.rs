@@ -159,7 +159,7 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
             .map(|v| health::waiting(v, wanted).state)
             .filter(|state| {
                 let ready = observed.as_ref().is_some_and(flux::Observed::is_ready);
-                !ready || matches!(state, WaitState::Behind { .. })
+                !ready || matches!(state, WaitState::Behind { .. } | WaitState::Suspended)
             });
         let condition = observed
             .as_ref()

@@ -175,3 +175,177 @@ async fn manifests_without_a_release_label_are_refused() {
     );
     assert!(w.gh.writes().is_empty());
 }
+
+/// The manifests of the pinned release with one controller's image replaced.
+fn manifests_with_image(w: &World, controller: &str, image: &str) -> String {
+    let (text, _) = cluster::flux_manifests_at(
+        cluster::FLUX_RELEASE,
+        &cluster::testenv_dir().join("crds"),
+    );
+    let good = format!(
+        "ghcr.io/fluxcd/{controller}:{}",
+        cluster::controller_tag(cluster::FLUX_RELEASE, controller)
+    );
+    assert!(text.contains(&good), "the manifests name {good}");
+    let file = w.dir.path().join(format!("install-{controller}-bad.yaml"));
+    std::fs::write(&file, text.replace(&good, image)).unwrap();
+    file.to_str().unwrap().to_string()
+}
+
+/// Waits, with a watch, until a Pod of `app` has a container waiting with `reason`.
+async fn pod_waiting_with(c: &cluster::Cluster, app: &str, reason: &str) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(c.client().await, "flux-system");
+    let config = watcher::Config::default().labels(&format!("app={app}"));
+    let mut pods = watcher::watcher(api, config).applied_objects().boxed();
+    let found = async {
+        while let Some(pod) = pods.next().await {
+            let Ok(pod) = pod else { continue };
+            let waiting = pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|s| s.state.and_then(|s| s.waiting).and_then(|w| w.reason));
+            if waiting.into_iter().any(|r| r == reason) {
+                return;
+            }
+        }
+    };
+    // A hang guard only: the wait ends on the Pod's own status.
+    tokio::time::timeout(std::time::Duration::from_secs(180), found)
+        .await
+        .unwrap_or_else(|_| panic!("no Pod of {app} waiting with {reason}"));
+}
+
+/// A fresh bootstrap installs Flux v2.10.1, waits for both controllers to roll out onto the
+/// cluster's node, and syncs; `status` then names the release and each controller's health.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_install_waits_for_the_controllers_to_roll_out_and_status_shows_them() {
+    let (c, _exclusive, w) = world::fresh("rollout").await;
+    c.delete_flux_deployments();
+    let manifests = manifests_file(&w, cluster::FLUX_RELEASE);
+    let r = w.bootstrap(&["--flux-manifests", &manifests]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        "Flux's controllers are rolled out: `flux-system/source-controller`, `flux-system/kustomize-controller`",
+    );
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    for name in cluster::FLUX_DEPLOYMENTS {
+        c.wait_rolled_out("flux-system", name, std::time::Duration::from_secs(1))
+            .await
+            .unwrap_or_else(|e| panic!("{name} is said rolled out but is not: {e:#}"));
+    }
+
+    let r = w.run(&["status"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "Flux v2.10.1 (the release homelab-flux pins)");
+    assert_has(
+        &r,
+        "Deployment flux-system/source-controller v2.10.1: rolled out (1/1 available)",
+    );
+    let r = w.run(&["status", "--format", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(status["flux_version"], "v2.10.1");
+    assert_eq!(status["upgrade_available"], false);
+    assert_eq!(status["controllers"][0]["rolled_out"], true, "{status}");
+
+    // An older release in the cluster: `status` says the pinned one is out.
+    deploy_release(c, "v2.9.5", None).await;
+    for name in cluster::FLUX_DEPLOYMENTS {
+        c.wait_rolled_out("flux-system", name, std::time::Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
+    let r = w.run(&["status"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        "Flux v2.9.5; v2.10.1 is out: run `homelab-flux bootstrap` to upgrade to it",
+    );
+    deploy_release(c, cluster::FLUX_RELEASE, None).await;
+}
+
+/// A controller whose image cannot be pulled: the wait ends at `--timeout` naming the
+/// Deployment and the Pod's `ImagePullBackOff` (exit 1), `status` says the same, and the next
+/// run with good manifests repairs it and converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_whose_image_cannot_be_pulled_is_named_and_the_next_run_repairs_it() {
+    let (c, _exclusive, w) = world::fresh("unpullable").await;
+    c.delete_flux_deployments();
+    let bad = manifests_with_image(
+        &w,
+        "source-controller",
+        "ghcr.io/fluxcd/homelab-flux-unpullable:v1.10.1",
+    );
+    // Installed without waiting; the Pod's failure is then awaited here, on its status, so
+    // that the run below finds it whatever the machine's speed.
+    let r = w.bootstrap(&["--flux-manifests", &bad, "--no-wait"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    pod_waiting_with(c, "source-controller", "ImagePullBackOff").await;
+
+    let r = w.bootstrap(&["--flux-manifests", &bad, "--timeout", "3s"]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert_has(
+        &r,
+        "Flux v2.10.1 runs, but `flux-system/source-controller` is not rolled out: its manifests are applied again",
+    );
+    assert_has(
+        &r,
+        "Deployment `flux-system/source-controller` is not rolled out: 0 of 1 replicas available",
+    );
+    assert_has(&r, ": ImagePullBackOff");
+    assert_has(&r, "kubectl -n flux-system describe pod source-controller-");
+    assert!(!r.stderr.contains("kustomize-controller` is not rolled out"), "{}", r.stderr);
+
+    let r = w.run(&["status"]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert_has(&r, "Deployment flux-system/source-controller v2.10.1: NOT rolled out");
+    assert_has(&r, ": ImagePullBackOff");
+
+    let good = manifests_file(&w, cluster::FLUX_RELEASE);
+    let r = w.bootstrap(&["--flux-manifests", &good]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "Flux's controllers are rolled out");
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    let (_, image) = releases(c).await.remove(0);
+    assert_eq!(image, "ghcr.io/fluxcd/source-controller:v1.10.1");
+}
+
+/// A GitRepository suspended as `flux suspend` does it: the wait ends at once (not at a
+/// `--timeout` of an hour) saying it is suspended and how to resume it; `status` says it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suspended_source_ends_the_wait_at_once_with_how_to_resume_it() {
+    let (c, _exclusive, w) = world::fresh("suspended").await;
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let repos = world::flux_api(c.client().await, "GitRepository");
+    repos
+        .patch(
+            "flux-system",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+    let newer = w.repo.commit(&[("clusters/home/new.txt", "x")], "a newer commit");
+
+    let r = w.bootstrap(&["--timeout", "1h"]);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    assert_has(
+        &r,
+        "GitRepository `flux-system/flux-system` is suspended (`spec.suspend: true`, as `flux suspend` sets it)",
+    );
+    assert_has(&r, "`flux resume source git flux-system -n flux-system`");
+    // Left as the person set it: resuming is theirs to decide.
+    let live = repos.get("flux-system").await.unwrap();
+    assert_eq!(live.data["spec"]["suspend"], true);
+    assert!(!r.stderr.contains(&ready_line(&newer)), "{}", r.stderr);
+
+    let r = w.run(&["status"]);
+    assert_ne!(r.code, 2, "{}", r.transcript());
+    assert_has(&r, "suspended (`spec.suspend: true`): Flux does not reconcile it");
+}
