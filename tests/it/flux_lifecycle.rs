@@ -349,3 +349,142 @@ async fn a_suspended_source_ends_the_wait_at_once_with_how_to_resume_it() {
     assert_ne!(r.code, 2, "{}", r.transcript());
     assert_has(&r, "suspended (`spec.suspend: true`): Flux does not reconcile it");
 }
+
+/// A ValidatingAdmissionPolicy that refuses updates of Flux's controller Deployments: an
+/// upgrade then stops after the CRDs, before the Deployments, as a run killed there does.
+struct DenyDeploymentUpdates {
+    client: kube::Client,
+}
+
+const DENY: &str = "deny-flux-deployment-updates";
+
+impl DenyDeploymentUpdates {
+    async fn install(client: kube::Client) -> DenyDeploymentUpdates {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let params = PatchParams::apply("homelab-flux-test").force();
+        let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": DENY},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": ["apps"], "apiVersions": ["v1"],
+                    "operations": ["UPDATE"], "resources": ["deployments"],
+                }]},
+                "validations": [{
+                    "expression": "request.userInfo.username != 'admin' || object.metadata.namespace != 'flux-system'",
+                    "message": "test policy: the controllers' Deployments are refused",
+                }],
+            },
+        }))
+        .unwrap();
+        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": DENY},
+            "spec": {"policyName": DENY, "validationActions": ["Deny"]},
+        }))
+        .unwrap();
+        Api::<ValidatingAdmissionPolicy>::all(client.clone())
+            .patch(DENY, &params, &Patch::Apply(&policy))
+            .await
+            .unwrap();
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+            .patch(DENY, &params, &Patch::Apply(&binding))
+            .await
+            .unwrap();
+        let deny = DenyDeploymentUpdates { client };
+        deny.wait_until_refused(true).await;
+        deny
+    }
+
+    async fn remove(self) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
+            .delete(DENY, &Default::default())
+            .await;
+        let _ = Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
+            .delete(DENY, &Default::default())
+            .await;
+        self.wait_until_refused(false).await;
+    }
+
+    /// Waits until a dry-run update of a controller's Deployment is refused by the policy (or,
+    /// with `refused` false, no longer): the API server's own answer, observed.
+    async fn wait_until_refused(&self, refused: bool) {
+        let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(self.client.clone(), "flux-system");
+        let mut dry = PatchParams::apply("homelab-flux-test-probe").force();
+        dry.dry_run = true;
+        let probe = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "source-controller", "annotations": {"probe": "x"}},
+        });
+        let by_policy = |r: &Result<_, kube::Error>| {
+            matches!(r, Err(kube::Error::Api(e)) if e.message.contains("test policy"))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while by_policy(
+            &api.patch("source-controller", &dry, &Patch::Apply(&probe))
+                .await,
+        ) != refused
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the policy did not take effect (refused: {refused})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// An upgrade cut short after the CRDs, before the Deployments (here by a policy refusing the
+/// Deployments' update, the state a run killed there leaves): the run ends with the API
+/// server's refusal (exit 2), the controllers still at the old release; the next run finishes
+/// the upgrade and waits for the rollout.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_cut_short_after_the_crds_is_finished_by_the_next_run() {
+    let (c, _exclusive, w) = world::fresh("cutshort").await;
+    deploy_release(c, "v2.9.5", None).await;
+    for name in cluster::FLUX_DEPLOYMENTS {
+        c.wait_rolled_out("flux-system", name, std::time::Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
+    // The CRD as the old release labelled it.
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(c.client().await);
+    let crd_name = "gitrepositories.source.toolkit.fluxcd.io";
+    crds.patch(
+        crd_name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"app.kubernetes.io/version": "v2.9.5"}}})),
+    )
+    .await
+    .unwrap();
+    let new = manifests_file(&w, cluster::FLUX_RELEASE);
+    let deny = DenyDeploymentUpdates::install(c.client().await).await;
+    let r = w.bootstrap(&["--flux-manifests", &new]);
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    assert_has(&r, "test policy: the controllers' Deployments are refused");
+    assert!(releases(c).await.iter().all(|(v, _)| v == "v2.9.5"));
+    let crd = crds.get(crd_name).await.unwrap();
+    assert_eq!(
+        crd.metadata.labels.unwrap_or_default()["app.kubernetes.io/version"],
+        "v2.10.1",
+        "the CRDs were applied before the run stopped"
+    );
+    deny.remove().await;
+
+    let r = w.bootstrap(&["--flux-manifests", &new]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "- Flux v2.9.5 → v2.10.1");
+    assert_has(&r, "Flux's controllers are rolled out");
+    assert_has(&r, &ready_line(w.repo.seeded_commit()));
+    for (label, image) in releases(c).await {
+        assert_eq!(label, "v2.10.1");
+        assert!(image.ends_with(":v1.10.1"), "{image}");
+    }
+}
