@@ -1139,7 +1139,7 @@ pub fn flux_manifests() -> (String, usize) {
 }
 
 /// Flux's install manifests of a release, as [`flux_manifests`], with the CRDs of `crds_dir`
-/// (`target/testenv/crds`, or a release line's `target/testenv/crd-lines/LINE`).
+/// (`target/testenv/crds`, or a folder of an older line's CRDs from `target/testenv/crds-old/`).
 pub fn flux_manifests_at(release: &str, crds_dir: &Path) -> (String, usize) {
     let mut objects = vec![serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace",
