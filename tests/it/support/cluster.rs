@@ -853,6 +853,9 @@ current-context: {context}
             .arg("--manage-all-nodes=false")
             .arg("--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake")
             .arg("--node-ip=10.0.0.1")
+            // The Node's heartbeat, as a kubelet's: without a Lease the controller-manager marks
+            // the Node unreachable after 50 s (tainted: no new Pod scheduled, old ones evicted).
+            .arg("--node-lease-duration-seconds=40")
             .arg(format!("--config={}", stages.display()))
             .arg(format!("--server-address=127.0.0.1:{kwok_port}"));
         let mut kwok = Process::spawn("kwok", command, &self.dir)?;
