@@ -55,12 +55,14 @@ const CONTROLLER_READY: Duration = Duration::from_secs(60);
 const KUBE_CONTROLLERS_READY: Duration = Duration::from_secs(90);
 
 /// The one Node of every cluster: kwok manages it (annotation `kwok.x-k8s.io/node: fake`) and
-/// moves the Pods bound to it through their lifecycle (kwok's stages, `target/testenv/kwok-stages.yaml`).
+/// moves the Pods bound to it through their lifecycle (the stages of
+/// `target/testenv/kwok-stages.yaml`).
 pub const FAKE_NODE: &str = "kwok-node-0";
 
 /// An image that never gets pulled: a Pod using it stays Pending with its containers waiting,
 /// reason `ImagePullBackOff` (our kwok stage matches `homelab-flux-unpullable` in the image).
 pub const UNPULLABLE_IMAGE: &str = "ghcr.io/fluxcd/homelab-flux-unpullable:v0.0.0";
+
 /// A hang guard for CRD deletion once no object of the CRD is left (seconds when idle).
 const CRDS_DELETED: Duration = Duration::from_secs(180);
 
@@ -853,8 +855,9 @@ current-context: {context}
             .arg("--manage-all-nodes=false")
             .arg("--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake")
             .arg("--node-ip=10.0.0.1")
-            // The Node's heartbeat, as a kubelet's: without a Lease the controller-manager marks
-            // the Node unreachable after 50 s (tainted: no new Pod scheduled, old ones evicted).
+            // The Node's heartbeat, as a kubelet's: without a Lease the controller-manager would
+            // mark the Node unreachable after 50 s (tainted: no new Pod scheduled, old ones
+            // evicted). kwok's default of 40 s is not in force with a --config of stages alone.
             .arg("--node-lease-duration-seconds=40")
             .arg(format!("--config={}", stages.display()))
             .arg(format!("--server-address=127.0.0.1:{kwok_port}"));
