@@ -643,3 +643,51 @@ async fn deployments_roll_out_onto_the_fake_node_and_an_unpullable_image_backs_o
         })
         .unwrap();
 }
+
+/// The CRDs of the older release lines that `tests/env/setup` put in `target/testenv/crds-old`
+/// store what the upgrade and migration tests count on: Flux v0.41.2's line `v1beta2` for
+/// GitRepository and Kustomization, v2.2's line `v1` while still serving `v1beta2`; and install
+/// manifests of those lines are made from them (no ExternalArtifact before 2.7).
+#[test]
+fn the_older_lines_crds_store_the_versions_the_migration_tests_need() {
+    let versions = |dir: &std::path::Path, file: &str| -> (String, Vec<String>) {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("{}: {err}: run `tests/env/setup`", path.display()));
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+        let stored = crd.spec.versions.iter().find(|v| v.storage).unwrap();
+        let served = crd
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name.clone());
+        (stored.name.clone(), served.collect())
+    };
+    let git = "source.toolkit.fluxcd.io_gitrepositories.yaml";
+    let ks = "kustomize.toolkit.fluxcd.io_kustomizations.yaml";
+    for (module, version, file, stores, serves) in [
+        ("source-controller", "v0.36.1", git, "v1beta2", "v1beta2"),
+        ("kustomize-controller", "v0.35.1", ks, "v1beta2", "v1beta2"),
+        ("source-controller", "v1.2.5", git, "v1", "v1beta2"),
+        ("kustomize-controller", "v1.2.2", ks, "v1", "v1beta2"),
+    ] {
+        let (stored, served) = versions(&cluster::old_crds_dir(module, version), file);
+        assert_eq!(stored, stores, "{module} {version}");
+        assert!(
+            served.iter().any(|v| v == serves),
+            "{module} {version}: {served:?}"
+        );
+    }
+    let (current, _) = versions(&cluster::testenv_dir().join("crds"), ks);
+    assert_eq!(current, "v1");
+
+    let source = cluster::old_crds_dir("source-controller", "v0.36.1");
+    let kustomize = cluster::old_crds_dir("kustomize-controller", "v0.35.1");
+    let (manifests, count) = cluster::flux_manifests_from("v0.41.2", &[&source, &kustomize]);
+    // The Namespace, five source kinds and Kustomization, the two Deployments.
+    assert_eq!(count, 1 + 6 + 2);
+    assert!(!manifests.contains("externalartifacts"));
+    assert!(manifests.contains("ghcr.io/fluxcd/kustomize-controller:v0.35.1"));
+    assert!(manifests.contains("app.kubernetes.io/version: v0.41.2"));
+}

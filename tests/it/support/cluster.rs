@@ -1063,13 +1063,27 @@ pub const FLUX_DEPLOYMENTS: [&str; 2] = ["source-controller", "kustomize-control
 
 /// The Flux release the test environment's manifests are: the pinned one.
 pub const FLUX_RELEASE: &str = "v2.10.1";
-/// The controllers' image tag of each Flux release the tests use (Flux's `install.yaml`).
+/// The controllers' image tag of each Flux release the tests use (Flux's `install.yaml`; the
+/// older lines' as the `flux2` modules' `manifests/bases` pin them).
 pub fn controller_tag(release: &str, name: &str) -> &'static str {
     match (release, name) {
         ("v2.9.5", "source-controller") => "v1.9.6",
         ("v2.9.5", _) => "v1.9.6",
+        ("v2.2.3", "source-controller") => "v1.2.4",
+        ("v2.2.3", _) => "v1.2.2",
+        ("v0.41.2", "source-controller") => "v0.36.1",
+        ("v0.41.2", _) => "v0.35.1",
         (_, _) => "v1.10.1",
     }
+}
+
+/// The CRDs of an older release line's controller, `target/testenv/crds-old/<module>-<version>`
+/// (`tests/env/README.md`): `source-controller` v0.36.1 or v1.2.5, `kustomize-controller`
+/// v0.35.1 or v1.2.2.
+pub fn old_crds_dir(module: &str, version: &str) -> PathBuf {
+    testenv_dir()
+        .join("crds-old")
+        .join(format!("{module}-{version}"))
 }
 
 /// The labels Flux's `install.yaml` puts on every object of a release.
@@ -1147,12 +1161,19 @@ pub fn flux_manifests() -> (String, usize) {
 /// Flux's install manifests of a release, as [`flux_manifests`], with the CRDs of `crds_dir`
 /// (`target/testenv/crds`, or a folder of an older line's CRDs from `target/testenv/crds-old/`).
 pub fn flux_manifests_at(release: &str, crds_dir: &Path) -> (String, usize) {
+    flux_manifests_from(release, &[crds_dir])
+}
+
+/// Flux's install manifests of a release, as [`flux_manifests_at`], with each CRD from the first
+/// of `crds_dirs` that has it: an older line's are [`old_crds_dir`] of source-controller and of
+/// kustomize-controller.
+pub fn flux_manifests_from(release: &str, crds_dirs: &[&Path]) -> (String, usize) {
     let mut objects = vec![serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "flux-system", "labels": flux_labels(release)},
     })];
     for name in FLUX_CRDS {
-        let Ok(path) = crd_file(crds_dir, name) else {
+        let Some(path) = crds_dirs.iter().find_map(|dir| crd_file(dir, name).ok()) else {
             // An older line without this kind (ExternalArtifact came with 2.7).
             continue;
         };
