@@ -1067,8 +1067,8 @@ pub const FLUX_RELEASE: &str = "v2.10.1";
 /// older lines' as the `flux2` modules' `manifests/bases` pin them).
 pub fn controller_tag(release: &str, name: &str) -> &'static str {
     match (release, name) {
-        ("v2.9.5", "source-controller") => "v1.9.6",
-        ("v2.9.5", _) => "v1.9.6",
+        ("v2.9.5", "source-controller") => "v1.9.5",
+        ("v2.9.5", _) => "v1.9.5",
         ("v2.2.3", "source-controller") => "v1.2.4",
         ("v2.2.3", _) => "v1.2.2",
         ("v0.41.2", "source-controller") => "v0.36.1",
@@ -1101,14 +1101,18 @@ pub fn flux_deployment(name: &str) -> serde_json::Value {
 }
 
 /// A Deployment of a Flux controller of a release, trimmed from Flux's `install.yaml` (the
-/// controller's `config/manager/deployment.yaml` with the install's patches): its labels, its
+/// controller's `config/manager/deployment.yaml` with the patches and label transformers of the
+/// `flux2` module's `manifests/`, as checked for v2.9.5): its labels and its Pod template's, its
 /// selector and strategy, its image and what places the Pod (service account, priority class,
-/// node selector, resource requests). Probes, ports, arguments and volumes are left out: kwok
-/// runs no container, so they change nothing here.
+/// node selector, resource requests). Probes, ports, arguments, environment and volumes are
+/// left out: kwok runs no container, so they change nothing here.
 pub fn flux_deployment_at(name: &str, release: &str) -> serde_json::Value {
-    let mut labels = flux_labels(release);
-    labels["app.kubernetes.io/component"] = name.into();
+    let mut pod_labels = flux_labels(release);
+    pod_labels["app.kubernetes.io/component"] = name.into();
+    let mut labels = pod_labels.clone();
     labels["control-plane"] = "controller".into();
+    // The install's label transformers label the Pod template too: a new release rolls out.
+    pod_labels["app"] = name.into();
     let (cpu, grace) = match name {
         "source-controller" => ("50m", 10),
         _ => ("100m", 60),
@@ -1122,7 +1126,7 @@ pub fn flux_deployment_at(name: &str, release: &str) -> serde_json::Value {
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {
-                    "labels": {"app": name},
+                    "labels": pod_labels,
                     "annotations": {"prometheus.io/port": "8080", "prometheus.io/scrape": "true"},
                 },
                 "spec": {
