@@ -1,6 +1,7 @@
 //! Proves the test environment is real, without any homelab-flux code: the API server is the
-//! Kubernetes version we claim, the Flux CRDs are served, and Flux's own controllers clone from
-//! the SSH and HTTP git servers and apply what they find. If these fail, every end-to-end test
+//! Kubernetes version we claim, the Flux CRDs are served, Flux's own controllers clone from
+//! the SSH and HTTP git servers and apply what they find, and Deployments roll out onto the fake
+//! Node (or show `ImagePullBackOff` for an image that cannot be pulled). If these fail, every end-to-end test
 //! built on `tests/it/support` would fail for reasons that are not the tool's.
 
 use crate::support;
@@ -427,6 +428,13 @@ async fn api_server_restart_keeps_data_and_wipe_rebuilds_the_cluster() {
     );
     cluster.start_api_server();
 
+    // The controller-manager, scheduler and kwok outlive API server restarts (they reconnect).
+    assert!(
+        cluster.kube_controllers_running(),
+        "a controller died with the API server restarts:\n{}",
+        cluster.log_tail("kube-controller-manager", 20)
+    );
+
     cluster.wipe();
     let namespaces: Api<Namespace> = Api::all(cluster.client().await);
     let gone = namespaces
@@ -434,6 +442,12 @@ async fn api_server_restart_keeps_data_and_wipe_rebuilds_the_cluster() {
         .await
         .expect("listing after the wipe");
     assert!(gone.is_none(), "the wipe kept namespace `env-wipe`");
+    assert!(cluster.kube_controllers_running());
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client().await);
+    nodes
+        .get(cluster::FAKE_NODE)
+        .await
+        .expect("the fake Node is back after the wipe");
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client().await);
     for name in FLUX_CRDS {
         crds.get(name)
@@ -494,4 +508,186 @@ fn processes_die_with_the_test_binary() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Flux's Deployments (the test install manifests of the pinned release) roll out onto the fake
+/// Node: 1/1 available, their Pods bound to it and Running. A Deployment whose image cannot be
+/// pulled has its Pod waiting with `ImagePullBackOff` and never becomes available. Deleting
+/// its namespace takes its objects with it (the namespace controller and the garbage collector
+/// run).
+#[tokio::test]
+async fn deployments_roll_out_onto_the_fake_node_and_an_unpullable_image_backs_off() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    let cluster = cluster::cluster();
+    let _shared = cluster.shared().await;
+    cluster.apply_flux_deployments();
+    let client = cluster.client().await;
+    let begin = Instant::now();
+    for name in cluster::FLUX_DEPLOYMENTS {
+        cluster
+            .wait_rolled_out(FLUX_NAMESPACE, name, RECONCILE_TIMEOUT)
+            .await
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        let d = Api::<Deployment>::namespaced(client.clone(), FLUX_NAMESPACE)
+            .get(name)
+            .await
+            .unwrap();
+        let status = d.status.unwrap();
+        assert_eq!(
+            (status.available_replicas, status.ready_replicas),
+            (Some(1), Some(1)),
+            "{name}"
+        );
+    }
+    eprintln!("Flux Deployments rolled out in {:.1?}", begin.elapsed());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), FLUX_NAMESPACE);
+    for name in cluster::FLUX_DEPLOYMENTS {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&format!("app={name}")))
+            .await
+            .unwrap();
+        let running: Vec<_> = list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect();
+        assert_eq!(running.len(), 1, "one Running Pod of {name}");
+        let pod = running[0];
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some(cluster::FAKE_NODE)
+        );
+        let image = pod.spec.as_ref().unwrap().containers[0].image.clone();
+        assert_eq!(
+            image.as_deref(),
+            Some(
+                format!(
+                    "ghcr.io/fluxcd/{name}:{}",
+                    cluster::controller_tag(cluster::FLUX_RELEASE, name)
+                )
+                .as_str()
+            )
+        );
+    }
+
+    // An image that cannot be pulled, in a namespace of its own.
+    let namespace = "env-unpullable";
+    apply_namespace(&client, namespace).await;
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "broken", "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "broken"}},
+            "template": {
+                "metadata": {"labels": {"app": "broken"}},
+                "spec": {"containers": [{"name": "manager", "image": cluster::UNPULLABLE_IMAGE}]},
+            },
+        },
+    });
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    deployments
+        .patch(
+            "broken",
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
+        .await
+        .unwrap();
+    let pod = cluster
+        .wait_pod_waiting(
+            namespace,
+            "app=broken",
+            "ImagePullBackOff",
+            RECONCILE_TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let status = pod.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    let waiting = status.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert!(
+        waiting
+            .message
+            .unwrap_or_default()
+            .contains(cluster::UNPULLABLE_IMAGE)
+    );
+    let d = deployments.get("broken").await.unwrap();
+    assert_eq!(d.status.unwrap().available_replicas.unwrap_or(0), 0);
+
+    // The namespace goes, and what was in it.
+    Api::<Namespace>::all(client.clone())
+        .delete(namespace, &Default::default())
+        .await
+        .unwrap();
+    let gone = kube::runtime::wait::await_condition(
+        Api::<Namespace>::all(client.clone()),
+        namespace,
+        |n: Option<&Namespace>| n.is_none(),
+    );
+    tokio::time::timeout(RECONCILE_TIMEOUT, gone)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "namespace {namespace} not deleted:\n{}",
+                cluster.log_tail("kube-controller-manager", 20)
+            )
+        })
+        .unwrap();
+}
+
+/// The CRDs of the older release lines that `tests/env/setup` put in `target/testenv/crds-old`
+/// store what the upgrade and migration tests count on: Flux v0.41.2's line `v1beta2` for
+/// GitRepository and Kustomization, v2.2's line `v1` while still serving `v1beta2`; and install
+/// manifests of those lines are made from them (no ExternalArtifact before 2.7).
+#[test]
+fn the_older_lines_crds_store_the_versions_the_migration_tests_need() {
+    let versions = |dir: &std::path::Path, file: &str| -> (String, Vec<String>) {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("{}: {err}: run `tests/env/setup`", path.display()));
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+        let stored = crd.spec.versions.iter().find(|v| v.storage).unwrap();
+        let served = crd
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name.clone());
+        (stored.name.clone(), served.collect())
+    };
+    let git = "source.toolkit.fluxcd.io_gitrepositories.yaml";
+    let ks = "kustomize.toolkit.fluxcd.io_kustomizations.yaml";
+    for (module, version, file, stores, serves) in [
+        ("source-controller", "v0.36.1", git, "v1beta2", "v1beta2"),
+        ("kustomize-controller", "v0.35.1", ks, "v1beta2", "v1beta2"),
+        ("source-controller", "v1.2.5", git, "v1", "v1beta2"),
+        ("kustomize-controller", "v1.2.2", ks, "v1", "v1beta2"),
+    ] {
+        let (stored, served) = versions(&cluster::old_crds_dir(module, version), file);
+        assert_eq!(stored, stores, "{module} {version}");
+        assert!(
+            served.iter().any(|v| v == serves),
+            "{module} {version}: {served:?}"
+        );
+    }
+    let (current, _) = versions(&cluster::testenv_dir().join("crds"), ks);
+    assert_eq!(current, "v1");
+
+    let source = cluster::old_crds_dir("source-controller", "v0.36.1");
+    let kustomize = cluster::old_crds_dir("kustomize-controller", "v0.35.1");
+    let (manifests, count) = cluster::flux_manifests_from("v0.41.2", &[&source, &kustomize]);
+    // The Namespace, five source kinds and Kustomization, the two Deployments.
+    assert_eq!(count, 1 + 6 + 2);
+    assert!(!manifests.contains("externalartifacts"));
+    assert!(manifests.contains("ghcr.io/fluxcd/kustomize-controller:v0.35.1"));
+    assert!(manifests.contains("app.kubernetes.io/version: v0.41.2"));
 }

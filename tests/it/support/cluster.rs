@@ -1,6 +1,10 @@
 //! A real Kubernetes control plane on loopback for the integration tests: etcd and kube-apiserver
-//! with the seven Flux CRDs installed, and on demand Flux's source-controller and
-//! kustomize-controller running against it as plain processes.
+//! with the seven Flux CRDs installed; kube-controller-manager, kube-scheduler and kwok with one
+//! fake Node ([`FAKE_NODE`]), so that Deployments roll out (ReplicaSets, Pods bound and Running),
+//! garbage collection happens and deleted namespaces go; and on demand Flux's source-controller
+//! and kustomize-controller running against it as plain processes. (The controllers do the
+//! reconciling; the Deployments of Flux's install manifests roll out onto the fake Node, so their
+//! labels and health are the ones a real cluster shows.)
 //!
 //! The binaries come from `tests/env/setup`, which builds them into `target/testenv/bin`. The
 //! environment starts once per test binary ([`cluster`]) on free loopback ports, with a kubeconfig
@@ -26,10 +30,12 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::await_condition;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Name of the kubeconfig context (and cluster) the tests use.
@@ -45,6 +51,18 @@ const ETCD_READY: Duration = Duration::from_secs(30);
 const APISERVER_READY: Duration = Duration::from_secs(90);
 const CRDS_ESTABLISHED: Duration = Duration::from_secs(60);
 const CONTROLLER_READY: Duration = Duration::from_secs(60);
+/// A hang guard for kube-controller-manager's first work and kwok's Node turning Ready.
+const KUBE_CONTROLLERS_READY: Duration = Duration::from_secs(90);
+
+/// The one Node of every cluster: kwok manages it (annotation `kwok.x-k8s.io/node: fake`) and
+/// moves the Pods bound to it through their lifecycle (the stages of
+/// `target/testenv/kwok-stages.yaml`).
+pub const FAKE_NODE: &str = "kwok-node-0";
+
+/// An image that never gets pulled: a Pod using it stays Pending with its containers waiting,
+/// reason `ImagePullBackOff` (our kwok stage matches `homelab-flux-unpullable` in the image).
+pub const UNPULLABLE_IMAGE: &str = "ghcr.io/fluxcd/homelab-flux-unpullable:v0.0.0";
+
 /// A hang guard for CRD deletion once no object of the CRD is left (seconds when idle).
 const CRDS_DELETED: Duration = Duration::from_secs(180);
 
@@ -125,7 +143,15 @@ pub struct Cluster {
 struct State {
     etcd: Option<Process>,
     apiserver: Option<Process>,
+    kube: Option<KubeControllers>,
     flux: Option<Flux>,
+}
+
+/// What a bare API server lacks to run Pods (killed when dropped).
+struct KubeControllers {
+    controller_manager: Process,
+    scheduler: Process,
+    kwok: Process,
 }
 
 /// The running Flux controllers (killed when dropped).
@@ -176,6 +202,8 @@ impl Cluster {
         cluster.write_kubeconfig()?;
         cluster.wait_api_ready()?;
         cluster.apply_crds()?;
+        let kube = cluster.start_kube_controllers()?;
+        cluster.lock().kube = Some(kube);
         Ok(cluster)
     }
 
@@ -278,9 +306,10 @@ impl Cluster {
             .is_some_and(Process::is_running)
     }
 
-    /// "The cluster was rebuilt": stops the Flux controllers and the API server, deletes etcd's
-    /// data, starts everything again (the controllers only if they were running) and reinstalls
-    /// the Flux CRDs. Same ports, same kubeconfig.
+    /// "The cluster was rebuilt": stops the Flux controllers, kwok, the scheduler, the
+    /// controller-manager and the API server, deletes etcd's data, starts everything again (the
+    /// Flux controllers only if they were running), reinstalls the Flux CRDs and the fake Node.
+    /// Same ports, same kubeconfig.
     pub fn wipe(&self) {
         self.try_wipe()
             .unwrap_or_else(|err| panic!("wiping the test cluster failed: {err:#}"));
@@ -292,6 +321,8 @@ impl Cluster {
             let flux = state.flux.take();
             let was_running = flux.is_some();
             drop(flux);
+            // Their caches hold the old cluster: they start again with the new one.
+            drop(state.kube.take());
             drop(state.apiserver.take());
             drop(state.etcd.take());
             was_running
@@ -307,6 +338,8 @@ impl Cluster {
         }
         self.wait_api_ready()?;
         self.apply_crds()?;
+        let kube = self.start_kube_controllers()?;
+        self.lock().kube = Some(kube);
         if flux_was_running {
             self.start_flux();
         }
@@ -385,10 +418,10 @@ impl Cluster {
     }
 
     /// Applies the Namespace `flux-system` and the Deployments `source-controller` and
-    /// `kustomize-controller` in it, as Flux's `install.yaml` holds them. A bare API server runs
-    /// no Pods, so the Deployments never become available: the controllers run as processes of
-    /// this support instead, and the Deployment objects stand for them, as on a cluster where
-    /// Flux is installed. [`Cluster::stop_flux`] leaves them (a controller scaled to zero).
+    /// `kustomize-controller` in it, as Flux's `install.yaml` holds them. They roll out onto the
+    /// fake Node (kwok runs no container: the Pods' images are never pulled), while the
+    /// controllers that do the work run as processes of this support. Returns once applied, not
+    /// rolled out: see [`Cluster::wait_rolled_out`]. [`Cluster::stop_flux`] leaves them.
     pub fn apply_flux_deployments(&self) {
         let kubeconfig = self.kubeconfig.clone();
         block_on(async move {
@@ -435,8 +468,110 @@ impl Cluster {
         drop(self.lock().flux.take());
     }
 
-    /// Last lines of a component's log: `etcd`, `kube-apiserver`, `source-controller` or
-    /// `kustomize-controller`. Useful in assertion messages.
+    /// Waits until the Deployment `namespace/name` has rolled out ([`rolled_out`]: its latest
+    /// generation observed, every replica updated and available). Watches the Deployment;
+    /// `timeout` is a hang guard only, and its error holds the Deployment's status, its Pods'
+    /// states and the last lines of the logs of the components that roll it out.
+    pub async fn wait_rolled_out(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let client = self.client().await;
+        let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+        let done = |d: Option<&Deployment>| d.is_some_and(rolled_out);
+        match tokio::time::timeout(timeout, await_condition(api.clone(), name, done)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => {
+                Err(anyhow!(err).context(format!("watching Deployment {namespace}/{name}")))
+            }
+            Err(_) => {
+                let status = match api.get_opt(name).await {
+                    Ok(Some(d)) => serde_json::to_string(&d.status).unwrap_or_default(),
+                    Ok(None) => "(no such Deployment)".to_owned(),
+                    Err(err) => format!("(reading it: {err})"),
+                };
+                let pods = pod_states(&client, namespace).await;
+                bail!(
+                    "Deployment {namespace}/{name} not rolled out after {timeout:?}; status: {status}\n\
+                     Pods in {namespace}: {pods}\n{}",
+                    self.kube_logs()
+                )
+            }
+        }
+    }
+
+    /// Waits until a Pod of `namespace` matching `label_selector` has a container waiting with
+    /// `reason` (`ImagePullBackOff` for [`UNPULLABLE_IMAGE`]) and returns that Pod. Watches the
+    /// Pods; `timeout` is a hang guard only.
+    pub async fn wait_pod_waiting(
+        &self,
+        namespace: &str,
+        label_selector: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<Pod> {
+        use futures::TryStreamExt as _;
+        use kube::runtime::{WatchStreamExt as _, watcher};
+        let client = self.client().await;
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let config = watcher::Config::default().labels(label_selector);
+        let waiting = |pod: &Pod| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|statuses| {
+                    statuses.iter().any(|c| {
+                        c.state
+                            .as_ref()
+                            .and_then(|s| s.waiting.as_ref())
+                            .and_then(|w| w.reason.as_deref())
+                            == Some(reason)
+                    })
+                })
+        };
+        let found = async {
+            let mut pods = std::pin::pin!(watcher(api, config).applied_objects());
+            while let Some(pod) = pods.try_next().await? {
+                if waiting(&pod) {
+                    return Ok(pod);
+                }
+            }
+            bail!("the watch of Pods ended")
+        };
+        match tokio::time::timeout(timeout, found).await {
+            Ok(result) => result,
+            Err(_) => bail!(
+                "no Pod `{label_selector}` in {namespace} waiting with {reason} after {timeout:?}; Pods: {}\n{}",
+                pod_states(&client, namespace).await,
+                self.kube_logs()
+            ),
+        }
+    }
+
+    /// Whether kube-controller-manager, kube-scheduler and kwok all run (none crashed; they are
+    /// stopped only by [`Cluster::wipe`], which starts them again).
+    pub fn kube_controllers_running(&self) -> bool {
+        let mut state = self.lock();
+        state.kube.as_mut().is_some_and(|k| {
+            [&mut k.controller_manager, &mut k.scheduler, &mut k.kwok]
+                .into_iter()
+                .all(Process::is_running)
+        })
+    }
+
+    /// The last lines of the logs of kube-controller-manager, kube-scheduler and kwok.
+    fn kube_logs(&self) -> String {
+        ["kube-controller-manager", "kube-scheduler", "kwok"]
+            .iter()
+            .map(|name| format!("last lines of {name}.log:\n{}", self.log_tail(name, 15)))
+            .collect()
+    }
+
+    /// Last lines of a component's log: `etcd`, `kube-apiserver`, `kube-controller-manager`,
+    /// `kube-scheduler`, `kwok`, `source-controller` or `kustomize-controller`. Useful in
+    /// assertion messages.
     pub fn log_tail(&self, component: &str, lines: usize) -> String {
         tail(&self.dir.join(format!("{component}.log")), lines)
     }
@@ -680,6 +815,139 @@ current-context: {context}
         })
     }
 
+    /// Applies the fake Node, starts kube-controller-manager, kube-scheduler and kwok, and waits
+    /// until kwok has made the Node Ready and the controller-manager has done its first work
+    /// (the `default` ServiceAccount of `default`). The scheduler needs no more than the API
+    /// server; that it still runs then is checked.
+    fn start_kube_controllers(&self) -> Result<KubeControllers> {
+        let begin = Instant::now();
+        self.apply_fake_node()?;
+        let kubeconfig = self.kubeconfig.display().to_string();
+
+        let mut command = Command::new(testenv_binary("kube-controller-manager"));
+        command
+            .arg(format!("--kubeconfig={kubeconfig}"))
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0")
+            .arg("--use-service-account-credentials=false")
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                self.dir.join("sa.key").display()
+            ))
+            .arg("--controllers=*,-serviceaccount-token");
+        let mut controller_manager = Process::spawn("kube-controller-manager", command, &self.dir)?;
+
+        let mut command = Command::new(testenv_binary("kube-scheduler"));
+        command
+            .arg(format!("--kubeconfig={kubeconfig}"))
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0");
+        let mut scheduler = Process::spawn("kube-scheduler", command, &self.dir)?;
+
+        let stages = testenv_dir().join("kwok-stages.yaml");
+        if !stages.is_file() {
+            bail!("{} is missing: run `tests/env/setup`", stages.display());
+        }
+        let kwok_port = free_port();
+        let mut command = Command::new(testenv_binary("kwok"));
+        command
+            .arg(format!("--kubeconfig={kubeconfig}"))
+            .arg("--manage-all-nodes=false")
+            .arg("--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake")
+            .arg("--node-ip=10.0.0.1")
+            // The Node's heartbeat, as a kubelet's: without a Lease the controller-manager would
+            // mark the Node unreachable after 50 s (tainted: no new Pod scheduled, old ones
+            // evicted). kwok's default of 40 s is not in force with a --config of stages alone.
+            .arg("--node-lease-duration-seconds=40")
+            .arg(format!("--config={}", stages.display()))
+            .arg(format!("--server-address=127.0.0.1:{kwok_port}"));
+        let mut kwok = Process::spawn("kwok", command, &self.dir)?;
+        kwok.wait_ready(CONTROLLER_READY, "kwok /healthz", || {
+            http_get(kwok_port, "/healthz").is_ok()
+        })?;
+
+        let kubeconfig = self.kubeconfig.clone();
+        let ready = block_on(async move {
+            let client = client_for(&kubeconfig).await?;
+            let nodes: Api<Node> = Api::all(client.clone());
+            let node_ready = |n: Option<&Node>| {
+                n.and_then(|n| n.status.as_ref())
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            };
+            let accounts: Api<ServiceAccount> = Api::namespaced(client, "default");
+            let made = |a: Option<&ServiceAccount>| a.is_some();
+            tokio::time::timeout(KUBE_CONTROLLERS_READY, async {
+                await_condition(nodes, FAKE_NODE, node_ready).await?;
+                await_condition(accounts, "default", made).await?;
+                anyhow::Ok(())
+            })
+            .await
+            .map_err(|_| anyhow!("not ready after {KUBE_CONTROLLERS_READY:?}"))?
+        });
+        if let Err(err) = ready {
+            return Err(err.context(format!(
+                "Node `{FAKE_NODE}` Ready (kwok) and ServiceAccount default/default \
+                 (kube-controller-manager)\n{}",
+                self.kube_logs()
+            )));
+        }
+        for process in [&mut controller_manager, &mut scheduler, &mut kwok] {
+            if !process.is_running() {
+                bail!(
+                    "{} exited; last lines of its log:\n{}",
+                    process.name,
+                    tail(&process.log, 40)
+                );
+            }
+        }
+        log(&format!(
+            "controller-manager, scheduler, kwok and Node ready in {:.1?}",
+            begin.elapsed()
+        ));
+        Ok(KubeControllers {
+            controller_manager,
+            scheduler,
+            kwok,
+        })
+    }
+
+    /// Applies [`FAKE_NODE`]: annotated for kwok, with room for every Pod the tests make.
+    fn apply_fake_node(&self) -> Result<()> {
+        let node = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": FAKE_NODE,
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "kubernetes.io/arch": "amd64",
+                    "kubernetes.io/hostname": FAKE_NODE,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/role": "agent",
+                    "type": "kwok",
+                },
+            },
+            "status": {
+                "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            },
+        });
+        let kubeconfig = self.kubeconfig.clone();
+        block_on(async move {
+            let client = client_for(&kubeconfig).await?;
+            Api::<Node>::all(client)
+                .patch(
+                    FAKE_NODE,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&node),
+                )
+                .await
+                .with_context(|| format!("applying the Node `{FAKE_NODE}`"))?;
+            Ok(())
+        })
+    }
+
     fn spawn_flux(&self) -> Result<Flux> {
         self.wait_flux_discovery()?;
         let storage = self.dir.join("flux-storage");
@@ -737,18 +1005,85 @@ current-context: {context}
     }
 }
 
+/// Whether a Deployment has rolled out: the controller-manager has seen its latest generation
+/// (`observedGeneration == generation`) and `spec.replicas` replicas (1 if unset) are there, all
+/// updated and available (no old one left).
+pub fn rolled_out(d: &Deployment) -> bool {
+    let (Some(spec), Some(status)) = (&d.spec, &d.status) else {
+        return false;
+    };
+    let want = spec.replicas.unwrap_or(1);
+    status.observed_generation.is_some()
+        && status.observed_generation == d.metadata.generation
+        && status.replicas.unwrap_or(0) == want
+        && status.updated_replicas.unwrap_or(0) == want
+        && status.available_replicas.unwrap_or(0) == want
+}
+
+/// `name: phase [container: state reason]`, for each Pod of a namespace: for failure messages.
+async fn pod_states(client: &kube::Client, namespace: &str) -> String {
+    let pods = match Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&Default::default())
+        .await
+    {
+        Ok(list) => list.items,
+        Err(err) => return format!("(listing them: {err})"),
+    };
+    let mut out = String::new();
+    for pod in pods {
+        let status = pod.status.unwrap_or_default();
+        let _ = write!(
+            out,
+            "\n  {} on {}: {}",
+            pod.metadata.name.unwrap_or_default(),
+            pod.spec
+                .and_then(|s| s.node_name)
+                .unwrap_or_else(|| "(no node)".into()),
+            status.phase.unwrap_or_default()
+        );
+        for c in status.container_statuses.unwrap_or_default() {
+            let state = c.state.unwrap_or_default();
+            let what = if let Some(w) = state.waiting {
+                format!("waiting {}", w.reason.unwrap_or_default())
+            } else if state.running.is_some() {
+                "running".to_owned()
+            } else if let Some(t) = state.terminated {
+                format!("terminated {}", t.reason.unwrap_or_default())
+            } else {
+                "unknown".to_owned()
+            };
+            let _ = write!(out, " [{}: {what}, ready {}]", c.name, c.ready);
+        }
+    }
+    out
+}
+
 /// The controllers whose Deployments mean "Flux is installed" to homelab-flux.
 pub const FLUX_DEPLOYMENTS: [&str; 2] = ["source-controller", "kustomize-controller"];
 
 /// The Flux release the test environment's manifests are: the pinned one.
 pub const FLUX_RELEASE: &str = "v2.10.1";
-/// The controllers' image tag of each Flux release the tests use (Flux's `install.yaml`).
+/// The controllers' image tag of each Flux release the tests use (Flux's `install.yaml`; the
+/// older lines' as the `flux2` modules' `manifests/bases` pin them).
 pub fn controller_tag(release: &str, name: &str) -> &'static str {
     match (release, name) {
-        ("v2.9.5", "source-controller") => "v1.9.6",
-        ("v2.9.5", _) => "v1.9.6",
+        ("v2.9.5", "source-controller") => "v1.9.5",
+        ("v2.9.5", _) => "v1.9.5",
+        ("v2.2.3", "source-controller") => "v1.2.4",
+        ("v2.2.3", _) => "v1.2.2",
+        ("v0.41.2", "source-controller") => "v0.36.1",
+        ("v0.41.2", _) => "v0.35.1",
         (_, _) => "v1.10.1",
     }
+}
+
+/// The CRDs of an older release line's controller, `target/testenv/crds-old/<module>-<version>`
+/// (`tests/env/README.md`): `source-controller` v0.36.1 or v1.2.5, `kustomize-controller`
+/// v0.35.1 or v1.2.2.
+pub fn old_crds_dir(module: &str, version: &str) -> PathBuf {
+    testenv_dir()
+        .join("crds-old")
+        .join(format!("{module}-{version}"))
 }
 
 /// The labels Flux's `install.yaml` puts on every object of a release.
@@ -765,13 +1100,24 @@ pub fn flux_deployment(name: &str) -> serde_json::Value {
     flux_deployment_at(name, FLUX_RELEASE)
 }
 
-/// A Deployment of a Flux controller of a release, trimmed from Flux's `install.yaml`: its
-/// labels and its image.
+/// A Deployment of a Flux controller of a release, trimmed from Flux's `install.yaml` (the
+/// controller's `config/manager/deployment.yaml` with the patches and label transformers of the
+/// `flux2` module's `manifests/`, as checked for v2.9.5): its labels and its Pod template's, its
+/// selector and strategy, its image and what places the Pod (service account, priority class,
+/// node selector, resource requests). Probes, ports, arguments, environment and volumes are
+/// left out: kwok runs no container, so they change nothing here.
 pub fn flux_deployment_at(name: &str, release: &str) -> serde_json::Value {
-    let mut labels = flux_labels(release);
-    labels["app.kubernetes.io/component"] = name.into();
+    let mut pod_labels = flux_labels(release);
+    pod_labels["app.kubernetes.io/component"] = name.into();
+    let mut labels = pod_labels.clone();
     labels["control-plane"] = "controller".into();
-    serde_json::json!({
+    // The install's label transformers label the Pod template too: a new release rolls out.
+    pod_labels["app"] = name.into();
+    let (cpu, grace) = match name {
+        "source-controller" => ("50m", 10),
+        _ => ("100m", 60),
+    };
+    let mut deployment = serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": "flux-system", "labels": labels},
@@ -779,11 +1125,33 @@ pub fn flux_deployment_at(name: &str, release: &str) -> serde_json::Value {
             "replicas": 1,
             "selector": {"matchLabels": {"app": name}},
             "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "manager", "image": format!("ghcr.io/fluxcd/{name}:{}", controller_tag(release, name))}]},
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {"prometheus.io/port": "8080", "prometheus.io/scrape": "true"},
+                },
+                "spec": {
+                    "containers": [{
+                        "name": "manager",
+                        "image": format!("ghcr.io/fluxcd/{name}:{}", controller_tag(release, name)),
+                        "imagePullPolicy": "IfNotPresent",
+                        "resources": {
+                            "limits": {"cpu": "1000m", "memory": "1Gi"},
+                            "requests": {"cpu": cpu, "memory": "64Mi"},
+                        },
+                    }],
+                    "nodeSelector": {"kubernetes.io/os": "linux"},
+                    "priorityClassName": "system-cluster-critical",
+                    "serviceAccountName": name,
+                    "terminationGracePeriodSeconds": grace,
+                },
             },
         },
-    })
+    });
+    if name == "source-controller" {
+        // Its storage volume is not shared between Pods (kustomize-controller has the default).
+        deployment["spec"]["strategy"] = serde_json::json!({"type": "Recreate"});
+    }
+    deployment
 }
 
 /// Flux's install manifests as this environment has them: the Namespace `flux-system`, the
@@ -795,14 +1163,21 @@ pub fn flux_manifests() -> (String, usize) {
 }
 
 /// Flux's install manifests of a release, as [`flux_manifests`], with the CRDs of `crds_dir`
-/// (`target/testenv/crds`, or a release line's `target/testenv/crd-lines/LINE`).
+/// (`target/testenv/crds`, or a folder of an older line's CRDs from `target/testenv/crds-old/`).
 pub fn flux_manifests_at(release: &str, crds_dir: &Path) -> (String, usize) {
+    flux_manifests_from(release, &[crds_dir])
+}
+
+/// Flux's install manifests of a release, as [`flux_manifests_at`], with each CRD from the first
+/// of `crds_dirs` that has it: an older line's are [`old_crds_dir`] of source-controller and of
+/// kustomize-controller.
+pub fn flux_manifests_from(release: &str, crds_dirs: &[&Path]) -> (String, usize) {
     let mut objects = vec![serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "flux-system", "labels": flux_labels(release)},
     })];
     for name in FLUX_CRDS {
-        let Ok(path) = crd_file(crds_dir, name) else {
+        let Some(path) = crds_dirs.iter().find_map(|dir| crd_file(dir, name).ok()) else {
             // An older line without this kind (ExternalArtifact came with 2.7).
             continue;
         };
