@@ -16,6 +16,8 @@ use serde_json::Value;
 use crate::flux::{self, FluxParts, Kind};
 
 mod install;
+mod uninstall;
+pub use uninstall::{Removal, known};
 pub mod lease;
 mod watch;
 pub use install::Write;
