@@ -100,7 +100,7 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
 /// The GitHub side: a client and the repository, or why there is none.
 enum GitHubSide {
     Client {
-        gh: crate::github::GitHub,
+        gh: Box<crate::github::GitHub>,
         owner: String,
         name: String,
     },
@@ -120,7 +120,7 @@ fn github_side(global: &Global, ui: &Ui) -> Result<GitHubSide, Error> {
             (Auth::DeployKey, Some(Credential { token, .. })) => {
                 let gh = super::github_client(&cfg, &token, ui)?;
                 Ok(GitHubSide::Client {
-                    gh,
+                    gh: Box::new(gh),
                     owner: cfg.repo.owner.to_string(),
                     name: cfg.repo.name.to_string(),
                 })
