@@ -205,3 +205,31 @@ impl<T, E> ErrOrNone for Result<Option<T>, E> {
         !matches!(self, Ok(Some(_)))
     }
 }
+
+/// A cluster that cannot be reached: exit 2 with the message the other commands give, no
+/// configuration needed, and the canary token (in the environment) never shown.
+#[test]
+fn an_unreachable_cluster_is_exit_2_with_the_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = cluster::free_port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: gone\n  context: {{cluster: gone, user: gone}}\ncurrent-context: gone\nusers:\n- name: gone\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let token = crate::support::cli::canary_token();
+    let mut cmd = crate::support::cli::command(dir.path());
+    cmd.args(["-vv", "uninstall", "--yes", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env("HOMELAB_FLUX_TOKEN", &token);
+    let r = crate::support::cli::run(cmd);
+    crate::support::cli::assert_no_leak(&token, &r.transcript(), "uninstall");
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    assert_has(
+        &r,
+        &format!("error: cannot reach the Kubernetes API server at http://127.0.0.1:{port}/ ("),
+    );
+}
