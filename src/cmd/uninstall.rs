@@ -1,7 +1,7 @@
 //! `homelab-flux uninstall`: remove Flux and what `bootstrap` made (SPEC §4b).
 //!
 //! Read (the cluster, then GitHub's keys when a token is at hand), decide
-//! ([`plan::uninstall::plan`]), show the plan, ask, act. The writes go in the plan's order: the
+//! ([`crate::plan::uninstall::plan`]), show the plan, ask, act. The writes go in the plan's order: the
 //! finalizers first (so that no controller prunes what it applied), the Flux resources, the
 //! controllers, this cluster's deploy key, the CRDs, the Namespace. Each is idempotent and each
 //! stop leaves what the next run reads and finishes: the key goes before the Namespace, whose
