@@ -384,4 +384,36 @@ mod tests {
             serde_json::json!({"step": "applied", "kind": "GitRepository", "name": "flux-system/flux-system", "change": "unchanged"})
         );
     }
+
+    #[test]
+    fn the_steps_of_uninstall() {
+        let deleted = Step::Deleted {
+            what: "the CRDs",
+            names: vec!["CustomResourceDefinition a".to_string()],
+        };
+        assert_eq!(
+            step_lines(&deleted, false),
+            ["deleted the CRDs: CustomResourceDefinition a"]
+        );
+        assert_eq!(
+            step_lines(&deleted, true),
+            ["(dry run) would delete the CRDs: CustomResourceDefinition a"]
+        );
+        let plan = Step::ToRemove {
+            what: vec!["Namespace flux-system".to_string()],
+        };
+        assert_eq!(
+            step_lines(&plan, true),
+            ["(dry run) uninstall removes:", "    Namespace flux-system"]
+        );
+        let by_hand = Step::KeyByHand {
+            fingerprint: "SHA256:x".to_string(),
+            reason: crate::plan::uninstall::NoGitHub::NoToken,
+        };
+        assert_eq!(
+            serde_json::to_value(&by_hand).unwrap(),
+            serde_json::json!({"step": "key_by_hand", "fingerprint": "SHA256:x", "reason": "no_token"})
+        );
+        assert!(step_lines(&by_hand, false)[0].contains("by hand"));
+    }
 }

@@ -105,9 +105,6 @@ impl Plan {
     }
 }
 
-/// The Secrets of `flux-system` that bootstrap writes.
-pub const BOOTSTRAP_SECRETS: [&str; 2] = [crate::flux::NAME, crate::flux::SOPS_SECRET];
-
 /// Decides what `uninstall` does. `fingerprint` gives a public key's `SHA256:` fingerprint.
 pub fn plan(found: &Found, keep_namespace: bool, fingerprint: impl Fn(&str) -> String) -> Plan {
     let key = match (&found.public_key, &found.keys) {
