@@ -52,6 +52,7 @@ pub enum Command {
     Validate(cmd::validate::Args),
     Bootstrap(cmd::bootstrap::Args),
     Status(cmd::status::Args),
+    Uninstall(cmd::uninstall::Args),
     Completions(cmd::completions::Args),
     Man(cmd::completions::ManArgs),
 }

@@ -565,6 +565,29 @@ pub fn not_ready_hint(message: &str) -> &'static str {
     }
 }
 
+/// One object in the cluster, by its API resource.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectRef {
+    /// `group/version` (`v1` for the core group).
+    pub api_version: String,
+    pub kind: String,
+    /// The resource's plural, as the API server's paths name it.
+    pub plural: String,
+    /// `None` for a cluster-scoped object.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// `Kind namespace/name`, or `Kind name` for a cluster-scoped object.
+    pub fn shown(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
 

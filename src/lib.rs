@@ -71,6 +71,8 @@ pub enum Error {
     Bootstrap(#[from] cmd::bootstrap::Error),
     #[error(transparent)]
     Status(#[from] cmd::status::Error),
+    #[error(transparent)]
+    Uninstall(#[from] cmd::uninstall::Error),
     /// `completions` and `man` could not write their output.
     #[error("cannot write the output")]
     Output(#[source] io::Error),
@@ -84,6 +86,7 @@ impl Error {
             Error::Validate(e) => e.exit_code(),
             Error::Bootstrap(e) => e.exit_code(),
             Error::Status(e) => e.exit_code(),
+            Error::Uninstall(e) => e.exit_code(),
             Error::Output(_) => 2,
         }
     }
@@ -96,6 +99,7 @@ impl Error {
             Error::Validate(e) => e.is_reported(),
             Error::Bootstrap(e) => e.is_reported(),
             Error::Status(e) => e.is_reported(),
+            Error::Uninstall(e) => e.is_reported(),
             Error::Output(_) => false,
         }
     }
@@ -117,6 +121,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<(), Error> {
         Command::Validate(args) => Ok(cmd::validate::run(&args, &(&args.config).into(), ui)?),
         Command::Bootstrap(args) => Ok(cmd::bootstrap::run(&args, &(&args.config).into(), ui)?),
         Command::Status(args) => Ok(cmd::status::run(&args, &(&args.config).into(), ui)?),
+        Command::Uninstall(args) => Ok(cmd::uninstall::run(&args, &(&args.config).into(), ui)?),
         Command::Completions(args) => {
             cmd::completions::run(&args, Cli::command(), ui).map_err(Error::Output)
         }

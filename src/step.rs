@@ -148,6 +148,36 @@ pub enum Step {
         commit: String,
         moved_from: Option<String>,
     },
+    /// `uninstall`: what it removes, in order, one line each.
+    ToRemove {
+        what: Vec<String>,
+    },
+    /// `uninstall`: nothing of Flux is left in the cluster, nor this cluster's key on GitHub.
+    NothingToRemove,
+    /// `uninstall`: the finalizers of these Flux resources were removed (and each suspended).
+    FinalizersRemoved {
+        names: Vec<String>,
+    },
+    /// `uninstall`: objects deleted (`what`: which part of Flux they are).
+    Deleted {
+        what: &'static str,
+        names: Vec<String>,
+    },
+    /// `uninstall`: this cluster's deploy key was deleted on GitHub.
+    KeyDeleted {
+        title: String,
+        id: u64,
+        fingerprint: String,
+    },
+    /// `uninstall`: the key in the cluster is not registered on GitHub.
+    KeyNotRegistered {
+        fingerprint: String,
+    },
+    /// `uninstall`: the deploy key is to be deleted on GitHub by hand.
+    KeyByHand {
+        fingerprint: String,
+        reason: crate::plan::uninstall::NoGitHub,
+    },
 }
 
 impl Step {

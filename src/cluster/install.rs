@@ -241,7 +241,7 @@ impl Cluster {
 
 /// The kinds of Flux's `install.yaml` that an upgrade may prune: group, version, kind, plural,
 /// namespaced (in `flux-system`).
-const PRUNED_KINDS: [(&str, &str, &str, &str, bool); 7] = [
+pub(super) const PRUNED_KINDS: [(&str, &str, &str, &str, bool); 7] = [
     ("apps", "v1", "Deployment", "deployments", true),
     ("", "v1", "Service", "services", true),
     ("", "v1", "ServiceAccount", "serviceaccounts", true),

@@ -17,6 +17,8 @@ use crate::flux::{self, FluxParts, Kind};
 
 mod controllers;
 mod install;
+mod uninstall;
+pub use uninstall::{Removal, known};
 pub mod lease;
 mod watch;
 pub use controllers::DeploymentEvent;

@@ -25,7 +25,7 @@ pub struct Args {
   homelab-flux man bootstrap > /usr/local/share/man/man1/homelab-flux-bootstrap.1")]
 pub struct ManArgs {
     /// The command whose page to print (default: the main page).
-    #[arg(value_name = "COMMAND", value_parser = ["init", "validate", "bootstrap", "status", "completions", "man", "help"])]
+    #[arg(value_name = "COMMAND", value_parser = ["init", "validate", "bootstrap", "status", "uninstall", "completions", "man", "help"])]
     pub command: Option<String>,
 }
 

@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod completions;
 pub mod init;
 pub mod status;
+pub mod uninstall;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

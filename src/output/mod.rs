@@ -121,6 +121,27 @@ impl Ui {
         }
     }
 
+    /// True when stdin and stderr are terminals: a question can be asked and answered.
+    pub fn can_ask(&self) -> bool {
+        io::stdin().is_terminal() && io::stderr().is_terminal()
+    }
+
+    /// Asks a yes/no question on stderr and reads the answer from stdin; only `y` or `yes`
+    /// is a yes (the default is no).
+    pub fn confirm(&self, question: &str) -> io::Result<bool> {
+        {
+            let mut err = io::stderr().lock();
+            write!(err, "{} [y/N] ", redact(&escape(question)))?;
+            err.flush()?;
+        }
+        let mut answer = String::new();
+        io::stdin().read_line(&mut answer)?;
+        Ok(matches!(
+            answer.trim().to_ascii_lowercase().as_str(),
+            "y" | "yes"
+        ))
+    }
+
     /// A line that is printed even with `--quiet`, because it says where the token goes (a
     /// non-default GitHub API base).
     pub fn notice(&self, text: &str) {

@@ -227,6 +227,51 @@ pub fn step_lines(step: &Step, planned: bool) -> Vec<String> {
         Step::StaleKeyToDelete { title, id } => one(format!(
             "{prefix}would delete the stale deploy key `{title}` (id {id})"
         )),
+        Step::ToRemove { what } => {
+            let mut lines = vec![format!("{prefix}uninstall removes:")];
+            lines.extend(what.iter().map(|w| format!("    {w}")));
+            lines
+        }
+        Step::NothingToRemove => one(
+            "nothing to remove: no Flux in the cluster, and no deploy key of this cluster on GitHub"
+                .to_string(),
+        ),
+        Step::FinalizersRemoved { names } => one(format!(
+            "{prefix}{} the finalizers of {} Flux resource(s), so that no controller prunes what it applied: {}",
+            if planned { "would remove" } else { "removed" },
+            names.len(),
+            names.join(", ")
+        )),
+        Step::Deleted { what, names } => one(format!(
+            "{prefix}{} {what}: {}",
+            if planned { "would delete" } else { "deleted" },
+            names.join(", ")
+        )),
+        Step::KeyDeleted {
+            title,
+            id,
+            fingerprint,
+        } => one(format!(
+            "{prefix}{} this cluster's deploy key `{title}` (id {id}, {fingerprint}) on GitHub",
+            if planned { "would delete" } else { "deleted" }
+        )),
+        Step::KeyNotRegistered { fingerprint } => one(format!(
+            "the deploy key in the cluster ({fingerprint}) is not registered on GitHub: nothing to delete there"
+        )),
+        Step::KeyByHand {
+            fingerprint,
+            reason,
+        } => {
+            use crate::plan::uninstall::NoGitHub;
+            let why = match reason {
+                NoGitHub::NoConfig => "no configuration was found",
+                NoGitHub::NoToken => "no token is configured",
+                NoGitHub::TokenAuth => "`auth: token` reads the repository with the token",
+            };
+            one(format!(
+                "delete the deploy key {fingerprint} of this cluster by hand (the repository's Settings → Deploy keys): {why}"
+            ))
+        }
         Step::Synced { commit } => one(format!("Flux is synced at {}", short(commit))),
         Step::Waiting {
             kind,
@@ -466,5 +511,37 @@ mod tests {
             line(WaitState::Pending, None),
             "  Kustomization `flux-system`: waiting for the controller"
         );
+    }
+
+    #[test]
+    fn the_steps_of_uninstall() {
+        let deleted = Step::Deleted {
+            what: "the CRDs",
+            names: vec!["CustomResourceDefinition a".to_string()],
+        };
+        assert_eq!(
+            step_lines(&deleted, false),
+            ["deleted the CRDs: CustomResourceDefinition a"]
+        );
+        assert_eq!(
+            step_lines(&deleted, true),
+            ["(dry run) would delete the CRDs: CustomResourceDefinition a"]
+        );
+        let plan = Step::ToRemove {
+            what: vec!["Namespace flux-system".to_string()],
+        };
+        assert_eq!(
+            step_lines(&plan, true),
+            ["(dry run) uninstall removes:", "    Namespace flux-system"]
+        );
+        let by_hand = Step::KeyByHand {
+            fingerprint: "SHA256:x".to_string(),
+            reason: crate::plan::uninstall::NoGitHub::NoToken,
+        };
+        assert_eq!(
+            serde_json::to_value(&by_hand).unwrap(),
+            serde_json::json!({"step": "key_by_hand", "fingerprint": "SHA256:x", "reason": "no_token"})
+        );
+        assert!(step_lines(&by_hand, false)[0].contains("by hand"));
     }
 }

@@ -25,6 +25,7 @@ use crate::token::Token;
 
 mod flux_step;
 mod object;
+pub mod uninstall;
 pub use flux_step::{FluxStep, flux_step};
 use object::Masked;
 pub use object::{Change, FieldChange, Object};

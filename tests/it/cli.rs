@@ -35,6 +35,7 @@ fn help_of_every_command() {
         &["validate", "--help"],
         &["bootstrap", "--help"],
         &["status", "--help"],
+        &["uninstall", "--help"],
         &["completions", "--help"],
         &["man", "--help"],
     ] {

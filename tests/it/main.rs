@@ -41,4 +41,5 @@ mod hygiene;
 mod layers;
 mod sops;
 mod sops_e2e;
+mod uninstall;
 mod validate_online;

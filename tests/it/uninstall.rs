@@ -1,0 +1,235 @@
+//! `homelab-flux uninstall` (SPEC §4b) on the shared test cluster: what Flux applied stays,
+//! Flux goes, only this cluster's key is deleted on GitHub, a second run has nothing to do, and
+//! `bootstrap` afterwards converges. The test holds the cluster exclusively and puts Flux back.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::runtime::wait::await_condition;
+
+use crate::support::cli::assert_has;
+use crate::support::cluster;
+use crate::support::git_server::SEED_CONFIG_MAP;
+use crate::support::world::{self, World, ready_line};
+
+const WORKLOAD: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: homelab-app\n  namespace: default\nspec:\n  replicas: 0\n  selector:\n    matchLabels: {app: homelab-app}\n  template:\n    metadata:\n      labels: {app: homelab-app}\n    spec:\n      containers:\n      - name: app\n        image: registry.invalid/app:1\n";
+
+/// resourceVersions of the Flux CRDs and the controllers' Deployments: a write moves one.
+async fn flux_versions(client: &kube::Client) -> Vec<Option<String>> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "flux-system");
+    let mut out = Vec::new();
+    for name in [
+        "gitrepositories.source.toolkit.fluxcd.io",
+        "kustomizations.kustomize.toolkit.fluxcd.io",
+    ] {
+        out.push(
+            crds.get_opt(name)
+                .await
+                .unwrap()
+                .and_then(|c| c.metadata.resource_version),
+        );
+    }
+    for name in ["source-controller", "kustomize-controller"] {
+        out.push(
+            deployments
+                .get_opt(name)
+                .await
+                .unwrap()
+                .and_then(|d| d.metadata.resource_version),
+        );
+    }
+    out
+}
+
+/// What the namespace controller does (the test cluster runs none yet): the objects left in
+/// `flux-system` deleted, then the Namespace finalized.
+async fn finish_namespace_deletion(client: &kube::Client) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "flux-system");
+    for s in secrets.list(&Default::default()).await.unwrap().items {
+        let _ = secrets
+            .delete(&s.metadata.name.unwrap_or_default(), &Default::default())
+            .await;
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "flux-system");
+    for l in leases.list(&Default::default()).await.unwrap().items {
+        let _ = leases
+            .delete(&l.metadata.name.unwrap_or_default(), &Default::default())
+            .await;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if let Some(mut ns) = namespaces.get_opt("flux-system").await.unwrap() {
+        if let Some(spec) = ns.spec.as_mut() {
+            spec.finalizers = Some(vec![]);
+        }
+        namespaces
+            .replace_subresource("finalize", "flux-system", &Default::default(), &ns)
+            .await
+            .unwrap();
+    }
+    let gone = await_condition(namespaces, "flux-system", |n: Option<&Namespace>| {
+        n.is_none()
+    });
+    tokio::time::timeout(Duration::from_secs(60), gone)
+        .await
+        .expect("the Namespace `flux-system` is gone once finalized")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uninstall_removes_flux_keeps_what_it_applied_and_only_this_clusters_key() {
+    let a = cluster::cluster();
+    let _exclusive = a.exclusive().await;
+    world::reset(a).await;
+    let client = a.client().await;
+    let w = World::new("uninstall", "./clusters/home", a.kubeconfig_path());
+    let sha = w
+        .repo
+        .commit(&[("clusters/home/app.yaml", WORKLOAD)], "a workload");
+    w.gh.set_branch("username", "manifests", "main", &sha);
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &ready_line(&sha));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    assert!(deployments.get_opt("homelab-app").await.unwrap().is_some());
+    // A second cluster's key on the same repository.
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDZ0b3RoZXJjbHVzdGVyc2tleW9uZ2l0aHViMDAw";
+    w.gh.add_deploy_key("username", "manifests", "another cluster", other, true);
+    let keys_before = w.gh.deploy_keys("username", "manifests");
+    assert_eq!(keys_before.len(), 2, "{keys_before:?}");
+
+    // Without a terminal and without `--yes`: exit 2, naming `--yes`, nothing written.
+    let before = flux_versions(&client).await;
+    w.gh.clear_log();
+    let r = w.run(&["uninstall"]);
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    assert_has(&r, "--yes");
+    // A dry run: the plan, and no write anywhere.
+    let r = w.run(&["uninstall", "--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "(dry run) uninstall removes:");
+    assert_has(&r, "Kustomization flux-system/flux-system");
+    assert_has(&r, "Namespace flux-system");
+    assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
+    assert_eq!(
+        flux_versions(&client).await,
+        before,
+        "a dry run writes nothing"
+    );
+
+    // The uninstall.
+    let r = w.run(&["uninstall", "--yes"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "removed the finalizers of");
+    assert_has(&r, "deleted this cluster's deploy key");
+    let keys: Vec<_> = w.gh.deploy_keys("username", "manifests");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].title, "another cluster");
+    // What Flux applied stays (the Kustomization is gone: nothing can prune it any more).
+    let ks = world::flux_api(client.clone(), "Kustomization");
+    assert!(ks.get_opt("flux-system").await.is_err_or_none());
+    assert!(deployments.get_opt("homelab-app").await.unwrap().is_some());
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), w.repo.name());
+    assert!(
+        config_maps
+            .get_opt(SEED_CONFIG_MAP)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Flux is gone: the controllers' Deployments, the CRDs (waited for: the API server deletes
+    // them after their objects), the Namespace being deleted.
+    let flux_deployments: Api<Deployment> = Api::namespaced(client.clone(), "flux-system");
+    for name in ["source-controller", "kustomize-controller"] {
+        let d = flux_deployments.get_opt(name).await.unwrap();
+        assert!(
+            d.is_none_or(|d| d.metadata.deletion_timestamp.is_some()),
+            "{name}"
+        );
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in [
+        "gitrepositories.source.toolkit.fluxcd.io",
+        "kustomizations.kustomize.toolkit.fluxcd.io",
+    ] {
+        let gone = await_condition(
+            crds.clone(),
+            name,
+            |c: Option<&CustomResourceDefinition>| c.is_none(),
+        );
+        tokio::time::timeout(Duration::from_secs(60), gone)
+            .await
+            .unwrap_or_else(|_| panic!("the CRD `{name}` is deleted"))
+            .unwrap();
+    }
+    // TODO(lead): once the test environment runs kube-controller-manager (the namespace
+    // controller), assert the Namespace is gone rather than Terminating.
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let flux_ns = ns.get_opt("flux-system").await.unwrap();
+    assert!(
+        flux_ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        "the Namespace is deleted"
+    );
+
+    // A second run has nothing to remove.
+    w.gh.clear_log();
+    let r = w.run(&["uninstall", "--yes"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "nothing to remove");
+    assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
+
+    // `bootstrap` afterwards works as on a fresh cluster (the Namespace finished first, as the
+    // namespace controller would; the CRDs and controllers put back as the test env has them).
+    finish_namespace_deletion(&client).await;
+    a.install_crds();
+    a.start_flux();
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &ready_line(&sha));
+    assert_eq!(w.gh.deploy_keys("username", "manifests").len(), 2);
+    world::reset(a).await;
+}
+
+trait ErrOrNone {
+    fn is_err_or_none(&self) -> bool;
+}
+
+impl<T, E> ErrOrNone for Result<Option<T>, E> {
+    /// Gone: absent, or its kind no longer served.
+    fn is_err_or_none(&self) -> bool {
+        !matches!(self, Ok(Some(_)))
+    }
+}
+
+/// A cluster that cannot be reached: exit 2 with the message the other commands give, no
+/// configuration needed, and the canary token (in the environment) never shown.
+#[test]
+fn an_unreachable_cluster_is_exit_2_with_the_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = cluster::free_port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: gone\n  context: {{cluster: gone, user: gone}}\ncurrent-context: gone\nusers:\n- name: gone\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let token = crate::support::cli::canary_token();
+    let mut cmd = crate::support::cli::command(dir.path());
+    cmd.args(["-vv", "uninstall", "--yes", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env("HOMELAB_FLUX_TOKEN", &token);
+    let r = crate::support::cli::run(cmd);
+    crate::support::cli::assert_no_leak(&token, &r.transcript(), "uninstall");
+    assert_eq!(r.code, 2, "{}", r.transcript());
+    assert_has(
+        &r,
+        &format!("error: cannot reach the Kubernetes API server at http://127.0.0.1:{port}/ ("),
+    );
+}
