@@ -45,6 +45,13 @@ async fn deploy_release(c: &cluster::Cluster, release: &str, extra_label: Option
         .await
         .unwrap();
     }
+    // The Deployment controller rolls them out onto the fake Node: waited for, so that a run
+    // after this finds the release rolled out, as a cluster left alone for a while has it.
+    for name in cluster::FLUX_DEPLOYMENTS {
+        c.wait_rolled_out("flux-system", name, std::time::Duration::from_secs(180))
+            .await
+            .unwrap_or_else(|e| panic!("{name} at {release} did not roll out: {e:#}"));
+    }
 }
 
 fn manifests_file(w: &World, release: &str) -> String {
@@ -192,34 +199,6 @@ fn manifests_with_image(w: &World, controller: &str, image: &str) -> String {
     file.to_str().unwrap().to_string()
 }
 
-/// Waits, with a watch, until a Pod of `app` has a container waiting with `reason`.
-async fn pod_waiting_with(c: &cluster::Cluster, app: &str, reason: &str) {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let api: Api<k8s_openapi::api::core::v1::Pod> =
-        Api::namespaced(c.client().await, "flux-system");
-    let config = watcher::Config::default().labels(&format!("app={app}"));
-    let mut pods = watcher::watcher(api, config).applied_objects().boxed();
-    let found = async {
-        while let Some(pod) = pods.next().await {
-            let Ok(pod) = pod else { continue };
-            let waiting = pod
-                .status
-                .and_then(|s| s.container_statuses)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|s| s.state.and_then(|s| s.waiting).and_then(|w| w.reason));
-            if waiting.into_iter().any(|r| r == reason) {
-                return;
-            }
-        }
-    };
-    // A hang guard only: the wait ends on the Pod's own status.
-    tokio::time::timeout(std::time::Duration::from_secs(180), found)
-        .await
-        .unwrap_or_else(|_| panic!("no Pod of {app} waiting with {reason}"));
-}
-
 /// A fresh bootstrap installs Flux v2.10.1, waits for both controllers to roll out onto the
 /// cluster's node, and syncs; `status` then names the release and each controller's health.
 #[tokio::test(flavor = "multi_thread")]
@@ -255,11 +234,6 @@ async fn a_fresh_install_waits_for_the_controllers_to_roll_out_and_status_shows_
 
     // An older release in the cluster: `status` says the pinned one is out.
     deploy_release(c, "v2.9.5", None).await;
-    for name in cluster::FLUX_DEPLOYMENTS {
-        c.wait_rolled_out("flux-system", name, std::time::Duration::from_secs(120))
-            .await
-            .unwrap();
-    }
     let r = w.run(&["status"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     assert_has(
@@ -276,16 +250,19 @@ async fn a_fresh_install_waits_for_the_controllers_to_roll_out_and_status_shows_
 async fn a_controller_whose_image_cannot_be_pulled_is_named_and_the_next_run_repairs_it() {
     let (c, _exclusive, w) = world::fresh("unpullable").await;
     c.delete_flux_deployments();
-    let bad = manifests_with_image(
-        &w,
-        "source-controller",
-        "ghcr.io/fluxcd/homelab-flux-unpullable:v1.10.1",
-    );
+    let bad = manifests_with_image(&w, "source-controller", cluster::UNPULLABLE_IMAGE);
     // Installed without waiting; the Pod's failure is then awaited here, on its status, so
     // that the run below finds it whatever the machine's speed.
     let r = w.bootstrap(&["--flux-manifests", &bad, "--no-wait"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
-    pod_waiting_with(c, "source-controller", "ImagePullBackOff").await;
+    c.wait_pod_waiting(
+        "flux-system",
+        "app=source-controller",
+        "ImagePullBackOff",
+        std::time::Duration::from_secs(180),
+    )
+    .await
+    .unwrap();
 
     let r = w.bootstrap(&["--flux-manifests", &bad, "--timeout", "3s"]);
     assert_eq!(r.code, 1, "{}", r.transcript());
@@ -447,11 +424,6 @@ impl DenyDeploymentUpdates {
 async fn an_upgrade_cut_short_after_the_crds_is_finished_by_the_next_run() {
     let (c, _exclusive, w) = world::fresh("cutshort").await;
     deploy_release(c, "v2.9.5", None).await;
-    for name in cluster::FLUX_DEPLOYMENTS {
-        c.wait_rolled_out("flux-system", name, std::time::Duration::from_secs(120))
-            .await
-            .unwrap();
-    }
     // The CRD as the old release labelled it.
     let crds: Api<
         k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,

@@ -45,42 +45,6 @@ async fn flux_versions(client: &kube::Client) -> Vec<Option<String>> {
     out
 }
 
-/// What the namespace controller does (the test cluster runs none yet): the objects left in
-/// `flux-system` deleted, then the Namespace finalized.
-async fn finish_namespace_deletion(client: &kube::Client) {
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), "flux-system");
-    for s in secrets.list(&Default::default()).await.unwrap().items {
-        let _ = secrets
-            .delete(&s.metadata.name.unwrap_or_default(), &Default::default())
-            .await;
-    }
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), "flux-system");
-    for l in leases.list(&Default::default()).await.unwrap().items {
-        let _ = leases
-            .delete(&l.metadata.name.unwrap_or_default(), &Default::default())
-            .await;
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if let Some(mut ns) = namespaces.get_opt("flux-system").await.unwrap() {
-        if let Some(spec) = ns.spec.as_mut() {
-            spec.finalizers = Some(vec![]);
-        }
-        namespaces
-            .replace_subresource("finalize", "flux-system", &Default::default(), &ns)
-            .await
-            .unwrap();
-    }
-    let gone = await_condition(namespaces, "flux-system", |n: Option<&Namespace>| {
-        n.is_none()
-    });
-    tokio::time::timeout(Duration::from_secs(60), gone)
-        .await
-        .expect("the Namespace `flux-system` is gone once finalized")
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn uninstall_removes_flux_keeps_what_it_applied_and_only_this_clusters_key() {
     let a = cluster::cluster();
@@ -167,14 +131,13 @@ async fn uninstall_removes_flux_keeps_what_it_applied_and_only_this_clusters_key
             .unwrap_or_else(|_| panic!("the CRD `{name}` is deleted"))
             .unwrap();
     }
-    // TODO(lead): once the test environment runs kube-controller-manager (the namespace
-    // controller), assert the Namespace is gone rather than Terminating.
+    // The namespace controller (kube-controller-manager) finishes the Namespace's deletion.
     let ns: Api<Namespace> = Api::all(client.clone());
-    let flux_ns = ns.get_opt("flux-system").await.unwrap();
-    assert!(
-        flux_ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
-        "the Namespace is deleted"
-    );
+    let gone = await_condition(ns, "flux-system", |n: Option<&Namespace>| n.is_none());
+    tokio::time::timeout(Duration::from_secs(120), gone)
+        .await
+        .expect("the Namespace `flux-system` is gone")
+        .unwrap();
 
     // A second run has nothing to remove.
     w.gh.clear_log();
@@ -183,9 +146,8 @@ async fn uninstall_removes_flux_keeps_what_it_applied_and_only_this_clusters_key
     assert_has(&r, "nothing to remove");
     assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
 
-    // `bootstrap` afterwards works as on a fresh cluster (the Namespace finished first, as the
-    // namespace controller would; the CRDs and controllers put back as the test env has them).
-    finish_namespace_deletion(&client).await;
+    // `bootstrap` afterwards works as on a fresh cluster (the CRDs and controllers put back as
+    // the test env has them).
     a.install_crds();
     a.start_flux();
     let r = w.bootstrap(&[]);

@@ -335,6 +335,12 @@ pub async fn reset(c: &Cluster) {
     c.start_api_server();
     c.install_crds();
     c.start_flux();
+    // Rolled out, as Flux is on a cluster left alone: a run then finds it current.
+    for name in super::cluster::FLUX_DEPLOYMENTS {
+        c.wait_rolled_out("flux-system", name, Duration::from_secs(180))
+            .await
+            .unwrap_or_else(|e| panic!("{name} did not roll out: {e:#}"));
+    }
     let client = c.client().await;
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(client.clone(), "flux-system");
