@@ -29,6 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "settings",
             "facts",
             "flux",
+            "crd_versions",
             "sops",
             "token",
             "token_host",
