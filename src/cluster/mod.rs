@@ -17,9 +17,11 @@ use crate::flux::{self, FluxParts, Kind};
 
 mod install;
 pub mod lease;
+mod migrate;
 mod watch;
 pub use install::Write;
 pub use lease::{LEASE_DURATION, LEASE_NAME, LeaseState};
+pub use migrate::{MigrateError, Pending};
 pub use watch::is_refusal;
 use watch::watch_one;
 
@@ -76,6 +78,9 @@ pub enum Error {
     NotAnObject(String),
     #[error("the CRD `{0}` did not become Established in time")]
     CrdNotEstablished(String),
+    /// The stored versions of a CRD could not be migrated before its new version (SPEC §4a).
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
 }
 
 /// The API resource of a kind, and whether it is namespaced.

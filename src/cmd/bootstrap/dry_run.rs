@@ -29,6 +29,9 @@ pub(super) async fn show(
         });
     }
     if let Some(m) = manifests {
+        for p in run.cluster.pending_migrations(&m.documents).await? {
+            steps.emit(Step::migrated(&p.migration, p.objects));
+        }
         run.installed(m, steps);
     }
     if let Some(what) = plan.takeover {
