@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::{Cluster, Error, FIELD_MANAGER};
 use crate::crd_versions::{self, Migration};
+use crate::flux::Kind;
 
 /// Objects read per page while rewriting.
 const PAGE: u32 = 250;
@@ -164,6 +165,43 @@ impl Cluster {
         let rewritten = self.rewrite_all(m).await?;
         self.set_stored_versions(&crds, m).await?;
         Ok(rewritten)
+    }
+
+    /// Reads a Flux object at the storage version of its live CRD, for a cluster whose CRD does
+    /// not serve the version homelab-flux reads (an old Flux). `None` when the CRD or the
+    /// object is not there. Flux converts between its versions with strategy `None`: the fields
+    /// homelab-flux compares are the same.
+    pub(super) async fn get_at_stored_version(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<DynamicObject>, Error> {
+        let (ar, _) = super::resource(kind);
+        let crd_name = format!("{}.{}", ar.plural, ar.group);
+        let what = || format!("reading {} `{name}`", kind.name());
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let Some(crd) = crds
+            .get_opt(&crd_name)
+            .await
+            .map_err(|e| self.unreachable_or(&what(), e))?
+        else {
+            return Ok(None);
+        };
+        let Some(version) = crd.spec.versions.iter().find(|v| v.storage && v.served) else {
+            return Ok(None);
+        };
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(&ar.group, &version.name, &ar.kind),
+            &ar.plural,
+        );
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        };
+        api.get_opt(name)
+            .await
+            .map_err(|e| self.unreachable_or(&what(), e))
     }
 
     fn resource(m: &Migration, version: &str) -> ApiResource {

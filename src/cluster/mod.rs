@@ -281,10 +281,20 @@ impl Cluster {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Option<DynamicObject>, Error> {
-        self.api(kind, namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| self.unreachable_or(&format!("reading {} `{name}`", kind.name()), e))
+        match self.api(kind, namespace).get_opt(name).await {
+            // A plain 404 (not a Status): the API version is not served. A cluster on old Flux
+            // CRDs serves no `v1` yet; its objects are read at the version it stores (SPEC §4a:
+            // they are migrated before the new CRDs are applied).
+            Err(kube::Error::Api(s))
+                if s.code == 404
+                    && s.reason == "Failed to parse error data"
+                    && matches!(kind, Kind::GitRepository | Kind::Kustomization) =>
+            {
+                self.get_at_stored_version(kind, namespace, name).await
+            }
+            result => result
+                .map_err(|e| self.unreachable_or(&format!("reading {} `{name}`", kind.name()), e)),
+        }
     }
 
     /// What of Flux is missing: the CRDs and the controllers' Deployments. (Whether the Deployments are available is the
