@@ -400,6 +400,8 @@ async fn objects_stored_at_v1beta2_survive_the_upgrade_to_crds_without_it() {
             "{} {ns}/{name} lost something:\nbefore {b}\nafter {a}",
             kind.1
         );
+        // Regression: with entries left at v1beta2, the next server-side apply of the object
+        // failed with "request to convert CR to an invalid group/version" (seen here).
         for entry in after.metadata.managed_fields.unwrap_or_default() {
             assert_eq!(
                 entry.api_version.as_deref(),
