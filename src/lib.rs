@@ -18,7 +18,8 @@
 //!    share.
 //! 6. **Values**, pure: [`settings`] (the typed configuration), [`facts`] (what GitHub reports),
 //!    [`flux`] (Flux's names, the objects applied, typed views of their status), [`health`]
-//!    (controllers rolled out, and what a Flux object that is not synced waits for), [`repo_url`],
+//!    (controllers rolled out, and what a Flux object that is not synced waits for),
+//!    [`crd_versions`] (whether a CRD's stored versions must be migrated first), [`repo_url`],
 //!    [`branch`], [`repo_path`], [`token`] and [`token_host`] (checked values), [`ssh_url`],
 //!    [`sops`] (age identities and SOPS metadata; [`age_pq`] derives the recipient of a
 //!    post-quantum one), [`keys`] (deploy keys in memory), [`diag`]
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cmd;
 pub mod config;
+pub mod crd_versions;
 pub mod diag;
 pub mod facts;
 pub mod flux;

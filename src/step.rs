@@ -41,6 +41,15 @@ pub enum Step {
         flux: crate::flux::Version,
         tested: String,
     },
+    /// The objects of a Flux kind rewritten at the CRD's storage version, and its
+    /// `storedVersions` set to it, so that the new CRD may drop the versions they were stored
+    /// at (SPEC §4a).
+    Migrated {
+        kind: String,
+        objects: usize,
+        from: Vec<String>,
+        to: String,
+    },
     /// Objects of the old release that the new one dropped, deleted.
     Pruned {
         names: Vec<String>,
@@ -187,6 +196,16 @@ impl Step {
             kind: object.kind.name(),
             name: object.name(),
             change: object.change.clone(),
+        }
+    }
+
+    /// A migration of stored versions done (or, in a dry run, to do) on `objects` objects.
+    pub fn migrated(migration: &crate::crd_versions::Migration, objects: usize) -> Step {
+        Step::Migrated {
+            kind: migration.kind.clone(),
+            objects,
+            from: migration.dropped.clone(),
+            to: migration.to.clone(),
         }
     }
 

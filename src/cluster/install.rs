@@ -60,7 +60,19 @@ impl Cluster {
                 } => self.delete_with(kind, namespace, name, &delete).await?,
                 Write::Install(documents) => {
                     let (early, late) = install_order(documents);
+                    // A CRD whose stored versions are migrated first cannot be checked before
+                    // the migration: the API server refuses it until then.
+                    let migrated: std::collections::BTreeSet<String> = self
+                        .migrations(documents)
+                        .await?
+                        .into_iter()
+                        .map(|(m, _)| m.crd)
+                        .collect();
                     for doc in early {
+                        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+                        if doc["kind"] == "CustomResourceDefinition" && migrated.contains(name) {
+                            continue;
+                        }
                         self.apply_any(doc, &apply).await?;
                     }
                     let mut absent = std::collections::BTreeMap::new();
@@ -83,7 +95,9 @@ impl Cluster {
     }
 
     /// Installs manifests (Flux's `install.yaml`): CRDs and Namespaces first, waits for the CRDs
-    /// to be Established, then everything else. Kinds are resolved through discovery. Objects
+    /// to be Established, then everything else. A CRD whose stored versions the new one drops
+    /// is refused by the API server: [`Cluster::migrate`] what [`Cluster::pending_migrations`]
+    /// lists first. Kinds are resolved through discovery. Objects
     /// already as wanted (an install cut short and run again) are not written. Returns how many
     /// objects the manifests hold and how many were written.
     pub async fn install(

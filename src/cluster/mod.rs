@@ -20,10 +20,12 @@ mod install;
 mod uninstall;
 pub use uninstall::{Removal, known};
 pub mod lease;
+mod migrate;
 mod watch;
 pub use controllers::DeploymentEvent;
 pub use install::Write;
 pub use lease::{LEASE_DURATION, LEASE_NAME, LeaseState};
+pub use migrate::{MigrateError, Pending};
 pub use watch::is_refusal;
 use watch::watch_one;
 
@@ -80,6 +82,9 @@ pub enum Error {
     NotAnObject(String),
     #[error("the CRD `{0}` did not become Established in time")]
     CrdNotEstablished(String),
+    /// The stored versions of a CRD could not be migrated before its new version (SPEC §4a).
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
 }
 
 /// The API resource of a kind, and whether it is namespaced.
@@ -280,10 +285,20 @@ impl Cluster {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Option<DynamicObject>, Error> {
-        self.api(kind, namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| self.unreachable_or(&format!("reading {} `{name}`", kind.name()), e))
+        match self.api(kind, namespace).get_opt(name).await {
+            // A plain 404 (not a Status): the API version is not served. A cluster on old Flux
+            // CRDs serves no `v1` yet; its objects are read at the version it stores (SPEC §4a:
+            // they are migrated before the new CRDs are applied).
+            Err(kube::Error::Api(s))
+                if s.code == 404
+                    && s.reason == "Failed to parse error data"
+                    && matches!(kind, Kind::GitRepository | Kind::Kustomization) =>
+            {
+                self.get_at_stored_version(kind, namespace, name).await
+            }
+            result => result
+                .map_err(|e| self.unreachable_or(&format!("reading {} `{name}`", kind.name()), e)),
+        }
     }
 
     /// What of Flux is missing: the CRDs and the controllers' Deployments, their release, and

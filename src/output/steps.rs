@@ -147,6 +147,17 @@ pub fn step_lines(step: &Step, planned: bool) -> Vec<String> {
         } => one(format!(
             "warning: Kubernetes {kubernetes} is newer than Flux {flux} is tested with (up to {tested}); it may work, or choose a newer `--flux-version`"
         )),
+        Step::Migrated {
+            kind,
+            objects,
+            from,
+            to,
+        } => one(format!(
+            "{prefix}{} {objects} {kind} {} from {} to {to}",
+            if planned { "would migrate" } else { "migrated" },
+            if *objects == 1 { "object" } else { "objects" },
+            from.join(", "),
+        )),
         Step::Pruned { names } => one(format!(
             "{prefix}{} `{}` of the old Flux release {}",
             if names.len() == 1 {
@@ -395,6 +406,28 @@ mod tests {
         assert_eq!(
             step_lines(&step, false),
             ["  GitRepository `flux-system`: False GitOperationFailed: auth failed"]
+        );
+    }
+
+    #[test]
+    fn a_migration_says_how_many_objects_of_which_kind_from_which_version() {
+        let migrated = |objects| Step::Migrated {
+            kind: "GitRepository".to_string(),
+            objects,
+            from: vec!["v1beta1".to_string(), "v1beta2".to_string()],
+            to: "v1".to_string(),
+        };
+        assert_eq!(
+            step_lines(&migrated(3), false),
+            ["migrated 3 GitRepository objects from v1beta1, v1beta2 to v1"]
+        );
+        assert_eq!(
+            step_lines(&migrated(1), true),
+            ["(dry run) would migrate 1 GitRepository object from v1beta1, v1beta2 to v1"]
+        );
+        assert_eq!(
+            serde_json::to_value(migrated(0)).unwrap(),
+            serde_json::json!({"step": "migrated", "kind": "GitRepository", "objects": 0, "from": ["v1beta1", "v1beta2"], "to": "v1"})
         );
     }
 

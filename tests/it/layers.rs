@@ -30,6 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "facts",
             "flux",
             "health",
+            "crd_versions",
             "sops",
             "token",
             "token_host",

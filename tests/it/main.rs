@@ -33,6 +33,7 @@ mod config_corpus;
 mod environment;
 mod first_hour;
 mod flux_lifecycle;
+mod flux_migrate;
 mod git_remote;
 mod github_client;
 mod hostile;

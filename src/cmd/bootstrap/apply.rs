@@ -120,6 +120,14 @@ impl Run<'_> {
             );
         }
         flux_change(plan, steps);
+        // Stored versions the new CRDs drop are migrated first (SPEC §4a).
+        for p in self.cluster.pending_migrations(&m.documents).await? {
+            let objects = self
+                .cluster
+                .migrate(&p.migration, self.args.timeout)
+                .await?;
+            steps.emit(Step::migrated(&p.migration, objects));
+        }
         let (count, written) = self
             .cluster
             .install(&m.documents, self.args.timeout)

@@ -24,6 +24,9 @@ pub(super) async fn show(
     steps.emit(Step::applied(&plan.namespace));
     super::apply::flux_change(plan, steps);
     if let Some(m) = manifests {
+        for p in run.cluster.pending_migrations(&m.documents).await? {
+            steps.emit(Step::migrated(&p.migration, p.objects));
+        }
         run.installed(m, steps);
     }
     if let Some(what) = plan.takeover {
