@@ -185,10 +185,8 @@ async fn manifests_without_a_release_label_are_refused() {
 
 /// The manifests of the pinned release with one controller's image replaced.
 fn manifests_with_image(w: &World, controller: &str, image: &str) -> String {
-    let (text, _) = cluster::flux_manifests_at(
-        cluster::FLUX_RELEASE,
-        &cluster::testenv_dir().join("crds"),
-    );
+    let (text, _) =
+        cluster::flux_manifests_at(cluster::FLUX_RELEASE, &cluster::testenv_dir().join("crds"));
     let good = format!(
         "ghcr.io/fluxcd/{controller}:{}",
         cluster::controller_tag(cluster::FLUX_RELEASE, controller)
@@ -276,11 +274,18 @@ async fn a_controller_whose_image_cannot_be_pulled_is_named_and_the_next_run_rep
     );
     assert_has(&r, ": ImagePullBackOff");
     assert_has(&r, "kubectl -n flux-system describe pod source-controller-");
-    assert!(!r.stderr.contains("kustomize-controller` is not rolled out"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("kustomize-controller` is not rolled out"),
+        "{}",
+        r.stderr
+    );
 
     let r = w.run(&["status"]);
     assert_eq!(r.code, 1, "{}", r.transcript());
-    assert_has(&r, "Deployment flux-system/source-controller v2.10.1: NOT rolled out");
+    assert_has(
+        &r,
+        "Deployment flux-system/source-controller v2.10.1: NOT rolled out",
+    );
     assert_has(&r, ": ImagePullBackOff");
 
     let good = manifests_file(&w, cluster::FLUX_RELEASE);
@@ -308,7 +313,9 @@ async fn a_suspended_source_ends_the_wait_at_once_with_how_to_resume_it() {
         )
         .await
         .unwrap();
-    let newer = w.repo.commit(&[("clusters/home/new.txt", "x")], "a newer commit");
+    let newer = w
+        .repo
+        .commit(&[("clusters/home/new.txt", "x")], "a newer commit");
 
     let r = w.bootstrap(&["--timeout", "1h"]);
     assert_eq!(r.code, 1, "{}", r.transcript());
@@ -324,7 +331,10 @@ async fn a_suspended_source_ends_the_wait_at_once_with_how_to_resume_it() {
 
     let r = w.run(&["status"]);
     assert_ne!(r.code, 2, "{}", r.transcript());
-    assert_has(&r, "suspended (`spec.suspend: true`): Flux does not reconcile it");
+    assert_has(
+        &r,
+        "suspended (`spec.suspend: true`): Flux does not reconcile it",
+    );
 }
 
 /// A ValidatingAdmissionPolicy that refuses updates of Flux's controller Deployments: an
@@ -398,9 +408,7 @@ impl DenyDeploymentUpdates {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "source-controller", "annotations": {"probe": "x"}},
         });
-        let by_policy = |r: &Result<_, kube::Error>| {
-            matches!(r, Err(kube::Error::Api(e)) if e.message.contains("test policy"))
-        };
+        let by_policy = |r: &Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(e)) if e.message.contains("test policy"));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while by_policy(
             &api.patch("source-controller", &dry, &Patch::Apply(&probe))
@@ -432,7 +440,9 @@ async fn an_upgrade_cut_short_after_the_crds_is_finished_by_the_next_run() {
     crds.patch(
         crd_name,
         &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"app.kubernetes.io/version": "v2.9.5"}}})),
+        &Patch::Merge(
+            serde_json::json!({"metadata": {"labels": {"app.kubernetes.io/version": "v2.9.5"}}}),
+        ),
     )
     .await
     .unwrap();
