@@ -34,6 +34,9 @@ pub enum Step {
     FluxRepair {
         version: crate::flux::Version,
         names: Vec<String>,
+        /// The manifests are applied again (`--flux-manifests` given); else the rollout is
+        /// only waited for.
+        reapply: bool,
     },
     /// Kubernetes is newer than the Flux release is tested with: a warning.
     KubernetesUntested {

@@ -290,15 +290,24 @@ pub fn step_lines(step: &Step, planned: bool) -> Vec<String> {
             condition,
             state,
         } => one(waiting_line(kind, name, condition.as_ref(), state)),
-        Step::FluxRepair { version, names } => one(format!(
-            "{prefix}Flux {version} runs, but {} not rolled out: its manifests {} applied again",
+        Step::FluxRepair {
+            version,
+            names,
+            reapply,
+        } => one(format!(
+            "{prefix}Flux {version} runs, but {} not rolled out: {}",
             names
                 .iter()
                 .map(|n| format!("`{n}`"))
                 .collect::<Vec<_>>()
                 .join(", ")
                 + if names.len() == 1 { " is" } else { " are" },
-            if planned { "would be" } else { "are" }
+            match (reapply, planned) {
+                (true, false) => "its manifests are applied again",
+                (true, true) => "its manifests would be applied again",
+                (false, false) => "waiting for the rollout",
+                (false, true) => "the rollout would be waited for",
+            }
         )),
         Step::RollingOut { name, rollout } => one(match rollout {
             None => format!("  Deployment `{name}`: waiting for it to be created"),

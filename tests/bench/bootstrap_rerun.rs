@@ -18,6 +18,9 @@
 //! 3. A fresh bootstrap to Ready after the cluster is rebuilt (etcd wiped, the controllers
 //!    restarted): a new deploy key, its proof over SSH, the four objects applied, the wait until
 //!    Flux has synced; wall time from spawn to exit.
+//! 4. An upgrade re-run, Flux one minor release behind (v2.9.5 → v2.10.1, each downgraded
+//!    first with `--force`): requests and writes to the API server, and wall time to the
+//!    controllers rolled out and Flux synced, beside the re-run after it (nothing to upgrade).
 
 #[allow(dead_code, reason = "a benchmark uses a part of the tests' support")]
 #[path = "../it/support/mod.rs"]
@@ -39,6 +42,7 @@ const TOKEN: &str = "github_pat_11BENCHGQz9yX8wV7uT6s5R4q3P2o1N0mL9kJ8iH7gF6eD5c
 const RUNS: usize = 15;
 const WAIT_RUNS: usize = 8;
 const FRESH_RUNS: usize = 5;
+const UPGRADE_RUNS: usize = 3;
 
 fn bin() -> PathBuf {
     std::env::var_os("HOMELAB_FLUX_BIN").map_or_else(support::cli::bin, PathBuf::from)
@@ -496,6 +500,12 @@ async fn bootstrap_rerun_and_wait_latency() {
     let mut last_steps = String::new();
     for _ in 0..FRESH_RUNS {
         c.wipe();
+        // A rebuilt cluster left alone rolls Flux out before anyone bootstraps it again.
+        for name in cluster::FLUX_DEPLOYMENTS {
+            c.wait_rolled_out("flux-system", name, Duration::from_secs(180))
+                .await
+                .unwrap();
+        }
         // The controllers' Deployments bring the Namespace back; the bootstrap's objects are gone.
         assert_eq!(resource_versions().await[1..], [None, None, None]);
         let (t, out, _) = timed(bootstrap(&s, false));
@@ -517,6 +527,69 @@ async fn bootstrap_rerun_and_wait_latency() {
         ms(median(fresh.clone())),
         ms(*fresh.iter().min().unwrap()),
         ms(*fresh.iter().max().unwrap()),
+    );
+
+    // --- 4. an upgrade re-run, Flux one minor release behind -------------------------------
+    let crds = cluster::testenv_dir().join("crds");
+    let manifests = |release: &str| {
+        let path = s.dir.path().join(format!("install-{release}.yaml"));
+        std::fs::write(&path, cluster::flux_manifests_at(release, &crds).0).unwrap();
+        path
+    };
+    let (old, new) = (manifests("v2.9.5"), manifests(cluster::FLUX_RELEASE));
+    let with = |m: &Path, extra: &[&str]| {
+        let mut cmd = bootstrap(&s, false);
+        cmd.arg("--flux-manifests").arg(m).args(extra);
+        cmd
+    };
+    let (mut up_t, mut up_w, mut same_t, mut same_w) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..UPGRADE_RUNS {
+        let (_, out, _) = timed(with(&old, &["--force"]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let (t, out, w) = timed(with(&new, &[]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("Flux v2.9.5 → v2.10.1"), "{stderr}");
+        assert!(stderr.contains("controllers are rolled out"), "{stderr}");
+        up_t.push(t);
+        up_w.push(w);
+        let (t, out, w) = timed(with(&new, &[]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains(" → "), "{stderr}");
+        same_t.push(t);
+        same_w.push(w);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let events = audit_events(&audit);
+    let count = |windows: &[Window]| {
+        windows
+            .iter()
+            .map(|w| {
+                let r = requests_in(&events, *w, "homelab-flux");
+                let writes: Vec<String> = r
+                    .iter()
+                    .filter(|(v, _)| is_write(v))
+                    .map(|(v, u)| format!("{v} {}", u.split('?').next().unwrap_or(u)))
+                    .collect();
+                (r.len(), writes)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (up, same) = (count(&up_w), count(&same_w));
+    eprintln!(
+        "\n=== upgrade re-run v2.9.5 → v2.10.1, to controllers rolled out and synced ({UPGRADE_RUNS} runs)\n\
+         wall ms: {} (median {})\nrequests: {:?}\nwrites of the last upgrade: {:#?}\n\
+         === the re-run after it, nothing to upgrade\nwall ms: {} (median {})\nrequests: {:?}, writes: {:?}",
+        up_t.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", "),
+        ms(median(up_t.clone())),
+        up.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        up.last().map(|(_, w)| w.clone()).unwrap_or_default(),
+        same_t.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", "),
+        ms(median(same_t.clone())),
+        same.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        same.iter().map(|(_, w)| w.len()).collect::<Vec<_>>(),
     );
 }
 

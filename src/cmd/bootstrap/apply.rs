@@ -119,7 +119,7 @@ impl Run<'_> {
                 plan.install.missing.join(", no ")
             );
         }
-        flux_change(plan, steps);
+        flux_change(plan, true, steps);
         // Stored versions the new CRDs drop are migrated first (SPEC §4a).
         for p in self.cluster.pending_migrations(&m.documents).await? {
             let objects = self
@@ -316,11 +316,12 @@ impl Run<'_> {
 }
 
 /// The step that says what happens to Flux itself: a new release, or a repair.
-pub(super) fn flux_change(plan: &Plan, steps: &mut Steps<'_>) {
+pub(super) fn flux_change(plan: &Plan, reapply: bool, steps: &mut Steps<'_>) {
     match plan.flux {
         plan::FluxStep::Repair { version } => steps.emit(Step::FluxRepair {
             version,
             names: plan.install.not_rolled_out.clone(),
+            reapply,
         }),
         step => {
             if let Some(from) = step.replaced() {

@@ -22,7 +22,7 @@ pub(super) async fn show(
     run.cluster.check(&writes(plan, manifests)).await?;
 
     steps.emit(Step::applied(&plan.namespace));
-    super::apply::flux_change(plan, steps);
+    super::apply::flux_change(plan, manifests.is_some(), steps);
     if let Some(m) = manifests {
         for p in run.cluster.pending_migrations(&m.documents).await? {
             steps.emit(Step::migrated(&p.migration, p.objects));

@@ -139,7 +139,11 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
             tested: format!("{}.{}", tested.0, tested.1),
         });
     }
-    if plan.flux.applies_manifests() && manifests.is_none() {
+    // A controller of the wanted release that is not rolled out is waited for; its manifests
+    // are applied again only when given (`--flux-manifests`): a rollout under way, after a
+    // rebuild say, needs no download, and one that fails is named by the wait.
+    let only_wait = matches!(plan.flux, plan::FluxStep::Repair { .. }) && manifests.is_none();
+    if plan.flux.applies_manifests() && manifests.is_none() && !only_wait {
         manifests = Some(run.manifests(wanted).await?);
     }
     if args.dry_run {
@@ -150,6 +154,8 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
     run.apply(&plan.namespace, &mut steps).await?;
     if let (true, Some(m)) = (plan.flux.applies_manifests(), &manifests) {
         run.install(&plan, m, &mut steps).await?;
+    } else if only_wait {
+        apply::flux_change(&plan, false, &mut steps);
     }
     if let Some(what) = plan.takeover {
         steps.emit(Step::TakeoverNote {
@@ -223,10 +229,12 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
     // repair, then for Flux to sync.
     if !args.no_wait {
         let deadline = tokio::time::Instant::now() + args.timeout;
-        if let (true, Some(m)) = (plan.flux.applies_manifests(), &manifests) {
-            let controllers = rollout::controllers(&m.documents);
-            rollout::rolled_out(&run, &controllers, deadline, &mut steps).await?;
-        }
+        let controllers = match (&manifests, only_wait) {
+            (Some(m), false) if plan.flux.applies_manifests() => rollout::controllers(&m.documents),
+            (_, true) => plan.install.not_rolled_out.clone(),
+            _ => Vec::new(),
+        };
+        rollout::rolled_out(&run, &controllers, deadline, &mut steps).await?;
         if let Some(sha) = &settled.sha {
             let ssh = settled.ssh.as_ref();
             wait::wait(&run, &plan, &live, sha, ssh, deadline, &mut steps).await?;
