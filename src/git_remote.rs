@@ -1,29 +1,44 @@
-//! Proving a deploy key over SSH with git2, before the cluster is touched.
+//! Proving a deploy key over SSH, before the cluster is touched: the SSH git remote.
 //!
 //! GitHub accepting `POST /keys` says nothing about whether the key opens the repository: the
-//! proof lists the remote's refs with the in-memory private key, checks the server's host key
-//! against the keys `GET /meta` gave over HTTPS (never trust on first use), and reads the commit
-//! the branch points at, which the bootstrap later expects Flux to report.
+//! proof logs in with the in-memory private key, runs `git-upload-pack` and reads its ref
+//! advertisement (see [`crate::pkt_line`]), and keeps the commit the branch points at, which the
+//! bootstrap later expects Flux to report.
 //!
-//! git2 is blocking: call [`prove_key`] from `tokio::task::spawn_blocking`, under
-//! [`PROOF_DEADLINE`] (libgit2's own socket timeouts are process-wide settings behind `unsafe`,
-//! and do not reach libssh2's reads, so the deadline is kept by the caller).
+//! The server's host key is checked against the keys `GET /meta` gave over HTTPS (never trust on
+//! first use). Only the host key algorithms of the key types `/meta` lists are offered, so a
+//! server that also has a key of another type proves itself with one `/meta` vouches for; the
+//! key it then presents must be byte for byte one of `/meta`'s.
+//!
+//! The SSH client is russh (pure Rust; ring and RustCrypto underneath), on the caller's tokio
+//! runtime. The whole proof (connect, key exchange, login, the refs) has one deadline,
+//! [`PROOF_DEADLINE`].
 
-use std::cell::Cell;
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
-use git2::{
-    CertificateCheckStatus, Cred, Direction, ErrorClass, ErrorCode, Remote, RemoteCallbacks,
+use russh::client::{self, Handle};
+use russh::keys::{
+    Algorithm, EcdsaCurve, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate,
 };
+use russh::{AlgorithmKind, ChannelMsg, Disconnect};
 use secrecy::{ExposeSecret, SecretString};
-use ssh_key::sha2::{Digest, Sha256};
 
 use crate::keys;
+pub use crate::pkt_line::Ref;
+use crate::pkt_line::{self, Advertisement};
 pub use crate::ssh_url::{InvalidSshUrl, SshEndpoint, known_hosts};
 
 /// How long the proof may take: a server that accepts TCP and never answers fails the proof
 /// after this, rather than holding the run (and the new key on GitHub) forever.
 pub const PROOF_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The most of a ref advertisement kept (GitHub advertises pull request refs too).
+const MAX_ADVERTISEMENT: usize = 64 << 20;
+
+/// The most of the remote command's stderr kept for an error message.
+const MAX_STDERR: usize = 4096;
 
 /// What can go wrong proving a key.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +59,21 @@ pub enum Error {
     HostKeyMismatch {
         /// The SSH host.
         host: String,
-        /// The presented key's type and SHA256 fingerprint, when known.
+        /// The presented key's type and SHA256 fingerprint.
         presented: String,
+    },
+    /// The server has no host key of a type `/meta` lists, so none it could present would be
+    /// one GitHub vouches for.
+    #[error(
+        "the SSH server {host} offers host keys of the types {offered} only, and GitHub's `/meta` lists keys of the types {listed}; refusing to connect"
+    )]
+    NoListedHostKeyType {
+        /// The SSH host.
+        host: String,
+        /// The server's host key algorithms, comma-separated.
+        offered: String,
+        /// The algorithms offered for `/meta`'s keys, comma-separated.
+        listed: String,
     },
     /// The server refused the key.
     #[error(
@@ -54,9 +82,6 @@ pub enum Error {
     AuthenticationFailed {
         /// The SSH URL.
         url: String,
-        /// What libgit2 reported.
-        #[source]
-        source: git2::Error,
     },
     /// The branch does not exist on the remote.
     #[error("the branch `{branch}` does not exist in {url}")]
@@ -77,21 +102,52 @@ pub enum Error {
         /// The deadline that passed.
         after: Duration,
     },
-    /// Any other failure (connection refused, DNS, protocol).
+    /// Any other failure (connection refused, DNS, SSH or git protocol).
     #[error("could not list the refs of {url} over SSH")]
     Git {
         /// The SSH URL.
         url: String,
-        /// What libgit2 reported.
+        /// What went wrong.
         #[source]
-        source: git2::Error,
+        source: Cause,
     },
 }
 
+/// Why listing the refs failed, below [`Error::Git`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Cause {
+    /// The TCP connection (or name resolution).
+    #[error(transparent)]
+    Connect(std::io::Error),
+    /// The SSH protocol.
+    #[error(transparent)]
+    Ssh(#[from] russh::Error),
+    /// The private key could not be read (its text is never shown).
+    #[error("the private key is not a valid unencrypted OpenSSH private key")]
+    PrivateKey,
+    /// The server would not run `git-upload-pack`.
+    #[error("the server refused to run `git-upload-pack`")]
+    ExecRefused,
+    /// `git-upload-pack` ended before the advertisement was complete.
+    #[error("`git-upload-pack` ended without listing the refs{}{}",
+        .exit_status.map(|s| format!(" (exit status {s})")).unwrap_or_default(),
+        if .stderr.is_empty() { String::new() } else { format!(": {}", .stderr) })]
+    Ended {
+        /// The remote command's exit status, when the server sent one.
+        exit_status: Option<u32>,
+        /// The remote command's stderr (`fatal: ... does not appear to be a git repository`).
+        stderr: String,
+    },
+    /// The advertisement is not git's.
+    #[error(transparent)]
+    Protocol(#[from] pkt_line::Error),
+}
+
 /// Lists the refs of `ssh_url` with the in-memory `private_key_openssh`, accepting only a server
-/// whose host key is among `host_keys` (`ssh-ed25519 AAAA...` lines from `/meta`), and returns
-/// the commit SHA of `refs/heads/<branch>`.
-pub fn prove_key(
+/// whose host key is among `host_keys` (`TYPE BASE64` lines from `/meta`), and returns the
+/// commit SHA of `refs/heads/<branch>`. Gives up after [`PROOF_DEADLINE`].
+pub async fn prove_key(
     ssh_url: &str,
     private_key_openssh: &SecretString,
     host_keys: &[String],
@@ -99,130 +155,281 @@ pub fn prove_key(
 ) -> Result<String, Error> {
     let endpoint = SshEndpoint::parse(ssh_url)?;
     let url = endpoint.url();
-    let blobs: Vec<Vec<u8>> = host_keys
-        .iter()
-        .filter_map(|line| keys::host_key_blob(line))
-        .collect();
-    if blobs.is_empty() {
+    let refs = list_refs(&endpoint, private_key_openssh, host_keys).await?;
+    let wanted = format!("refs/heads/{branch}");
+    match refs.into_iter().find(|r| r.name == wanted) {
+        Some(r) => Ok(r.oid),
+        None => Err(Error::BranchNotFound {
+            url,
+            branch: branch.to_owned(),
+        }),
+    }
+}
+
+/// The refs `git-upload-pack` advertises for `endpoint`, under [`PROOF_DEADLINE`]; see
+/// [`prove_key`].
+pub async fn list_refs(
+    endpoint: &SshEndpoint,
+    private_key_openssh: &SecretString,
+    host_keys: &[String],
+) -> Result<Vec<Ref>, Error> {
+    let trusted = Trusted::from_meta(host_keys);
+    if trusted.blobs.is_empty() || trusted.algorithms.is_empty() {
         return Err(Error::NoHostKeys {
             host: endpoint.host.clone(),
         });
     }
-
-    let mismatch: Cell<Option<String>> = Cell::new(None);
-    let credential_calls = Cell::new(0u32);
-    let mut callbacks = RemoteCallbacks::new();
-    callbacks.credentials(|_url, username, _allowed| {
-        credential_calls.set(credential_calls.get() + 1);
-        if credential_calls.get() > 1 {
-            // libgit2 asks again after a refusal; there is only one key to offer.
-            return Err(git2::Error::new(
-                ErrorCode::Auth,
-                ErrorClass::Ssh,
-                "the deploy key was refused",
-            ));
-        }
-        Cred::ssh_key_from_memory(
-            username.unwrap_or(&endpoint.user),
-            None,
-            private_key_openssh.expose_secret(),
-            None,
-        )
-    });
-    callbacks.certificate_check(|cert, _host| {
-        let Some(hostkey) = cert.as_hostkey() else {
-            mismatch.set(Some("not an SSH host key".to_owned()));
-            return Err(git2::Error::from_str("not an SSH host key"));
-        };
-        let accepted = match hostkey.hostkey() {
-            Some(raw) => blobs.iter().any(|b| b.as_slice() == raw),
-            // Without the raw key (older libssh2), compare SHA-256 digests of the blobs.
-            None => hostkey.hash_sha256().is_some_and(|presented| {
-                blobs
-                    .iter()
-                    .any(|b| Sha256::digest(b).as_slice() == presented.as_slice())
-            }),
-        };
-        if accepted {
-            Ok(CertificateCheckStatus::CertificateOk)
-        } else {
-            mismatch.set(Some(describe_hostkey(hostkey)));
-            Err(git2::Error::from_str(
-                "the host key is not listed by GitHub",
-            ))
-        }
-    });
-
-    let result = list_branch(&url, callbacks, branch);
-    let presented = mismatch.take();
-    match result {
-        Ok(Some(sha)) => Ok(sha),
-        Ok(None) => Err(Error::BranchNotFound {
-            url,
-            branch: branch.to_owned(),
-        }),
-        Err(_) if presented.is_some() => Err(Error::HostKeyMismatch {
-            host: endpoint.host,
-            presented: presented.unwrap_or_default(),
-        }),
-        Err(source) if is_auth_failure(&source, credential_calls.get()) => {
-            Err(Error::AuthenticationFailed { url, source })
-        }
-        Err(source) => Err(Error::Git { url, source }),
-    }
-}
-
-fn list_branch(
-    url: &str,
-    callbacks: RemoteCallbacks<'_>,
-    branch: &str,
-) -> Result<Option<String>, git2::Error> {
-    let mut remote = Remote::create_detached(url)?;
-    let connection = remote.connect_auth(Direction::Fetch, Some(callbacks), None)?;
-    let wanted = format!("refs/heads/{branch}");
-    let sha = connection
-        .list()?
-        .iter()
-        .find(|head| head.name() == wanted)
-        .map(|head| head.oid().to_string());
-    Ok(sha)
-}
-
-fn is_auth_failure(err: &git2::Error, credential_calls: u32) -> bool {
-    err.code() == ErrorCode::Auth
-        || (credential_calls > 0
-            && err.class() == ErrorClass::Ssh
-            && err.message().to_ascii_lowercase().contains("authenticat"))
-}
-
-fn describe_hostkey(hostkey: &git2::cert::CertHostkey<'_>) -> String {
-    let kind = match hostkey.hostkey_type() {
-        Some(t) => t.name().to_owned(),
-        None => "unknown type".to_owned(),
+    let url = endpoint.url();
+    let git = |source| Error::Git {
+        url: url.clone(),
+        source,
     };
-    match hostkey.hostkey() {
-        Some(raw) => {
-            let digest = Sha256::digest(raw);
-            format!("{kind} SHA256:{}", base64_unpadded(digest.as_slice()))
-        }
-        None => kind,
+    let key = PrivateKey::from_openssh(private_key_openssh.expose_secret())
+        .map_err(|_| git(Cause::PrivateKey))?;
+    let listing = session(endpoint, Arc::new(key), trusted);
+    match tokio::time::timeout(PROOF_DEADLINE, listing).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::TimedOut {
+            url,
+            after: PROOF_DEADLINE,
+        }),
     }
 }
 
-/// Standard base64 without padding, as SSH fingerprints are printed.
-fn base64_unpadded(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
+/// The host keys `/meta` lists and the host key algorithms to offer for them, most preferred
+/// first.
+struct Trusted {
+    blobs: Vec<Vec<u8>>,
+    algorithms: Vec<Algorithm>,
+}
+
+impl Trusted {
+    fn from_meta(host_keys: &[String]) -> Trusted {
+        let blobs: Vec<Vec<u8>> = host_keys
             .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            .filter_map(|line| keys::host_key_blob(line))
+            .collect();
+        let listed = |name: &str| {
+            blobs
+                .iter()
+                .any(|b| b.get(4..4 + name.len()) == Some(name.as_bytes()))
+        };
+        // An `ssh-rsa` key signs as rsa-sha2-512 or rsa-sha2-256 (RFC 8332); SHA-1 is not offered.
+        let algorithms = [
+            ("ssh-ed25519", Algorithm::Ed25519),
+            (
+                "ecdsa-sha2-nistp256",
+                Algorithm::Ecdsa {
+                    curve: EcdsaCurve::NistP256,
+                },
+            ),
+            (
+                "ecdsa-sha2-nistp384",
+                Algorithm::Ecdsa {
+                    curve: EcdsaCurve::NistP384,
+                },
+            ),
+            (
+                "ecdsa-sha2-nistp521",
+                Algorithm::Ecdsa {
+                    curve: EcdsaCurve::NistP521,
+                },
+            ),
+            (
+                "ssh-rsa",
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha512),
+                },
+            ),
+            (
+                "ssh-rsa",
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha256),
+                },
+            ),
+        ]
+        .into_iter()
+        .filter(|(name, _)| listed(name))
+        .map(|(_, algorithm)| algorithm)
+        .collect();
+        Trusted { blobs, algorithms }
+    }
+}
+
+/// Checks the server's host key during the key exchange.
+struct HostKeyCheck {
+    blobs: Vec<Vec<u8>>,
+}
+
+/// What ends the SSH session early: russh's error, or a host key `/meta` does not list.
+#[derive(Debug)]
+enum Refusal {
+    Ssh(russh::Error),
+    HostKey(String),
+}
+
+impl From<russh::Error> for Refusal {
+    fn from(e: russh::Error) -> Refusal {
+        Refusal::Ssh(e)
+    }
+}
+
+impl client::Handler for HostKeyCheck {
+    type Error = Refusal;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Refusal> {
+        match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                let blob = key.to_bytes().map_err(russh::Error::from)?;
+                if self.blobs.contains(&blob) {
+                    return Ok(true);
+                }
+                let presented = format!(
+                    "{} {}",
+                    key.algorithm().as_str(),
+                    key.fingerprint(HashAlg::Sha256)
+                );
+                Err(Refusal::HostKey(presented))
+            }
+            // No certificate algorithm is offered, so a server has no reason to send one.
+            PublicKeyOrCertificate::Certificate(cert) => Err(Refusal::HostKey(format!(
+                "a host certificate, {} {}",
+                cert.algorithm().as_str(),
+                cert.public_key().fingerprint(HashAlg::Sha256)
+            ))),
         }
     }
+}
+
+/// Connect, key exchange, login, `git-upload-pack`: the refs.
+async fn session(
+    endpoint: &SshEndpoint,
+    key: Arc<PrivateKey>,
+    trusted: Trusted,
+) -> Result<Vec<Ref>, Error> {
+    let url = endpoint.url();
+    let git = |source| Error::Git {
+        url: url.clone(),
+        source,
+    };
+    let listed = names(trusted.algorithms.iter().map(Algorithm::to_string));
+    let config = client::Config {
+        client_id: russh::SshId::Standard(Cow::Borrowed(concat!(
+            "SSH-2.0-homelab-flux_",
+            env!("CARGO_PKG_VERSION")
+        ))),
+        preferred: russh::Preferred {
+            key: Cow::Owned(trusted.algorithms),
+            ..russh::Preferred::default()
+        },
+        nodelay: true,
+        ..client::Config::default()
+    };
+    let check = HostKeyCheck {
+        blobs: trusted.blobs,
+    };
+    let port = endpoint.port.unwrap_or(22);
+    let stream = tokio::net::TcpStream::connect((endpoint.host.as_str(), port))
+        .await
+        .map_err(|e| git(Cause::Connect(e)))?;
+    let _ = stream.set_nodelay(true);
+    let mut handle = client::connect_stream(Arc::new(config), stream, check)
+        .await
+        .map_err(|refusal| match refusal {
+            Refusal::HostKey(presented) => Error::HostKeyMismatch {
+                host: endpoint.host.clone(),
+                presented,
+            },
+            Refusal::Ssh(russh::Error::NoCommonAlgo {
+                kind: AlgorithmKind::Key,
+                theirs,
+                ..
+            }) => Error::NoListedHostKeyType {
+                host: endpoint.host.clone(),
+                offered: names(theirs),
+                listed: listed.clone(),
+            },
+            Refusal::Ssh(e) => git(Cause::Ssh(e)),
+        })?;
+
+    let login = PrivateKeyWithHashAlg::new(key, None);
+    let auth = handle
+        .authenticate_publickey(endpoint.user.as_str(), login)
+        .await
+        .map_err(|e| git(Cause::Ssh(e)))?;
+    if !auth.success() {
+        return Err(Error::AuthenticationFailed { url });
+    }
+    let refs = upload_pack_refs(&handle, &endpoint.path)
+        .await
+        .map_err(git)?;
+    let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;
+    Ok(refs)
+}
+
+/// Runs `git-upload-pack '<path>'`, reads its ref advertisement, and sends the flush-pkt that
+/// tells it nothing is wanted, so it ends cleanly.
+async fn upload_pack_refs(handle: &Handle<HostKeyCheck>, path: &str) -> Result<Vec<Ref>, Cause> {
+    let mut channel = handle.channel_open_session().await?;
+    channel
+        .exec(true, format!("git-upload-pack {}", shell_quote(path)))
+        .await?;
+    let mut advertisement = Advertisement::new(MAX_ADVERTISEMENT);
+    let mut stderr = Vec::new();
+    let mut exit_status = None;
+    while !advertisement.is_complete() {
+        match channel.wait().await {
+            Some(ChannelMsg::Data { data }) => {
+                advertisement.feed(&data)?;
+            }
+            Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                let room = MAX_STDERR.saturating_sub(stderr.len());
+                stderr.extend_from_slice(&data[..data.len().min(room)]);
+            }
+            Some(ChannelMsg::Failure) => return Err(Cause::ExecRefused),
+            Some(ChannelMsg::ExitStatus { exit_status: s }) => exit_status = Some(s),
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                return Err(Cause::Ended {
+                    exit_status,
+                    stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    channel.data(pkt_line::FLUSH).await?;
+    channel.eof().await?;
+    // upload-pack ends on the flush-pkt; its end is awaited so the server sees a clean exit.
+    while let Some(msg) = channel.wait().await {
+        if matches!(msg, ChannelMsg::ExitStatus { .. } | ChannelMsg::Close) {
+            break;
+        }
+    }
+    Ok(advertisement.into_refs())
+}
+
+/// `'path'`, as git quotes the path it passes to `git-upload-pack` (`'` becomes `'\''`, `!`
+/// becomes `'\!'`).
+fn shell_quote(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 2);
+    out.push('\'');
+    for c in path.chars() {
+        match c {
+            '\'' | '!' => {
+                out.push_str("'\\");
+                out.push(c);
+                out.push('\'');
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
     out
+}
+
+/// `a, b, c`.
+fn names(names: impl IntoIterator<Item = String>) -> String {
+    names.into_iter().collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -230,22 +437,66 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(base64_unpadded(b""), "");
-        assert_eq!(base64_unpadded(b"f"), "Zg");
-        assert_eq!(base64_unpadded(b"fo"), "Zm8");
-        assert_eq!(base64_unpadded(b"foo"), "Zm9v");
-        assert_eq!(base64_unpadded(b"foobar"), "Zm9vYmFy");
+    fn paths_are_quoted_as_git_quotes_them() {
+        assert_eq!(shell_quote("/o/r.git"), "'/o/r.git'");
+        assert_eq!(shell_quote("/it's!.git"), "'/it'\\''s'\\!'.git'");
     }
 
     #[test]
-    fn no_host_keys_is_refused_before_connecting() {
+    fn only_the_types_meta_lists_are_offered() {
+        use base64::Engine as _;
+        let line = |kind: &str| {
+            let mut blob = (kind.len() as u32).to_be_bytes().to_vec();
+            blob.extend_from_slice(kind.as_bytes());
+            blob.extend_from_slice(b"material");
+            format!(
+                "{kind} {}",
+                base64::engine::general_purpose::STANDARD.encode(blob)
+            )
+        };
+        let offered = |lines: &[String]| {
+            Trusted::from_meta(lines)
+                .algorithms
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        // GitHub's three, in any order: ed25519 first, RSA with SHA-2 only.
+        let github = [
+            line("ssh-rsa"),
+            line("ecdsa-sha2-nistp256"),
+            line("ssh-ed25519"),
+        ];
+        assert_eq!(
+            offered(&github),
+            [
+                "ssh-ed25519",
+                "ecdsa-sha2-nistp256",
+                "rsa-sha2-512",
+                "rsa-sha2-256"
+            ]
+        );
+        assert_eq!(
+            offered(&[line("ssh-rsa")]),
+            ["rsa-sha2-512", "rsa-sha2-256"]
+        );
+        assert_eq!(
+            offered(&[line("ecdsa-sha2-nistp384")]),
+            ["ecdsa-sha2-nistp384"]
+        );
+        // A type this client cannot check offers nothing.
+        assert!(offered(&[line("ssh-dss")]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_host_keys_is_refused_before_connecting() {
         let err = prove_key(
             "git@github.com:o/r.git",
             &SecretString::from("unused"),
             &["garbage".to_owned()],
             "main",
         )
+        .await
         .unwrap_err();
         assert!(matches!(err, Error::NoHostKeys { .. }), "{err:?}");
     }

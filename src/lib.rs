@@ -21,6 +21,7 @@
 //!    (controllers rolled out, and what a Flux object that is not synced waits for),
 //!    [`crd_versions`] (whether a CRD's stored versions must be migrated first), [`repo_url`],
 //!    [`branch`], [`repo_path`], [`token`] and [`token_host`] (checked values), [`ssh_url`],
+//!    [`pkt_line`] (git's ref advertisement),
 //!    [`sops`] (age identities and SOPS metadata; [`age_pq`] derives the recipient of a
 //!    post-quantum one), [`keys`] (deploy keys in memory), [`diag`]
 //!    (findings), [`text`] (terminal-safe text) and [`chain`] (an error's causes).
@@ -45,6 +46,7 @@ pub mod keys;
 pub mod manifests;
 pub mod online;
 pub mod output;
+pub mod pkt_line;
 pub mod plan;
 pub mod repo_path;
 pub mod repo_url;

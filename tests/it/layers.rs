@@ -42,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "text",
             "chain",
             "ssh_url",
+            "pkt_line",
             "age_pq",
         ],
     ),

@@ -254,7 +254,7 @@ impl Run<'_> {
         created: Option<(&str, u64)>,
         steps: &mut Steps<'_>,
     ) -> Result<String, Error> {
-        match prove(access, branch).await? {
+        match prove(access, branch).await {
             Ok(sha) => {
                 steps.emit(Step::KeyProved {
                     branch: branch.to_string(),
@@ -350,28 +350,7 @@ fn access(plan: &Plan, pair: &KeyPair) -> SshAccess {
 }
 
 /// Lists the remote's refs over SSH with the key, checking the host key; the branch's head.
-/// Gives up after [`git_remote::PROOF_DEADLINE`]; the blocking thread is then abandoned (git2
-/// cannot be interrupted) and ends with the process.
-pub(super) async fn prove(
-    access: &SshAccess,
-    branch: &str,
-) -> Result<Result<String, git_remote::Error>, Error> {
-    let ssh_url = access.ssh_url.clone();
-    let private = access.private.clone();
-    let host_keys = access.host_keys.clone();
-    let branch = branch.to_string();
-    let proof = tokio::task::spawn_blocking(move || {
-        git_remote::prove_key(&ssh_url, &private, &host_keys, &branch)
-    });
-    match tokio::time::timeout(git_remote::PROOF_DEADLINE, proof).await {
-        Ok(joined) => joined.map_err(Error::ProofAbandoned),
-        Err(_) => {
-            let url = git_remote::SshEndpoint::parse(&access.ssh_url)
-                .map_or_else(|_| access.ssh_url.clone(), |e| e.url());
-            Ok(Err(git_remote::Error::TimedOut {
-                url,
-                after: git_remote::PROOF_DEADLINE,
-            }))
-        }
-    }
+/// Gives up after [`git_remote::PROOF_DEADLINE`].
+pub(super) async fn prove(access: &SshAccess, branch: &str) -> Result<String, git_remote::Error> {
+    git_remote::prove_key(&access.ssh_url, &access.private, &access.host_keys, branch).await
 }

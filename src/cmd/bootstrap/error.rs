@@ -51,9 +51,6 @@ pub enum Error {
     BranchHead(#[source] github::Error),
     #[error("cannot create the deploy key on GitHub")]
     CreateKey(#[source] github::Error),
-    /// The thread of the SSH proof ended without an answer (it panicked).
-    #[error("the SSH proof did not finish")]
-    ProofAbandoned(#[source] tokio::task::JoinError),
     #[error("cannot use the Flux manifests")]
     Manifests(#[source] manifests::Error),
     #[error(transparent)]
@@ -94,7 +91,6 @@ impl Error {
             | Error::HostKeys(_)
             | Error::BranchHead(_)
             | Error::CreateKey(_)
-            | Error::ProofAbandoned(_)
             | Error::Manifests(_)
             | Error::ManifestsContent(_)
             | Error::WatchEnded(_)
@@ -109,7 +105,7 @@ impl Error {
 }
 
 /// The deploy key did not open the repository over SSH; the cluster was not changed. Worded as
-/// the proof's own message, which says what the user can do (libgit2's words below it are not
+/// the proof's own message, which says what the user can do (the SSH client's words below it are not
 /// shown: the proof is a field, not the source). The source is the deletion that failed, when
 /// the key this run created could not be deleted again.
 #[derive(Debug, thiserror::Error)]

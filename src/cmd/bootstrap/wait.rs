@@ -130,7 +130,7 @@ impl Heads<'_> {
         let head = match (from_api, self.ssh) {
             (Some(b), _) => Some(b.commit_sha),
             // A token without contents access (deploy-key set-ups): ask the SSH remote.
-            (None, Some(access)) => prove(access, self.branch).await.ok().and_then(Result::ok),
+            (None, Some(access)) => prove(access, self.branch).await.ok(),
             (None, None) => None,
         };
         tracing::debug!(

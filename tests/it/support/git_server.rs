@@ -175,9 +175,24 @@ SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
         GitRepo::create(&self.dir, name)
     }
 
+    /// A bare repository `NAME.git` without any commit (it advertises no ref); its path.
+    pub fn create_empty_repo(&self, name: &str) -> PathBuf {
+        let path = self.dir.join("repos").join(format!("{name}.git"));
+        run(git(&self.dir)
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .arg(&path))
+        .unwrap_or_else(|err| panic!("creating the empty repository `{name}`: {err:#}"));
+        path
+    }
+
     /// `ssh://git@127.0.0.1:PORT/ABSOLUTE/PATH/NAME.git` (git-shell takes the path as absolute).
     pub fn url(&self, repo: &GitRepo) -> String {
-        format!("ssh://git@127.0.0.1:{}{}", self.port, repo.path().display())
+        format!("{}{}", self.url_prefix(), repo.path().display())
+    }
+
+    /// `ssh://git@127.0.0.1:PORT`: a URL without its absolute path.
+    pub fn url_prefix(&self) -> String {
+        format!("ssh://git@127.0.0.1:{}", self.port)
     }
 
     /// Last lines of sshd's log (authentication failures show here).
