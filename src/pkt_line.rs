@@ -259,7 +259,7 @@ mod tests {
         }
         for line in [
             format!("{A}refs/heads/main"),
-            format!("abc refs/heads/main"),
+            "abc refs/heads/main".to_owned(),
             format!("{A} "),
             format!("{} refs/heads/main", "g".repeat(40)),
         ] {
