@@ -199,11 +199,7 @@ async fn uninstall_without_a_token_keeps_the_namespace_and_names_the_key_as_json
     w.gh.clear_log();
     let r = w.run(&["uninstall", "--yes", "--keep-namespace", "--format", "json"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
-    let steps: Vec<serde_json::Value> = r
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let steps = crate::support::cli::json_lines(&r);
     let plan = steps
         .iter()
         .find(|s| s["step"] == "to_remove")

@@ -337,6 +337,14 @@ pub fn assert_no_identity_leak(identity: &str, text: &str, context: &str) {
     assert_no_leak(&encoded[24..], text, &format!("{context} (base64)"));
 }
 
+/// The run's stdout as `--format json` writes steps: one complete JSON document a line.
+pub fn json_lines(r: &Run) -> Vec<serde_json::Value> {
+    r.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{}", r.transcript())))
+        .collect()
+}
+
 /// Fails, showing the whole run, unless stderr holds `what`.
 pub fn assert_has(r: &Run, what: &str) {
     assert!(
