@@ -277,13 +277,9 @@ fn render(s: &Status) -> Vec<String> {
                 r.name, r.available, r.replicas
             ),
             false => format!(
-                "Deployment {} {release}: NOT rolled out: {} of {} replicas available{}",
+                "Deployment {} {release}: NOT rolled out: {}",
                 r.name,
-                r.available,
-                r.replicas,
-                r.reason
-                    .as_deref()
-                    .map_or_else(String::new, |why| format!(" ({why})"))
+                r.availability()
             ),
         });
         for p in &c.pods {
