@@ -305,6 +305,23 @@ pub fn same_repo_url(a: &str, b: &str) -> bool {
     key(a) == key(b)
 }
 
+/// True when two URLs reach the same repository whatever the protocol: `ssh://git@host:22/o/r`
+/// and `https://host/o/r` are one repository (what a switch between `deploy-key` and `token` or
+/// `github-app` changes), compared like [`same_repo_url`] past the scheme, user and port. The
+/// guard against taking over another repository asks this; the spelling kept asks
+/// [`same_repo_url`].
+pub fn same_repository(a: &str, b: &str) -> bool {
+    fn key(url: &str) -> String {
+        let url = url.trim();
+        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let host = authority.rsplit('@').next().unwrap_or(authority);
+        let host = host.split(':').next().unwrap_or(host);
+        format!("{host}/{path}")
+    }
+    same_repo_url(&key(a), &key(b))
+}
+
 /// The Namespace `flux-system`.
 pub fn namespace() -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
@@ -731,6 +748,22 @@ mod tests {
         ));
         assert!(!same_repo_url(
             "ssh://git@github.com/o/r.git",
+            "https://github.com/o/r.git"
+        ));
+        assert!(same_repository(
+            "ssh://git@github.com/o/r.git",
+            "https://github.com/O/r"
+        ));
+        assert!(same_repository(
+            "ssh://git@ghe.example.com:2222/o/r.git",
+            "https://ghe.example.com/o/r.git"
+        ));
+        assert!(!same_repository(
+            "ssh://git@github.com/o/r.git",
+            "https://github.com/o/other.git"
+        ));
+        assert!(!same_repository(
+            "ssh://git@ghe.example.com/o/r.git",
             "https://github.com/o/r.git"
         ));
     }

@@ -138,7 +138,7 @@ pub fn evaluate<E: Refused>(
                 )
                 .in_file(files.flux)
                 .with_hint(format!(
-                    "the App needs the repository permission Contents: Read-only (the App's settings, \"Permissions & events\"), accepted by the installation ({configure}, review the request), and the installation's repository access must include `{repo_name}`"
+                    "give the App Contents: Read-only (its settings, Permissions & events), accept it in {configure}, and include `{repo_name}` there"
                 ))]);
             }
             if matches!(refusal, Refusal::NotFound { .. }) {

@@ -362,7 +362,7 @@ pub fn plan(
     let replace_secret = (!taken_over.is_empty() || switched) && live.secret.is_some();
     let takeover = match (taken_over.is_empty(), live.kustomization.is_some()) {
         (false, true) => Some(
-            if live_url.is_some_and(|old| !flux::same_repo_url(old, &url)) {
+            if live_url.is_some_and(|old| !flux::same_repository(old, &url)) {
                 Takeover::Repository
             } else {
                 Takeover::Path
@@ -655,7 +655,7 @@ fn takeovers(
 ) -> Vec<TakenOver> {
     let mut found = Vec::new();
     if let Some(old) = live_url
-        && !flux::same_repo_url(old, url)
+        && !flux::same_repository(old, url)
     {
         found.push(TakenOver {
             kind: Kind::GitRepository,
