@@ -1,7 +1,7 @@
 //! What GitHub's answers mean for `auth: github-app`: the App's key, its installation on the
 //! repository, an installation token with Contents read, then the repository and branch as that
 //! token sees them. Pure logic over the answers the [`github`](crate::github) module fetched,
-//! like [`online`](crate::online), whose checks of the repository and branch it reuses.
+//! like [`crate::online`], whose checks of the repository and branch it reuses.
 //!
 //! Each failure carries GitHub's own message as the cause and says what to change, and where.
 

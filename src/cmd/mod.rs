@@ -199,7 +199,8 @@ pub(crate) fn api_base(cfg: &FluxConfig) -> Result<String, github::Error> {
 
 /// What `auth: github-app` asks GitHub, in the fewest rounds the answers allow (SPEC §3a): the
 /// App and its installation together (the JWT), then the installation token (it needs the
-/// installation's id), then the repository and the branch together (they need the token).
+/// installation's id; asked in the first round when `installationId` gives it), then the
+/// repository and the branch together (they need the token).
 /// `head`: without a configured branch, the default branch is read too (a fourth round).
 pub(crate) async fn ask_app(
     api_base: &str,
@@ -223,7 +224,15 @@ pub(crate) async fn ask_app(
             None => jwt.get_repo_installation(owner, name).await,
         }
     };
-    let (found, installation) = tokio::join!(jwt.get_app(), installation);
+    // With `installationId` given, the token needs nothing the other two return: it is asked
+    // for in the same round (two rounds in all, not three).
+    let early_token = async {
+        match app.installation_id {
+            Some(id) => Some(jwt.installation_client(id, name).await),
+            None => None,
+        }
+    };
+    let (found, installation, early_token) = tokio::join!(jwt.get_app(), installation, early_token);
     let mut answers = AppAnswers {
         app: found,
         installation,
@@ -235,10 +244,16 @@ pub(crate) async fn ask_app(
         Ok(i) if answers.app.is_ok() && i.suspended_at.is_none() => i.id,
         _ => return Ok((answers, None)),
     };
-    tracing::debug!(
-        "asking for an installation token of installation {id}, for `{name}` with contents: read"
-    );
-    let (client, info) = match jwt.installation_client(id, name).await {
+    let minted = match early_token {
+        Some(minted) => minted,
+        None => {
+            tracing::debug!(
+                "asking for an installation token of installation {id}, for `{name}` with contents: read"
+            );
+            jwt.installation_client(id, name).await
+        }
+    };
+    let (client, info) = match minted {
         Ok((client, info)) => (client, info),
         Err(e) => {
             answers.token = Some(Err(e));
