@@ -210,3 +210,212 @@ fn suspended(account: &str, since: Option<&str>, configure: &str, files: &Files<
         "unsuspend it: {configure}, \"Unsuspend\"; Flux cannot fetch while it is suspended"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each decision of `evaluate`, from answers as the fake GitHub serves them (GitHub's
+    //! documented App bodies and errors), with the findings' code, file and the words that
+    //! carry the hint.
+    use super::*;
+    use crate::github::{Error, ValidationError};
+    use std::collections::BTreeMap;
+
+    const FILES: Files<'static> = Files {
+        flux: "config/flux.yaml",
+        token: "config/secrets-flux.yaml",
+    };
+    const APP: AppConfig = AppConfig {
+        id: 123456,
+        installation_id: None,
+    };
+
+    fn cfg() -> FluxConfig {
+        crate::config::parse_flux(
+            "repo: https://github.com/username/manifests\nbranch: main\nauth: github-app\n",
+            "f",
+        )
+        .0
+        .unwrap()
+    }
+
+    fn app() -> App {
+        App {
+            id: 123456,
+            slug: Some("homelab-flux-test".to_string()),
+            name: None,
+            permissions: BTreeMap::new(),
+        }
+    }
+
+    fn installation(suspended: bool) -> Installation {
+        Installation {
+            id: 987654,
+            app_id: Some(123456),
+            app_slug: None,
+            account: Some(crate::facts::Account {
+                login: "username".to_string(),
+            }),
+            repository_selection: Some("selected".to_string()),
+            permissions: BTreeMap::new(),
+            suspended_at: suspended.then(|| "2026-01-01T00:00:00Z".to_string()),
+        }
+    }
+
+    fn repo() -> Repository {
+        serde_json::from_value(serde_json::json!({
+            "full_name": "username/manifests",
+            "default_branch": "main",
+            "ssh_url": "git@github.com:username/manifests.git",
+            "clone_url": "https://github.com/username/manifests.git",
+            "private": true,
+        }))
+        .unwrap()
+    }
+
+    fn ok() -> AppAnswers<Error> {
+        AppAnswers {
+            app: Ok(app()),
+            installation: Ok(installation(false)),
+            token: Some(Ok(InstallationTokenInfo {
+                expires_at: "2026-12-07T11:00:00Z".to_string(),
+                permissions: BTreeMap::from([("contents".to_string(), "read".to_string())]),
+            })),
+            repo: Some(Ok(repo())),
+            branch: Some((
+                "main".to_string(),
+                Ok(Branch {
+                    name: "main".to_string(),
+                    commit_sha: "0".repeat(40),
+                }),
+            )),
+        }
+    }
+
+    fn findings(answers: AppAnswers<Error>, app: AppConfig) -> Vec<Diagnostic> {
+        evaluate(&cfg(), app, answers, &FILES).unwrap_or_else(|e| panic!("not asked: {e}"))
+    }
+
+    fn only(found: &[Diagnostic], code: Code) -> &Diagnostic {
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].code, code, "{found:#?}");
+        &found[0]
+    }
+
+    #[test]
+    fn an_installation_that_reads_the_repository_has_no_findings() {
+        assert!(findings(ok(), APP).is_empty());
+    }
+
+    #[test]
+    fn a_rejected_jwt_is_the_only_finding_with_githubs_message() {
+        let mut a = ok();
+        a.app = Err(Error::Unauthorized {
+            endpoint: "GET /app".to_string(),
+            message: "A JSON web token could not be decoded".to_string(),
+        });
+        let found = findings(a, APP);
+        let d = only(&found, Code::AppKeyRejected);
+        assert!(
+            d.message
+                .contains("\"A JSON web token could not be decoded\""),
+            "{d:?}"
+        );
+        assert_eq!(d.location.as_ref().unwrap().file, FILES.token);
+    }
+
+    #[test]
+    fn not_installed_links_to_the_install_page_or_names_the_configured_id() {
+        let mut a = ok();
+        a.installation = Err(Error::NotFound {
+            endpoint: "GET /repos/username/manifests/installation".to_string(),
+            message: "Not Found".to_string(),
+            accepted_permissions: None,
+        });
+        let found = findings(a, APP);
+        let d = only(&found, Code::AppNotInstalled);
+        assert!(
+            d.hint
+                .as_deref()
+                .unwrap()
+                .contains("https://github.com/apps/homelab-flux-test/installations/new"),
+            "{d:?}"
+        );
+        let mut a = ok();
+        a.installation = Err(Error::NotFound {
+            endpoint: "GET /app/installations/5".to_string(),
+            message: "Not Found".to_string(),
+            accepted_permissions: None,
+        });
+        let found = findings(
+            a,
+            AppConfig {
+                installation_id: Some(5),
+                ..APP
+            },
+        );
+        let d = only(&found, Code::AppNotInstalled);
+        assert!(d.message.contains("installation 5"), "{d:?}");
+        assert!(
+            d.hint.as_deref().unwrap().contains("installationId"),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn a_token_refused_for_contents_names_the_permission() {
+        let mut a = ok();
+        a.token = Some(Err(Error::Validation {
+            endpoint: "POST /app/installations/987654/access_tokens".to_string(),
+            message: "The permissions requested are not granted to this installation.".to_string(),
+            errors: Vec::<ValidationError>::new(),
+        }));
+        a.repo = None;
+        a.branch = None;
+        let found = findings(a, APP);
+        let d = only(&found, Code::AppContentsForbidden);
+        assert!(
+            d.hint.as_deref().unwrap().contains("Contents: Read-only"),
+            "{d:?}"
+        );
+        assert!(d.message.contains("not granted"), "{d:?}");
+    }
+
+    #[test]
+    fn a_suspended_installation_is_named_from_its_answer_or_the_tokens_403() {
+        let mut a = ok();
+        a.installation = Ok(installation(true));
+        a.token = None;
+        only(&findings(a, APP), Code::AppSuspended);
+        let mut a = ok();
+        a.token = Some(Err(Error::Forbidden {
+            endpoint: "POST /app/installations/987654/access_tokens".to_string(),
+            message: "This installation has been suspended".to_string(),
+            accepted_permissions: None,
+        }));
+        only(&findings(a, APP), Code::AppSuspended);
+    }
+
+    #[test]
+    fn a_repository_the_token_cannot_see_points_at_the_installations_access() {
+        let mut a = ok();
+        a.repo = Some(Err(Error::NotFound {
+            endpoint: "GET /repos/username/manifests".to_string(),
+            message: "Not Found".to_string(),
+            accepted_permissions: None,
+        }));
+        let found = findings(a, APP);
+        let d = only(&found, Code::RepoNotFound);
+        assert!(d.message.contains("installation token"), "{d:?}");
+    }
+
+    #[test]
+    fn github_unreachable_is_not_a_finding() {
+        let mut a = ok();
+        a.installation = Err(Error::Server {
+            endpoint: "GET /repos/username/manifests/installation".to_string(),
+            status: 502,
+            attempts: 4,
+        });
+        assert!(evaluate(&cfg(), APP, a, &FILES).is_err());
+    }
+}

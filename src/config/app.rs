@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::parse::{list, mark, suggest};
+use super::names::{list, mark, suggest};
 use super::yaml::{Node, NodeKind, Resolved};
 use crate::app_key::{AppKey, GitHubApp};
 use crate::diag::{Code, Diagnostic, Position, Report};

@@ -7,6 +7,7 @@
 
 pub mod age;
 mod app;
+mod names;
 mod parse;
 pub mod source;
 pub mod yaml;

@@ -4,6 +4,8 @@
 
 use super::age;
 use super::app;
+pub use super::names::suggest;
+use super::names::{list, mark};
 use super::source::Source;
 use super::yaml::{self, Node, NodeKind, Resolved, Style, YamlError};
 use super::{API_VERSION, Contents, KIND, MAX_FILE_SIZE, SECRETS_FILE};
@@ -601,15 +603,6 @@ impl Fields<'_> {
     }
 }
 
-/// A finding's position at a YAML node's position, marking `width` characters.
-pub(super) fn mark(pos: yaml::Pos, width: usize) -> Position {
-    Position {
-        line: pos.line,
-        column: pos.column,
-        width,
-    }
-}
-
 /// 1 for a quoted scalar (the quote before the value), 0 otherwise.
 fn quote_len(node: &Node) -> usize {
     match &node.kind {
@@ -619,22 +612,4 @@ fn quote_len(node: &Node) -> usize {
         } => 1,
         _ => 0,
     }
-}
-
-pub(super) fn list(keys: &[&str]) -> String {
-    keys.iter()
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The closest known word, if it is close enough to be a typo.
-pub fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    let lower = word.to_ascii_lowercase().replace('_', "-");
-    known
-        .iter()
-        .map(|k| (k, strsim::levenshtein(&lower, &k.to_ascii_lowercase())))
-        .filter(|(k, d)| *d <= (k.len() / 3).max(1))
-        .min_by_key(|(_, d)| *d)
-        .map(|(k, _)| *k)
 }

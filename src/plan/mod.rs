@@ -14,7 +14,6 @@ use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::app_key::AppKey;
 use crate::facts::{DeployKey, Repository};
 use crate::flux;
 use crate::flux::{FluxParts, Kind, ManagedBy, Support, Version};
@@ -26,10 +25,12 @@ use crate::token::Token;
 
 mod flux_step;
 mod object;
+mod switch;
 pub mod uninstall;
 pub use flux_step::{FluxStep, flux_step};
 use object::Masked;
 pub use object::{Change, FieldChange, Object};
+pub use switch::AppSecret;
 
 /// What GitHub said, all read in one round.
 #[derive(Debug, Clone)]
@@ -104,17 +105,6 @@ pub struct Options {
     pub flux_version: Option<Version>,
     /// `auth: github-app`: what the Secret holds.
     pub github_app: Option<AppSecret>,
-}
-
-/// The GitHub App's side of Secret `flux-system` (`auth: github-app`): the installation is the
-/// one GitHub confirmed (configured or looked up). `Debug` hides the key.
-#[derive(Debug, Clone)]
-pub struct AppSecret {
-    pub app_id: u64,
-    pub installation_id: u64,
-    pub key: AppKey,
-    /// `githubAppBaseURL`: the API base, when it is not `https://api.github.com`.
-    pub base_url: Option<String>,
 }
 
 /// How the cluster reads the repository.
@@ -358,7 +348,7 @@ pub fn plan(
     let switched = live
         .secret
         .as_ref()
-        .is_some_and(|s| holds_other_keys(s, secret_keys(cfg.auth, options)));
+        .is_some_and(|s| switch::holds_other_keys(s, switch::secret_keys(cfg.auth, options)));
     let replace_secret = (!taken_over.is_empty() || switched) && live.secret.is_some();
     let takeover = match (taken_over.is_empty(), live.kustomization.is_some()) {
         (false, true) => Some(
@@ -510,25 +500,7 @@ pub fn plan(
         flux::git_repository(&url, &branch, cfg.auth),
         live.git_repository.as_ref(),
     );
-    // Leaving `github-app`: `provider` is a field the desired object does not have, which a
-    // comparison of what is wanted does not see.
-    if let Some(live_provider) = live
-        .git_repository
-        .as_ref()
-        .and_then(|o| o["spec"]["provider"].as_str())
-        && git_repository.desired["spec"].get("provider").is_none()
-        && live_provider != "generic"
-    {
-        let removed = FieldChange {
-            field: "spec.provider".to_string(),
-            old: Some(live_provider.to_string()),
-            new: "(removed)".to_string(),
-        };
-        match &mut git_repository.change {
-            Change::Update(fields) => fields.push(removed),
-            change => *change = Change::Update(vec![removed]),
-        }
-    }
+    switch::drop_provider(&mut git_repository, live.git_repository.as_ref());
 
     Ok(Plan {
         old_key_unlisted,
@@ -617,31 +589,6 @@ fn source_url(
     Ok(match live {
         Some(live) if flux::same_repo_url(live, &url) => live.to_string(),
         _ => url,
-    })
-}
-
-/// The keys Secret `flux-system` holds for `auth`.
-fn secret_keys(auth: Auth, options: &Options) -> &'static [&'static str] {
-    match auth {
-        Auth::DeployKey => &flux::CREDENTIAL_KEYS[..3],
-        Auth::Token => &flux::CREDENTIAL_KEYS[3..5],
-        Auth::GitHubApp
-            if options
-                .github_app
-                .as_ref()
-                .is_some_and(|a| a.base_url.is_some()) =>
-        {
-            &flux::CREDENTIAL_KEYS[5..]
-        }
-        Auth::GitHubApp => &flux::CREDENTIAL_KEYS[5..8],
-    }
-}
-
-/// Whether a live Secret holds a credential key that `wanted` does not (another mode's).
-fn holds_other_keys(secret: &Value, wanted: &[&str]) -> bool {
-    secret["data"].as_object().is_some_and(|data| {
-        data.keys()
-            .any(|k| flux::CREDENTIAL_KEYS.contains(&k.as_str()) && !wanted.contains(&k.as_str()))
     })
 }
 
@@ -1381,6 +1328,200 @@ mod tests {
         )
         .unwrap();
         assert_eq!(*p.secret.change(), Change::Unchanged);
+    }
+
+    fn app_config() -> FluxConfig {
+        config(
+            "repo: https://github.com/username/manifests\nbranch: main\npath: ./clusters/home\nauth: github-app\n",
+        )
+    }
+
+    fn app_options(base_url: Option<&str>) -> Options {
+        Options {
+            github_app: Some(AppSecret {
+                app_id: 123456,
+                installation_id: 987654,
+                key: crate::app_key::AppKey::parse(crate::app_key::tests::TEST_KEY_PKCS1).unwrap(),
+                base_url: base_url.map(str::to_string),
+            }),
+            ..Options::default()
+        }
+    }
+
+    fn data_keys(secret: &Value) -> Vec<String> {
+        secret["data"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn github_app_writes_the_app_secret_and_provider_github_and_no_key() {
+        let p = plan(
+            &app_config(),
+            None,
+            &github(vec![]),
+            &fresh(),
+            &app_options(None),
+        )
+        .unwrap();
+        assert!(matches!(p.credentials, Credentials::GitHubApp));
+        let SecretPlan::Apply(secret) = &p.secret else {
+            panic!("{:?}", p.secret)
+        };
+        assert_eq!(
+            data_keys(&secret.desired),
+            [
+                "githubAppID",
+                "githubAppInstallationID",
+                "githubAppPrivateKey"
+            ]
+        );
+        assert_eq!(
+            flux::secret_value(&secret.desired, "githubAppID").as_deref(),
+            Some("123456")
+        );
+        assert_eq!(
+            flux::secret_value(&secret.desired, "githubAppInstallationID").as_deref(),
+            Some("987654")
+        );
+        let spec = &p.git_repository.desired["spec"];
+        assert_eq!(spec["provider"], "github");
+        assert_eq!(spec["url"], "https://github.com/username/manifests.git");
+        assert_eq!(spec["secretRef"]["name"], "flux-system");
+        assert!(p.stale_keys.is_empty() && p.old_key_unlisted.is_none() && !p.replace_secret);
+        assert!(p.known_hosts.is_empty());
+        // GitHub Enterprise Server (or any API base but api.github.com): the base URL too.
+        let p = plan(
+            &app_config(),
+            None,
+            &github(vec![]),
+            &fresh(),
+            &app_options(Some("https://ghe.example.com/api/v3")),
+        )
+        .unwrap();
+        let SecretPlan::Apply(secret) = &p.secret else {
+            panic!()
+        };
+        assert_eq!(
+            flux::secret_value(&secret.desired, "githubAppBaseURL").as_deref(),
+            Some("https://ghe.example.com/api/v3")
+        );
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains("MII"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn deploy_key_to_github_app_replaces_the_secret_and_deletes_or_names_the_old_key() {
+        let pair = KeyPair::generate("x").unwrap();
+        let live = bootstrapped(&deploy_key_config(), &pair, &known_hosts());
+        // With a token: this cluster's key is listed and deleted once the Secret is applied.
+        let gh = github(vec![
+            key(7, &title(), &pair),
+            key(8, "another cluster", &pair),
+        ]);
+        let p = plan(
+            &app_config(),
+            Some(&token()),
+            &gh,
+            &live,
+            &app_options(None),
+        )
+        .unwrap();
+        assert!(p.replace_secret, "the deploy key's fields must not linger");
+        assert_eq!(*p.secret.change(), Change::Create);
+        assert_eq!(p.stale_keys.iter().map(|k| k.id).collect::<Vec<_>>(), [7]);
+        let Change::Update(fields) = &p.git_repository.change else {
+            panic!("{:?}", p.git_repository.change)
+        };
+        let changed: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+        assert!(
+            changed.contains(&"spec.provider") && changed.contains(&"spec.url"),
+            "{changed:?}"
+        );
+        // Without one: nothing listed, the old key named.
+        let p = plan(
+            &app_config(),
+            None,
+            &github(vec![]),
+            &live,
+            &app_options(None),
+        )
+        .unwrap();
+        assert!(p.stale_keys.is_empty());
+        assert_eq!(p.old_key_unlisted, Some(title()));
+    }
+
+    #[test]
+    fn github_app_is_idempotent_and_leaving_it_drops_provider_and_the_app_keys() {
+        let first = plan(
+            &app_config(),
+            None,
+            &github(vec![]),
+            &fresh(),
+            &app_options(None),
+        )
+        .unwrap();
+        let SecretPlan::Apply(secret) = &first.secret else {
+            panic!()
+        };
+        let mut live = fresh();
+        live.namespace = Some(flux::namespace());
+        live.secret = Some(secret.desired.clone());
+        live.git_repository = Some(first.git_repository.desired.clone());
+        live.kustomization = Some(first.kustomization.desired.clone());
+        let again = plan(
+            &app_config(),
+            None,
+            &github(vec![]),
+            &live,
+            &app_options(None),
+        )
+        .unwrap();
+        assert!(!again.writes_objects(), "{again:?}");
+        assert!(!again.replace_secret && again.old_key_unlisted.is_none());
+        // Back to a token: the App's keys go with the Secret, `provider` is removed.
+        let cfg = config(
+            "repo: https://github.com/username/manifests\nbranch: main\npath: ./clusters/home\nauth: token\n",
+        );
+        let back = plan(
+            &cfg,
+            Some(&token()),
+            &github(vec![]),
+            &live,
+            &Options::default(),
+        )
+        .unwrap();
+        assert!(back.replace_secret);
+        assert_eq!(
+            back.git_repository.change,
+            Change::Update(vec![FieldChange {
+                field: "spec.provider".to_string(),
+                old: Some("github".to_string()),
+                new: "(removed)".to_string(),
+            }])
+        );
+        assert!(
+            back.git_repository.desired["spec"]
+                .get("provider")
+                .is_none()
+        );
+        // Without the App's credentials there is nothing to write: refused, not guessed.
+        assert!(matches!(
+            plan(
+                &app_config(),
+                None,
+                &github(vec![]),
+                &fresh(),
+                &Options::default()
+            ),
+            Err(Refusal::NoCredential(Auth::GitHubApp, _))
+        ));
     }
 
     #[test]

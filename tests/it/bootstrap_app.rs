@@ -207,7 +207,8 @@ async fn without_a_token_the_old_key_is_named_and_dry_run_and_export_know_the_ap
     same_host_clone_url(&w);
     let client = c.client().await;
     let app = w.gh.add_app(AppSpec::new(APP_ID, "homelab-flux-notoken"));
-    w.gh.install_app(APP_ID, InstallationSpec::new("username", "manifests"));
+    let installation =
+        w.gh.install_app(APP_ID, InstallationSpec::new("username", "manifests"));
     let r = w.bootstrap(&["--no-wait"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     let title = homelab_flux::keys::default_title(c.context(), c.server_url());
@@ -247,6 +248,33 @@ async fn without_a_token_the_old_key_is_named_and_dry_run_and_export_know_the_ap
         "not deleted without a token"
     );
     assert_eq!(repo_spec(client.clone()).await["provider"], "github");
+
+    // `status` knows the mode and asks whether the installation still reaches the repository.
+    let r = w.run(&["status", "--format", "json"]);
+    check_secrets(&w, &app, &r);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    assert_eq!(doc["auth"], "github-app", "{doc}");
+    assert_eq!(doc["app_installation_ok"], true, "{doc}");
+    assert_eq!(
+        doc["deploy_key_registered"],
+        serde_json::Value::Null,
+        "{doc}"
+    );
+    w.gh.set_installation_suspended(installation, true);
+    let r = w.run(&["status"]);
+    check_secrets(&w, &app, &r);
+    assert_eq!(r.code, 1, "{}", r.transcript());
+    for line in [
+        "auth: github-app",
+        "GitHub App: the installation does NOT reach the repository: the GitHub App's installation on `username` is suspended",
+    ] {
+        assert!(
+            r.stdout.contains(line),
+            "missing `{line}` in:\n{}",
+            r.stdout
+        );
+    }
+    w.gh.set_installation_suspended(installation, false);
 
     let r = w.run(&["bootstrap", "--export"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
