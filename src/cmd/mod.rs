@@ -177,9 +177,7 @@ pub(crate) fn github_client(
     token: &Token,
     ui: &Ui,
 ) -> Result<GitHub, github::Error> {
-    let env = std::env::var(github::API_URL_ENV).ok();
-    let base = github::resolve_api_base(&cfg.repo.authority(), env.as_deref())?;
-    let client = GitHub::new(&base, token.secret())?;
+    let client = GitHub::new(&api_base(cfg)?, token.secret())?;
     let default = github::api_base_for_host(&cfg.repo.authority());
     if client.api_base() != default {
         ui.notice(&format!(
@@ -285,6 +283,15 @@ pub(crate) async fn ask_app(
     Ok((answers, Some(client)))
 }
 
+/// `flux.yaml` as the findings name it.
+fn flux_file(findings: &Findings) -> String {
+    findings
+        .sources
+        .first()
+        .map(|s| s.name().to_string())
+        .unwrap_or_default()
+}
+
 /// Turns the App's answers into findings (see [`online_app::evaluate`]).
 pub(crate) fn app_findings(
     cfg: &FluxConfig,
@@ -292,11 +299,7 @@ pub(crate) fn app_findings(
     findings: &Findings,
     answers: AppAnswers<github::Error>,
 ) -> Result<Vec<Diagnostic>, CannotAsk> {
-    let flux_file = findings
-        .sources
-        .first()
-        .map(|s| s.name().to_string())
-        .unwrap_or_default();
+    let flux_file = flux_file(findings);
     let secrets_file = findings.secrets_path.display().to_string();
     let files = online::Files {
         flux: &flux_file,
@@ -359,11 +362,7 @@ pub(crate) fn github_findings(
     findings: &Findings,
     answers: Answers<github::Error>,
 ) -> Result<Vec<Diagnostic>, CannotAsk> {
-    let flux_file = findings
-        .sources
-        .first()
-        .map(|s| s.name().to_string())
-        .unwrap_or_default();
+    let flux_file = flux_file(findings);
     let token_file = match origin {
         TokenOrigin::File(p) => p.display().to_string(),
         TokenOrigin::Env => format!("${}", config::TOKEN_ENV),

@@ -676,6 +676,55 @@ mod tests {
         assert!(!shown.contains(&value[16..]), "{shown}");
     }
 
+    /// `auth: github-app`: the App's key, inline or in a file of mode 600, loads without a
+    /// token; `Debug` of what was loaded never shows it; a key file others may read is refused.
+    #[test]
+    fn a_github_app_loads_and_debug_never_shows_its_key() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let pem = crate::app_key::tests::TEST_KEY_PKCS1;
+        let body_line = pem.lines().nth(10).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let flux = "repo: https://github.com/o/r\nauth: github-app\n";
+        std::fs::write(dir.path().join(FLUX_FILE), flux).unwrap();
+        let inline: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+        std::fs::write(
+            dir.path().join(SECRETS_FILE),
+            format!("githubApp:\n  id: 42\n  privateKey: |\n{inline}"),
+        )
+        .unwrap();
+        let loaded = load(dir.path(), Secrets::Required, &Env::default()).unwrap();
+        let Loaded::Valid(v) = &loaded else {
+            panic!("{loaded:?}")
+        };
+        let app = v.app.as_ref().unwrap();
+        assert_eq!((app.id, app.installation_id), (42, None));
+        assert!(v.credential.is_none(), "no token needed");
+        let shown = format!("{loaded:?}");
+        assert!(!shown.contains(body_line), "{shown}");
+
+        let key_file = dir.path().join("keys/app.pem");
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        std::fs::write(&key_file, pem).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(
+            dir.path().join(SECRETS_FILE),
+            "githubApp:\n  id: 42\n  installationId: 7\n  privateKeyFile: keys/app.pem\n",
+        )
+        .unwrap();
+        let loaded = load(dir.path(), Secrets::Required, &Env::default()).unwrap();
+        let Loaded::Valid(v) = &loaded else {
+            panic!("{loaded:?}")
+        };
+        assert_eq!(v.app.as_ref().unwrap().installation_id, Some(7));
+        assert!(!format!("{loaded:?}").contains(body_line));
+
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let loaded = load(dir.path(), Secrets::Required, &Env::default()).unwrap();
+        let codes: Vec<Code> = loaded.findings().report.iter().map(|d| d.code).collect();
+        assert_eq!(codes, [Code::AppKeyFilePermissions]);
+        assert!(matches!(loaded, Loaded::Invalid(_)));
+    }
+
     /// `status` asks for the token only: an age identity that sops would not find (here a
     /// `SOPS_AGE_KEY_FILE` that does not exist, an error for `validate`) is not looked for.
     #[test]
