@@ -6,6 +6,7 @@
 //! both files is collected before anything is returned.
 
 pub mod age;
+mod app;
 mod parse;
 pub mod source;
 pub mod yaml;
@@ -14,8 +15,9 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::app_key::{AppKey, GitHubApp};
 use crate::diag::{Code, Diagnostic, Report, Severity};
-use crate::settings::{Decryption, FluxConfig};
+use crate::settings::{Auth, Decryption, FluxConfig};
 use crate::sops::AgeIdentity;
 use crate::token::{self, Token};
 use crate::token_host::TokenHost;
@@ -62,6 +64,9 @@ pub struct Valid {
     /// The age identities found (see [`age`]): `ageKey` alone when it is set, else every one in
     /// the places sops reads. Which one the cluster gets is decided against the repository.
     pub age_identities: Vec<AgeIdentity>,
+    /// `githubApp`, with its key read: `Some` whenever `auth: github-app` (and the secrets are
+    /// read), else `None`.
+    pub app: Option<GitHubApp>,
     pub findings: Findings,
 }
 
@@ -75,6 +80,8 @@ pub struct Invalid {
     pub decryption: Option<Decryption>,
     /// As in [`Valid`], for the hygiene scan.
     pub age_identities: Vec<AgeIdentity>,
+    /// The App's private key when one parsed, for the hygiene scan.
+    pub app_key: Option<AppKey>,
     pub findings: Findings,
 }
 
@@ -118,6 +125,14 @@ impl Loaded {
         }
     }
 
+    /// The GitHub App's private key, when one parsed.
+    pub fn app_key(&self) -> Option<&AppKey> {
+        match self {
+            Loaded::Valid(v) => v.app.as_ref().map(|a| &a.key),
+            Loaded::Invalid(i) => i.app_key.as_ref(),
+        }
+    }
+
     /// `decryption:` as `flux.yaml` sets it.
     pub fn decryption(&self) -> Option<Decryption> {
         match self {
@@ -153,6 +168,7 @@ impl Loaded {
                         token: v.credential.map(|c| c.token),
                         decryption: v.flux.decryption,
                         age_identities: v.age_identities,
+                        app_key: v.app.map(|a| a.key),
                         findings: v.findings,
                     })
                 } else {
@@ -275,6 +291,8 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
     // From the secrets file, when it is read; else from the environment.
     let mut file_host = None;
     let mut age_key = None;
+    let mut app = None;
+    let mut app_key = None;
     if secrets != Secrets::Ignored {
         if let Some(value) = &env.token {
             let found = token::check(value, auth);
@@ -286,19 +304,52 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
             );
             token_origin = Some(TokenOrigin::Env);
             token = ok.then(|| Token::new(value));
-        } else {
+        }
+        // With `github-app` the App's credentials are in the file, whatever holds the token.
+        if env.token.is_none() || auth == Auth::GitHubApp {
             match read(&secrets_path)? {
                 Some(contents) => {
                     let name = secrets_path.display().to_string();
-                    let (t, source, host, key) =
-                        parse_secrets_bytes(&contents, &name, auth, &mut report);
-                    sources.push(source);
-                    token = t;
-                    age_key = key;
-                    token_origin = Some(TokenOrigin::File(secrets_path.clone()));
-                    file_host = Some(host);
+                    let mut read = parse_secrets_bytes(&contents, &name, auth, &mut report);
+                    if env.token.is_none() {
+                        token = read.token;
+                        token_origin = Some(TokenOrigin::File(secrets_path.clone()));
+                        file_host = Some(read.host);
+                    }
+                    age_key = read.age_key;
+                    app_key = read.app_key.take();
+                    if let Some(found) = read.app.take()
+                        && auth == Auth::GitHubApp
+                    {
+                        app = app::resolve(found, dir, &name, &mut report);
+                        app_key = app.as_ref().map(|a| a.key.clone()).or(app_key);
+                    }
+                    sources.push(read.source);
+                }
+                None if env.token.is_some() => {
+                    report.push(
+                        Diagnostic::new(
+                            if secrets == Secrets::Required {
+                                Severity::Error
+                            } else {
+                                Severity::Warning
+                            },
+                            Code::SecretsMissing,
+                            format!(
+                                "`{}` not found, so the GitHub App's credentials are not checked",
+                                secrets_path.display()
+                            ),
+                        )
+                        .in_file(secrets_path.display().to_string())
+                        .with_hint("create it (mode 600) with `githubApp:` and `id:`, `privateKeyFile:` indented below it"),
+                    );
                 }
                 None => {
+                    let what = if auth == Auth::GitHubApp {
+                        "the GitHub App's credentials are"
+                    } else {
+                        "the token is"
+                    };
                     let d = Diagnostic::new(
                         if secrets == Secrets::Required {
                             Severity::Error
@@ -306,15 +357,16 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
                             Severity::Warning
                         },
                         Code::SecretsMissing,
-                        format!(
-                            "`{}` not found, so the token is not checked",
-                            secrets_path.display()
-                        ),
+                        format!("`{}` not found, so {what} not checked", secrets_path.display()),
                     )
                     .in_file(secrets_path.display().to_string())
-                    .with_hint(format!(
-                        "run `homelab-flux init`, or create it with the line `token: <your token>` (mode 600), or set `{TOKEN_ENV}`"
-                    ));
+                    .with_hint(if auth == Auth::GitHubApp {
+                        "run `homelab-flux init`, or create it (mode 600) with `githubApp:` and `id:`, `privateKeyFile:` indented below it".to_string()
+                    } else {
+                        format!(
+                            "run `homelab-flux init`, or create it with the line `token: <your token>` (mode 600), or set `{TOKEN_ENV}`"
+                        )
+                    });
                     report.push(d);
                 }
             }
@@ -376,12 +428,14 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
                 .zip(token_origin)
                 .map(|(token, origin)| Credential { token, origin }),
             age_identities,
+            app,
             findings,
         }),
         _ => Loaded::Invalid(Invalid {
             token,
             decryption: decryption.ok().flatten(),
             age_identities,
+            app_key,
             findings,
         }),
     })

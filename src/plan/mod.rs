@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::app_key::AppKey;
 use crate::facts::{DeployKey, Repository};
 use crate::flux;
 use crate::flux::{FluxParts, Kind, ManagedBy, Support, Version};
@@ -101,6 +102,19 @@ pub struct Options {
     /// The Flux release wanted: the label of `--flux-manifests`, else `--flux-version`; `None`
     /// for the pinned release.
     pub flux_version: Option<Version>,
+    /// `auth: github-app`: what the Secret holds.
+    pub github_app: Option<AppSecret>,
+}
+
+/// The GitHub App's side of Secret `flux-system` (`auth: github-app`): the installation is the
+/// one GitHub confirmed (configured or looked up). `Debug` hides the key.
+#[derive(Debug, Clone)]
+pub struct AppSecret {
+    pub app_id: u64,
+    pub installation_id: u64,
+    pub key: AppKey,
+    /// `githubAppBaseURL`: the API base, when it is not `https://api.github.com`.
+    pub base_url: Option<String>,
 }
 
 /// How the cluster reads the repository.
@@ -113,6 +127,8 @@ pub enum Credentials {
     NewKey,
     /// `auth: token`: the token itself, rewritten into the Secret on every run.
     Token,
+    /// `auth: github-app`: the App's ID, installation and key; no deploy key.
+    GitHubApp,
 }
 
 /// The Secret `flux-system`.
@@ -204,6 +220,9 @@ pub struct Plan {
     pub ssh_url: String,
     pub host_keys: Vec<String>,
     pub known_hosts: String,
+    /// The live Secret held a deploy key of this cluster (this title) that cannot be looked up
+    /// on GitHub (no token beside the GitHub App): named in a note, with how to delete it.
+    pub old_key_unlisted: Option<String>,
 }
 
 impl Plan {
@@ -278,12 +297,14 @@ pub enum Refusal {
         "`decryption: sops` is set, but no age identity was found: add `ageKey` to the secrets file, or set `SOPS_AGE_KEY`"
     )]
     NoAgeIdentity,
+    #[error("`auth: {0}` needs {1}, and there is none")]
+    NoCredential(Auth, &'static str),
 }
 
 /// Decides every write of a run from what is there.
 pub fn plan(
     cfg: &FluxConfig,
-    token: &Token,
+    token: Option<&Token>,
     github: &GitHubView,
     live: &Live,
     options: &Options,
@@ -332,10 +353,16 @@ pub fn plan(
     if !taken_over.is_empty() && !options.force {
         return Err(Refusal::TakenOver(taken_over));
     }
-    let replace_secret = !taken_over.is_empty() && live.secret.is_some();
+    // A Secret of another mode is written anew: server-side apply would leave the keys of the
+    // old mode that it did not set itself.
+    let switched = live
+        .secret
+        .as_ref()
+        .is_some_and(|s| holds_other_keys(s, secret_keys(cfg.auth, options)));
+    let replace_secret = (!taken_over.is_empty() || switched) && live.secret.is_some();
     let takeover = match (taken_over.is_empty(), live.kustomization.is_some()) {
         (false, true) => Some(
-            if live_url.is_some_and(|old| !flux::same_repo_url(old, &url)) {
+            if live_url.is_some_and(|old| !flux::same_repository(old, &url)) {
                 Takeover::Repository
             } else {
                 Takeover::Path
@@ -344,7 +371,7 @@ pub fn plan(
         _ => None,
     };
     // The Secret as it will be before this run writes it: gone when it is replaced.
-    let live_secret = live.secret.as_ref().filter(|_| taken_over.is_empty());
+    let live_secret = live.secret.as_ref().filter(|_| !replace_secret);
 
     let title = options
         .key_title
@@ -356,7 +383,16 @@ pub fn plan(
             let endpoint = SshEndpoint::parse(&github.repo.ssh_url).map_err(Refusal::SshUrl)?;
             ssh_url::known_hosts(&endpoint, &github.host_keys)
         }
-        Auth::Token => String::new(),
+        Auth::Token | Auth::GitHubApp => String::new(),
+    };
+    // This cluster's deploy keys (its title), for a run that no longer uses one.
+    let own_keys = || {
+        github
+            .keys
+            .iter()
+            .filter(|k| k.title == title)
+            .cloned()
+            .collect::<Vec<_>>()
     };
 
     let (credentials, secret, stale_keys) = match cfg.auth {
@@ -364,11 +400,36 @@ pub fn plan(
             Credentials::Token,
             SecretPlan::Apply(Object::new(
                 Kind::Secret,
-                flux::token_secret(token.expose()),
+                flux::token_secret(
+                    token
+                        .ok_or(Refusal::NoCredential(Auth::Token, "a token"))?
+                        .expose(),
+                ),
                 live_secret,
             )),
             Vec::new(),
         ),
+        Auth::GitHubApp => {
+            let app = options.github_app.as_ref().ok_or(Refusal::NoCredential(
+                Auth::GitHubApp,
+                "the App's credentials",
+            ))?;
+            (
+                Credentials::GitHubApp,
+                SecretPlan::Apply(Object::new(
+                    Kind::Secret,
+                    flux::github_app_secret(
+                        app.app_id,
+                        app.installation_id,
+                        app.key.expose_pem(),
+                        app.base_url.as_deref(),
+                    ),
+                    live_secret,
+                )),
+                // Listed only with a token at hand.
+                own_keys(),
+            )
+        }
         Auth::DeployKey => {
             // The key in the cluster, recognised by its value whatever its title.
             let kept = live_secret
@@ -436,7 +497,41 @@ pub fn plan(
         )),
     };
 
+    // Without a token the deploy keys were not listed: an old key of this cluster is named.
+    let old_key_unlisted = (cfg.auth == Auth::GitHubApp
+        && token.is_none()
+        && live
+            .secret
+            .as_ref()
+            .is_some_and(|s| flux::deploy_public_key(s).is_some()))
+    .then(|| title.clone());
+    let mut git_repository = Object::new(
+        Kind::GitRepository,
+        flux::git_repository(&url, &branch, cfg.auth),
+        live.git_repository.as_ref(),
+    );
+    // Leaving `github-app`: `provider` is a field the desired object does not have, which a
+    // comparison of what is wanted does not see.
+    if let Some(live_provider) = live
+        .git_repository
+        .as_ref()
+        .and_then(|o| o["spec"]["provider"].as_str())
+        && git_repository.desired["spec"].get("provider").is_none()
+        && live_provider != "generic"
+    {
+        let removed = FieldChange {
+            field: "spec.provider".to_string(),
+            old: Some(live_provider.to_string()),
+            new: "(removed)".to_string(),
+        };
+        match &mut git_repository.change {
+            Change::Update(fields) => fields.push(removed),
+            change => *change = Change::Update(vec![removed]),
+        }
+    }
+
     Ok(Plan {
+        old_key_unlisted,
         install: live.flux_missing.clone(),
         flux: flux_step,
         untested_kubernetes,
@@ -444,11 +539,7 @@ pub fn plan(
         credentials,
         replace_secret,
         secret,
-        git_repository: Object::new(
-            Kind::GitRepository,
-            flux::git_repository(&url, &branch),
-            live.git_repository.as_ref(),
-        ),
+        git_repository,
         sops_secret,
         kustomization: Object::new(
             Kind::Kustomization,
@@ -515,7 +606,7 @@ fn source_url(
 ) -> Result<String, InvalidSshUrl> {
     let from_github = match cfg.auth {
         Auth::DeployKey => SshEndpoint::parse(&repo.ssh_url)?.url(),
-        Auth::Token => repo.clone_url.clone(),
+        Auth::Token | Auth::GitHubApp => repo.clone_url.clone(),
     };
     let exported = flux::source_url(cfg);
     let url = if flux::same_repo_url(&from_github, &exported) {
@@ -529,6 +620,31 @@ fn source_url(
     })
 }
 
+/// The keys Secret `flux-system` holds for `auth`.
+fn secret_keys(auth: Auth, options: &Options) -> &'static [&'static str] {
+    match auth {
+        Auth::DeployKey => &flux::CREDENTIAL_KEYS[..3],
+        Auth::Token => &flux::CREDENTIAL_KEYS[3..5],
+        Auth::GitHubApp
+            if options
+                .github_app
+                .as_ref()
+                .is_some_and(|a| a.base_url.is_some()) =>
+        {
+            &flux::CREDENTIAL_KEYS[5..]
+        }
+        Auth::GitHubApp => &flux::CREDENTIAL_KEYS[5..8],
+    }
+}
+
+/// Whether a live Secret holds a credential key that `wanted` does not (another mode's).
+fn holds_other_keys(secret: &Value, wanted: &[&str]) -> bool {
+    secret["data"].as_object().is_some_and(|data| {
+        data.keys()
+            .any(|k| flux::CREDENTIAL_KEYS.contains(&k.as_str()) && !wanted.contains(&k.as_str()))
+    })
+}
+
 /// The guards' findings: the live GitRepository follows another repository, the live
 /// Kustomization applies another path.
 fn takeovers(
@@ -539,7 +655,7 @@ fn takeovers(
 ) -> Vec<TakenOver> {
     let mut found = Vec::new();
     if let Some(old) = live_url
-        && !flux::same_repo_url(old, url)
+        && !flux::same_repository(old, url)
     {
         found.push(TakenOver {
             kind: Kind::GitRepository,
@@ -635,7 +751,11 @@ mod tests {
             status
         };
         let revision = format!("main@sha1:{SHA}");
-        let mut repo = flux::git_repository("ssh://git@github.com/username/manifests.git", "main");
+        let mut repo = flux::git_repository(
+            "ssh://git@github.com/username/manifests.git",
+            "main",
+            Auth::DeployKey,
+        );
         repo["metadata"]["generation"] = 1.into();
         repo["spec"]["timeout"] = "60s".into();
         repo["status"] = ready("artifact", json!({"revision": revision}));
@@ -692,7 +812,7 @@ mod tests {
         let cfg = deploy_key_config();
         let p = plan(
             &cfg,
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &fresh(),
             &Options::default(),
@@ -723,7 +843,7 @@ mod tests {
         let pair = KeyPair::generate("x").unwrap();
         let live = bootstrapped(&cfg, &pair, &known_hosts());
         let gh = github(vec![key(7, &title(), &pair)]);
-        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap();
         assert!(
             matches!(&p.credentials, Credentials::Reuse(k) if k.fingerprint() == pair.fingerprint())
         );
@@ -771,11 +891,11 @@ mod tests {
         // No identity: refused before anything is written (loading reports it first).
         let live = bootstrapped(&cfg, &pair, &known_hosts());
         assert!(matches!(
-            plan(&cfg, &token(), &gh, &live, &Options::default()),
+            plan(&cfg, Some(&token()), &gh, &live, &Options::default()),
             Err(Refusal::NoAgeIdentity)
         ));
         // After a rebuild (no sops-age): created, and the Kustomization names it.
-        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&first))).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &with(&identity(&first))).unwrap();
         let sops = p.sops_secret.as_ref().unwrap();
         assert_eq!(sops.change, Change::Create);
         assert_eq!(sops.name(), "flux-system/sops-age");
@@ -787,13 +907,13 @@ mod tests {
         // The same identity in the cluster: unchanged, and a re-run is synced.
         let mut live = live;
         live.sops_secret = Some(sops.desired.clone());
-        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&first))).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &with(&identity(&first))).unwrap();
         assert_eq!(p.sops_secret.as_ref().unwrap().change, Change::Unchanged);
         assert!(!p.writes_objects());
         assert_eq!(wait(&p, &live, SHA), Wait::Synced);
         // Another identity: rewritten, its value never shown, and the Kustomization (which
         // does not watch the Secret) asked to reconcile.
-        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&second))).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &with(&identity(&second))).unwrap();
         let change = &p.sops_secret.as_ref().unwrap().change;
         assert_eq!(
             *change,
@@ -841,7 +961,7 @@ mod tests {
             ),
             key(10, &keys::legacy_title("default"), &other),
         ]);
-        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap();
         assert!(matches!(p.credentials, Credentials::NewKey));
         assert!(matches!(p.secret.change(), Change::Update(_)));
         assert_eq!(p.git_repository.change, Change::Unchanged);
@@ -867,7 +987,7 @@ mod tests {
         let old = KeyPair::generate("y").unwrap();
         let live = bootstrapped(&cfg, &pair, &known_hosts());
         let gh = github(vec![key(3, &title(), &old), key(4, &title(), &pair)]);
-        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap();
         assert!(matches!(p.credentials, Credentials::Reuse(_)));
         assert_eq!(p.stale_keys.iter().map(|k| k.id).collect::<Vec<_>>(), [3]);
     }
@@ -884,7 +1004,7 @@ mod tests {
         };
         let p = plan(
             &cfg,
-            &token(),
+            Some(&token()),
             &github(vec![key(5, &title(), &old)]),
             &live,
             &Options::default(),
@@ -901,7 +1021,7 @@ mod tests {
         (live.version, live.git_version) = ((1, 34), "v1.34.1".to_string());
         let e = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &live,
             &Options::default(),
@@ -916,7 +1036,7 @@ mod tests {
         assert!(matches!(
             plan(
                 &deploy_key_config(),
-                &token(),
+                Some(&token()),
                 &github(vec![]),
                 &live,
                 &Options::default()
@@ -931,7 +1051,7 @@ mod tests {
         live.flux_missing.version = Some(Version::new(2, 9, 5));
         let p = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &live,
             &older,
@@ -947,7 +1067,7 @@ mod tests {
         (live.version, live.git_version) = ((1, 32), "v1.32.9".to_string());
         let e = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &live,
             &Options::default(),
@@ -962,7 +1082,7 @@ mod tests {
         (live.version, live.git_version) = ((1, 38), "v1.38.0".to_string());
         let p = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &live,
             &Options::default(),
@@ -974,7 +1094,7 @@ mod tests {
         );
         let p = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &fresh(),
             &Options::default(),
@@ -1106,7 +1226,7 @@ mod tests {
             "ssh://git@github.com/username/other.git".into();
         live.kustomization.as_mut().unwrap()["spec"]["path"] = "./a".into();
         let gh = github(vec![key(7, &title(), &pair)]);
-        let e = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap_err();
+        let e = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap_err();
         assert_eq!(
             e.to_string(),
             "GitRepository `flux-system/flux-system` follows `ssh://git@github.com/username/other.git`, not `ssh://git@github.com/username/manifests.git`; Kustomization `flux-system/flux-system` applies `./a`, not `./clusters/home`; nothing was changed. Run again with `--force` to point Flux at the new repository or path"
@@ -1115,7 +1235,7 @@ mod tests {
             force: true,
             ..Options::default()
         };
-        let p = plan(&cfg, &token(), &gh, &live, &forced).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &forced).unwrap();
         assert!(
             p.replace_secret,
             "the Secret is never left on the old repository"
@@ -1144,7 +1264,7 @@ mod tests {
         // Only the path differs: the note names the path.
         let mut live = bootstrapped(&cfg, &pair, &known_hosts());
         live.kustomization.as_mut().unwrap()["spec"]["path"] = "./a".into();
-        let p = plan(&cfg, &token(), &gh, &live, &forced).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &forced).unwrap();
         assert_eq!(p.takeover, Some(Takeover::Path));
     }
 
@@ -1159,7 +1279,7 @@ mod tests {
         live.git_repository.as_mut().unwrap()["spec"]["url"] =
             "ssh://git@github.com/username/manifests".into();
         let gh = github(vec![key(7, &title(), &pair)]);
-        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap();
         assert_eq!(p.git_repository.change, Change::Unchanged);
     }
 
@@ -1192,7 +1312,7 @@ mod tests {
         let pair = KeyPair::generate("x").unwrap();
         let live = bootstrapped(&cfg, &pair, &known_hosts());
         let gh = github(vec![key(7, &title(), &pair)]);
-        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap();
         assert_eq!(p.branch, "dev");
         assert_eq!(
             p.git_repository.change,
@@ -1217,7 +1337,7 @@ mod tests {
         let cfg = config("repo: https://github.com/username/manifests\n");
         let mut gh = github(vec![]);
         gh.repo.default_branch = "trunk".to_string();
-        let p = plan(&cfg, &token(), &gh, &fresh(), &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &fresh(), &Options::default()).unwrap();
         assert_eq!(p.git_repository.desired["spec"]["ref"]["branch"], "trunk");
     }
 
@@ -1230,7 +1350,14 @@ mod tests {
         live.secret = Some(flux::token_secret(
             "ghp_OLDtokenQ9xLp4Tz7Wn3Bc6Hd1Jf5Gs0YaEuVi",
         ));
-        let p = plan(&cfg, &token(), &github(vec![]), &live, &Options::default()).unwrap();
+        let p = plan(
+            &cfg,
+            Some(&token()),
+            &github(vec![]),
+            &live,
+            &Options::default(),
+        )
+        .unwrap();
         assert!(matches!(p.credentials, Credentials::Token));
         assert_eq!(
             *p.secret.change(),
@@ -1245,7 +1372,14 @@ mod tests {
             "https://github.com/username/manifests.git"
         );
         live.secret = Some(flux::token_secret(token().expose()));
-        let p = plan(&cfg, &token(), &github(vec![]), &live, &Options::default()).unwrap();
+        let p = plan(
+            &cfg,
+            Some(&token()),
+            &github(vec![]),
+            &live,
+            &Options::default(),
+        )
+        .unwrap();
         assert_eq!(*p.secret.change(), Change::Unchanged);
     }
 
@@ -1257,7 +1391,7 @@ mod tests {
         };
         let p = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &fresh(),
             &options,

@@ -26,6 +26,7 @@ macro_rules! assert_snapshot {
 mod support;
 
 mod age_pq;
+mod bootstrap_app;
 mod bootstrap_e2e;
 mod bootstrap_promises;
 mod cli;
@@ -45,4 +46,5 @@ mod layers;
 mod sops;
 mod sops_e2e;
 mod uninstall;
+mod validate_app;
 mod validate_online;

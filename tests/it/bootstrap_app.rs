@@ -1,0 +1,260 @@
+//! `bootstrap` with `auth: github-app` on the real kube-apiserver (`--no-wait`: what is applied,
+//! not whether Flux fetches; the fetch through the real source-controller is the end-to-end test
+//! of the HTTPS git server): the Secret source-controller reads for a GitHub App, the
+//! GitRepository with `provider: github`, this cluster's old deploy key deleted, and a switch
+//! deploy-key → github-app → deploy-key that converges and is idempotent afterwards. Every run
+//! at `-vv`, checked for the token, the App's key and every installation token.
+
+use crate::support;
+
+use support::cli::{Run, assert_has, assert_no_leak};
+use support::fake_github::{AppSpec, FakeApp, InstallationSpec, RepoSpec};
+use support::world::{World, flux_api, fresh, secret_value};
+
+const APP_ID: u64 = 424242;
+
+/// The world's repository as GitHub describes one: its `clone_url` on the host and path of its
+/// `ssh_url` (the SSH server here), so that both name one repository, as github.com's do.
+fn same_host_clone_url(w: &World) {
+    let ssh = w.ssh.url(&w.repo);
+    let path = ssh.split_once("127.0.0.1:").unwrap().1;
+    let path = &path[path.find('/').unwrap()..];
+    w.gh.add_repo(
+        RepoSpec::new("username", "manifests")
+            .branch("main", w.repo.seeded_commit())
+            .ssh_url(&ssh)
+            .clone_url(&format!("https://127.0.0.1{path}")),
+    );
+}
+
+fn use_app(w: &World, app: &FakeApp, with_token: bool) {
+    let config = w.dir.path().join("config");
+    std::fs::write(
+        config.join("flux.yaml"),
+        "repo: https://github.com/username/manifests.git\nbranch: main\npath: ./clusters/home\nauth: github-app\n",
+    )
+    .unwrap();
+    support::cli::write_secrets(&config.join("app.pem"), &app.private_key_pem());
+    let token = match with_token {
+        true => format!("token: {}\n", w.token),
+        false => String::new(),
+    };
+    support::cli::write_secrets(
+        &config.join("secrets-flux.yaml"),
+        &format!("{token}githubApp:\n  id: {APP_ID}\n  privateKeyFile: app.pem\n"),
+    );
+}
+
+fn use_deploy_key(w: &World) {
+    w.set_path("./clusters/home");
+    support::cli::write_secrets(
+        &w.dir.path().join("config/secrets-flux.yaml"),
+        &format!("token: {}\n", w.token),
+    );
+}
+
+fn check_secrets(w: &World, app: &FakeApp, r: &Run) {
+    let transcript = r.transcript();
+    for line in app
+        .private_key_pem()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .skip(1)
+    {
+        assert_no_leak(line, &transcript, "the App's key");
+    }
+    for issued in w.gh.installation_tokens() {
+        assert_no_leak(&issued.token, &transcript, "an installation token");
+    }
+}
+
+async fn secret_keys(client: kube::Client) -> Vec<String> {
+    let s = flux_api(client, "Secret")
+        .get("flux-system")
+        .await
+        .expect("the Secret");
+    let mut keys: Vec<String> = s.data["data"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+async fn repo_spec(client: kube::Client) -> serde_json::Value {
+    flux_api(client, "GitRepository")
+        .get("flux-system")
+        .await
+        .expect("the GitRepository")
+        .data["spec"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switching_deploy_key_to_github_app_and_back_converges_and_is_idempotent() {
+    let (c, _exclusive, w) = fresh("appswitch").await;
+    same_host_clone_url(&w);
+    let client = c.client().await;
+    let app = w.gh.add_app(AppSpec::new(APP_ID, "homelab-flux-switch"));
+    let installation =
+        w.gh.install_app(APP_ID, InstallationSpec::new("username", "manifests"));
+
+    // 1. deploy-key: a key of this cluster on GitHub.
+    let r = w.bootstrap(&["--no-wait"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let title = homelab_flux::keys::default_title(c.context(), c.server_url());
+    assert_eq!(w.keys_titled(&title).len(), 1);
+
+    // 2. github-app, with the token at hand: the Secret written anew with exactly the App's
+    // keys, the GitRepository over https with `provider: github`, the old key deleted.
+    use_app(&w, &app, true);
+    let r = w.bootstrap(&["--no-wait"]);
+    check_secrets(&w, &app, &r);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_eq!(
+        secret_keys(client.clone()).await,
+        [
+            "githubAppBaseURL",
+            "githubAppID",
+            "githubAppInstallationID",
+            "githubAppPrivateKey"
+        ]
+    );
+    assert_eq!(
+        secret_value(client.clone(), "githubAppID").await.as_deref(),
+        Some(APP_ID.to_string().as_str())
+    );
+    assert_eq!(
+        secret_value(client.clone(), "githubAppInstallationID")
+            .await
+            .as_deref(),
+        Some(installation.to_string().as_str())
+    );
+    assert_eq!(
+        secret_value(client.clone(), "githubAppBaseURL")
+            .await
+            .as_deref(),
+        Some(w.gh.url().as_str()),
+        "the fake's API base, not api.github.com"
+    );
+    assert_eq!(
+        secret_value(client.clone(), "githubAppPrivateKey")
+            .await
+            .map(|k| k.trim().to_string()),
+        Some(app.private_key_pem().trim().to_string())
+    );
+    let spec = repo_spec(client.clone()).await;
+    assert_eq!(spec["provider"], "github", "{spec}");
+    assert!(
+        spec["url"].as_str().unwrap().starts_with("https://"),
+        "{spec}"
+    );
+    assert_eq!(spec["secretRef"]["name"], "flux-system");
+    assert!(
+        w.keys_titled(&title).is_empty(),
+        "the old deploy key is deleted"
+    );
+    assert_has(&r, "deleted the stale deploy key");
+
+    // 3. Again: nothing changes, nothing is written to GitHub but the installation token.
+    w.gh.clear_log();
+    let r = w.bootstrap(&["--no-wait"]);
+    check_secrets(&w, &app, &r);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    for what in [
+        "Secret `flux-system/flux-system` unchanged",
+        "GitRepository `flux-system/flux-system` unchanged",
+        "Kustomization `flux-system/flux-system` unchanged",
+    ] {
+        assert_has(&r, what);
+    }
+    let writes: Vec<String> = w.gh.writes().into_iter().map(|q| q.path).collect();
+    assert!(
+        writes.iter().all(|p| p.ends_with("/access_tokens")),
+        "{writes:?}"
+    );
+
+    // 4. Back to deploy-key: a new key, the App's keys gone from the Secret, no `provider`.
+    use_deploy_key(&w);
+    let r = w.bootstrap(&["--no-wait"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_eq!(
+        secret_keys(client.clone()).await,
+        ["identity", "identity.pub", "known_hosts"]
+    );
+    let spec = repo_spec(client.clone()).await;
+    assert!(spec.get("provider").is_none(), "{spec}");
+    assert!(
+        spec["url"].as_str().unwrap().starts_with("ssh://"),
+        "{spec}"
+    );
+    assert_eq!(w.keys_titled(&title).len(), 1);
+
+    // 5. And again: unchanged, no GitHub writes.
+    w.gh.clear_log();
+    let r = w.bootstrap(&["--no-wait"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "Secret `flux-system/flux-system` unchanged");
+    assert_has(&r, "GitRepository `flux-system/flux-system` unchanged");
+    assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
+}
+
+/// Without a token beside the App, this cluster's old deploy key cannot be looked up: a note
+/// names it. `--dry-run` shows the plan, `--export` the GitRepository with `provider: github`.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_token_the_old_key_is_named_and_dry_run_and_export_know_the_app() {
+    let (c, _exclusive, w) = fresh("appnotoken").await;
+    same_host_clone_url(&w);
+    let client = c.client().await;
+    let app = w.gh.add_app(AppSpec::new(APP_ID, "homelab-flux-notoken"));
+    w.gh.install_app(APP_ID, InstallationSpec::new("username", "manifests"));
+    let r = w.bootstrap(&["--no-wait"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let title = homelab_flux::keys::default_title(c.context(), c.server_url());
+
+    use_app(&w, &app, false);
+    w.gh.clear_log();
+    let r = w.bootstrap(&["--dry-run"]);
+    check_secrets(&w, &app, &r);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        "Secret `flux-system/flux-system` deleted, to be replaced",
+    );
+    assert_has(&r, "spec.provider: (none) → github");
+    assert!(
+        w.gh.writes()
+            .iter()
+            .all(|q| q.path.ends_with("/access_tokens")),
+        "{:?}",
+        w.gh.writes()
+    );
+    assert!(
+        secret_value(client.clone(), "identity").await.is_some(),
+        "a dry run changes nothing"
+    );
+
+    let r = w.bootstrap(&["--no-wait"]);
+    check_secrets(&w, &app, &r);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(
+        &r,
+        &format!("note: the cluster no longer uses its deploy key `{title}`"),
+    );
+    assert_eq!(
+        w.keys_titled(&title).len(),
+        1,
+        "not deleted without a token"
+    );
+    assert_eq!(repo_spec(client.clone()).await["provider"], "github");
+
+    let r = w.run(&["bootstrap", "--export"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert!(r.stdout.contains("provider: github"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("url: https://github.com/username/manifests.git"),
+        "{}",
+        r.stdout
+    );
+}
