@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use kube::api::{DynamicObject, Patch, PatchParams};
 use serde_json::json;
+use support::cli::{Run, assert_has, assert_no_leak};
 use support::fake_github::{AppSpec, FakeApp, FakeGitHub, InstallationSpec, RepoSpec};
 use support::git_server::{GitRepo, HttpsGitServer};
-use support::world::flux_api;
+use support::world::{World, flux_api, ready_line, secret_value};
 
 /// A hang guard for source-controller's fetch (seconds when idle).
 const FETCH: Duration = Duration::from_secs(120);
@@ -244,4 +245,202 @@ async fn an_installation_without_the_repository_cannot_clone() {
             .all(|g| g.reason == "not scoped to this repository"),
         "{refused:?}"
     );
+}
+
+const BOOTSTRAP_APP_ID: u64 = 523_456;
+
+/// `flux.yaml` with `auth: github-app` and `secrets-flux.yaml` with the token (so that the old
+/// deploy key can be deleted) and the App, its key in a file beside them.
+fn use_app(w: &World, app: &FakeApp) {
+    let config = w.dir.path().join("config");
+    std::fs::write(
+        config.join("flux.yaml"),
+        "repo: https://github.com/username/manifests.git\nbranch: main\npath: ./clusters/home\nauth: github-app\n",
+    )
+    .unwrap();
+    support::cli::write_secrets(&config.join("github-app.pem"), &app.private_key_pem());
+    support::cli::write_secrets(
+        &config.join("secrets-flux.yaml"),
+        &format!(
+            "token: {}\ngithubApp:\n  id: {}\n  privateKeyFile: github-app.pem\n",
+            w.token,
+            app.id()
+        ),
+    );
+}
+
+/// Back to the default `auth: deploy-key`, the token alone in the secrets file.
+fn use_deploy_key(w: &World) {
+    w.set_path("./clusters/home");
+    w.set_token(&w.token);
+}
+
+/// Neither the App's private key nor any installation token shows in a run at `-vv` (the token
+/// is checked by [`World::run`] itself).
+fn assert_no_app_secret(w: &World, app: &FakeApp, r: &Run) {
+    let transcript = r.transcript();
+    let body: Vec<String> = app
+        .private_key_pem()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::to_owned)
+        .collect();
+    assert!(body.len() > 20, "a 2048-bit PEM body");
+    for line in &body {
+        assert_no_leak(line, &transcript, "the App's private key");
+    }
+    for issued in w.gh.installation_tokens() {
+        assert_no_leak(&issued.token, &transcript, "an installation token");
+    }
+}
+
+fn access_token_posts(w: &World, user_agent: &str) -> usize {
+    w.gh.requests()
+        .iter()
+        .filter(|r| {
+            r.method == "POST"
+                && r.path.ends_with("/access_tokens")
+                && r.status == 201
+                && r.header("user-agent")
+                    .is_some_and(|a| a.starts_with(user_agent))
+        })
+        .count()
+}
+
+/// `homelab-flux bootstrap` with `auth: github-app` against the HTTPS fake GitHub, the HTTPS
+/// git server and the real controllers: deploy-key first, then the App (Kustomization Ready,
+/// fetched by source-controller with its own installation token), a second run that changes
+/// nothing and writes nothing to GitHub but the tool's own token request, and back to
+/// deploy-key, Ready again. Every run at `-vv` without the App's key or an installation token.
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_with_a_github_app_syncs_through_the_real_controllers_and_switches_back() {
+    let c = support::cluster::cluster();
+    let _exclusive = c.exclusive().await;
+    support::world::reset(c).await;
+    let w = World::new_https("appsync", "./clusters/home", c.kubeconfig_path());
+    let git = HttpsGitServer::start_for_app(&w.gh);
+    // One repository on both servers: the SSH one, served over HTTPS at the same path
+    // (GitHub's `clone_url`), so that a switch of `auth` is no takeover of another repository.
+    let https_url = git.serve_repo(&w.repo);
+    w.gh.add_repo(
+        RepoSpec::new("username", "manifests")
+            .branch("main", w.repo.seeded_commit())
+            .ssh_url(&w.ssh.url(&w.repo))
+            .clone_url(&https_url),
+    );
+    let app =
+        w.gh.add_app(AppSpec::new(BOOTSTRAP_APP_ID, "homelab-flux-e2e"));
+    let installation = w.gh.install_app(
+        BOOTSTRAP_APP_ID,
+        InstallationSpec::new("username", "manifests"),
+    );
+    let client = c.client().await;
+    let ready = ready_line(w.repo.seeded_commit());
+    let synced = format!("Flux is synced at {}", &w.repo.seeded_commit()[..12]);
+    let title = homelab_flux::keys::default_title(c.context(), c.server_url());
+
+    // 1. deploy-key, synced over SSH.
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &ready);
+    assert_eq!(w.keys_titled(&title).len(), 1);
+
+    // 2. github-app: synced by source-controller as the installation, the old key deleted.
+    use_app(&w, &app);
+    w.gh.clear_log();
+    let r = w.bootstrap(&[]);
+    assert_no_app_secret(&w, &app, &r);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &ready);
+    assert!(
+        w.keys_titled(&title).is_empty(),
+        "the old deploy key is deleted"
+    );
+    assert_eq!(
+        secret_value(client.clone(), "githubAppInstallationID")
+            .await
+            .as_deref(),
+        Some(installation.to_string().as_str())
+    );
+    let source = flux_api(client.clone(), "GitRepository")
+        .get("flux-system")
+        .await
+        .unwrap();
+    assert_eq!(source.data["spec"]["provider"], "github");
+    assert_eq!(source.data["spec"]["url"], https_url.as_str());
+    assert_eq!(
+        source.data["status"]["artifact"]["revision"],
+        format!("main@sha1:{}", w.repo.seeded_commit()).as_str()
+    );
+    assert!(
+        access_token_posts(&w, "homelab-flux/") >= 1,
+        "the tool's own token request"
+    );
+    assert!(
+        access_token_posts(&w, "go-github") >= 1,
+        "source-controller's token request: {:?}",
+        w.gh.requests()
+            .iter()
+            .map(|q| (
+                q.method.clone(),
+                q.path.clone(),
+                q.header("user-agent").map(str::to_owned)
+            ))
+            .collect::<Vec<_>>()
+    );
+    let issued = w.gh.installation_tokens();
+    let clones: Vec<_> =
+        w.gh.git_auth_log()
+            .into_iter()
+            .filter(|g| g.allowed)
+            .collect();
+    assert!(!clones.is_empty(), "source-controller cloned over HTTPS");
+    assert!(clones.iter().all(|g| g.repo == "username/manifests"
+        && issued.iter().any(|t| Some(&t.token) == g.password.as_ref())));
+
+    // 3. Again: nothing changes, nothing is written to GitHub but a token request.
+    w.gh.clear_log();
+    let r = w.bootstrap(&[]);
+    assert_no_app_secret(&w, &app, &r);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    for what in [
+        "Secret `flux-system/flux-system` unchanged",
+        "GitRepository `flux-system/flux-system` unchanged",
+        "Kustomization `flux-system/flux-system` unchanged",
+        synced.as_str(),
+    ] {
+        assert_has(&r, what);
+    }
+    let writes: Vec<String> = w.gh.writes().into_iter().map(|q| q.path).collect();
+    assert!(
+        writes.iter().all(|p| p.ends_with("/access_tokens")),
+        "{writes:?}"
+    );
+
+    // 4. Back to deploy-key: a new key, synced over SSH again; then idempotent.
+    use_deploy_key(&w);
+    let r = w.bootstrap(&[]);
+    assert_no_app_secret(&w, &app, &r);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, &ready);
+    assert_eq!(w.keys_titled(&title).len(), 1);
+    let source = flux_api(client.clone(), "GitRepository")
+        .get("flux-system")
+        .await
+        .unwrap();
+    assert!(
+        source.data["spec"].get("provider").is_none(),
+        "{}",
+        source.data["spec"]
+    );
+    assert!(
+        secret_value(client.clone(), "githubAppPrivateKey")
+            .await
+            .is_none()
+    );
+    w.gh.clear_log();
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    assert_has(&r, "Secret `flux-system/flux-system` unchanged");
+    assert!(w.gh.writes().is_empty(), "{:?}", w.gh.writes());
 }

@@ -291,6 +291,23 @@ impl HttpsGitServer {
         GitRepo::create(&self.served.dir, &format!("{owner}/{name}"), name)
     }
 
+    /// Serves an existing bare repository of another server (the SSH one) at the same path,
+    /// `https://127.0.0.1:PORT/ABSOLUTE/PATH/NAME.git`: one repository on both servers, with
+    /// the same commits, whose `ssh://` and `https://` URLs differ only in scheme, user and port
+    /// (as github.com's do). Register the URL as the fake's `clone_url` of the repository: the
+    /// fake scopes tokens by it. Returns the URL.
+    pub fn serve_repo(&self, repo: &GitRepo) -> String {
+        let relative = repo.path().strip_prefix("/").expect("an absolute path");
+        let link = self.served.dir.join("repos").join(relative);
+        fs::create_dir_all(link.parent().expect("a parent")).expect("creating the folders");
+        std::os::unix::fs::symlink(repo.path(), &link).expect("linking the repository");
+        format!(
+            "https://127.0.0.1:{}{}",
+            self.served.port,
+            repo.path().display()
+        )
+    }
+
     /// `https://127.0.0.1:PORT/OWNER/NAME.git`.
     pub fn url(&self, repo: &GitRepo) -> String {
         format!("https://127.0.0.1:{}/{}.git", self.served.port, repo.rel)

@@ -32,8 +32,15 @@ pub fn token(tag: &str) -> String {
 /// A fake GitHub where `username/manifests` is `repo` on `ssh` (branch `main` at the seeded
 /// commit), `token` a fine-grained token of `username`, deploy keys the server's authorized keys
 /// and `/meta` its host key.
+#[allow(
+    dead_code,
+    reason = "the bootstrap_rerun benchmark's world; the tests use World"
+)]
 pub fn github_serving(ssh: &SshGitServer, repo: &GitRepo, token: &str) -> FakeGitHub {
-    let gh = FakeGitHub::start();
+    serve(FakeGitHub::start(), ssh, repo, token)
+}
+
+fn serve(gh: FakeGitHub, ssh: &SshGitServer, repo: &GitRepo, token: &str) -> FakeGitHub {
     gh.add_token(token, TokenSpec::fine_grained("username"));
     gh.add_repo(
         RepoSpec::new("username", "manifests")
@@ -60,10 +67,20 @@ pub struct World {
 impl World {
     /// A world whose runs use `kubeconfig`, with `path:` in `flux.yaml`.
     pub fn new(tag: &str, path: &str, kubeconfig: &Path) -> World {
+        Self::with_github(FakeGitHub::start(), tag, path, kubeconfig)
+    }
+
+    /// The same with the fake GitHub over HTTPS ([`FakeGitHub::start_https`]); runs trust the
+    /// test CA (`SSL_CERT_FILE`), as the Flux controllers do.
+    pub fn new_https(tag: &str, path: &str, kubeconfig: &Path) -> World {
+        Self::with_github(FakeGitHub::start_https(), tag, path, kubeconfig)
+    }
+
+    fn with_github(gh: FakeGitHub, tag: &str, path: &str, kubeconfig: &Path) -> World {
         let ssh = SshGitServer::start();
         let repo = ssh.create_repo(&format!("manifests-{tag}"));
         let token = token(tag);
-        let gh = github_serving(&ssh, &repo, &token);
+        let gh = serve(gh, &ssh, &repo, &token);
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("config")).unwrap();
         let w = World {
@@ -106,6 +123,9 @@ impl World {
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .env("HOMELAB_FLUX_GITHUB_API_URL", self.gh.url());
+        if self.gh.url().starts_with("https://") {
+            cmd.env("SSL_CERT_FILE", super::tls::test_ca().bundle_path());
+        }
         cmd
     }
 

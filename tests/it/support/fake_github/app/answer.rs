@@ -345,10 +345,8 @@ impl App {
         authorization: Option<&str>,
     ) -> Reply {
         let path = original_uri.split('?').next().unwrap_or_default();
-        let mut parts = path.trim_start_matches('/').split('/');
-        let owner = parts.next().unwrap_or_default();
-        let name = parts.next().unwrap_or_default().trim_end_matches(".git");
-        let repo = format!("{owner}/{name}");
+        let mut state = self.state();
+        let repo = repo_of_git_path(&state, path);
         let credentials = authorization
             .and_then(|a| a.strip_prefix("Basic "))
             .and_then(|b| STANDARD.decode(b.trim()).ok())
@@ -357,7 +355,6 @@ impl App {
             Some((u, p)) => (Some(u.to_owned()), Some(p.to_owned())),
             None => (None, None),
         };
-        let mut state = self.state();
         let issued = password
             .as_deref()
             .and_then(|p| state.apps.tokens.iter().find(|t| t.token == p));
@@ -401,6 +398,24 @@ impl App {
             }
         }
     }
+}
+
+/// The `owner/name` a git request's path is about: the fake's repository whose `clone_url` path
+/// it starts with, else its first two segments (`/OWNER/NAME.git/...`).
+fn repo_of_git_path(state: &State, path: &str) -> String {
+    let registered = state.repos.iter().find_map(|(_, r)| {
+        let url = r.clone_url.as_deref()?;
+        let rest = url.split_once("://")?.1;
+        let repo_path = &rest[rest.find('/')?..];
+        (path == repo_path || path.starts_with(&format!("{repo_path}/")))
+            .then(|| format!("{}/{}", r.owner, r.name))
+    });
+    registered.unwrap_or_else(|| {
+        let mut parts = path.trim_start_matches('/').split('/');
+        let owner = parts.next().unwrap_or_default();
+        let name = parts.next().unwrap_or_default().trim_end_matches(".git");
+        format!("{owner}/{name}")
+    })
 }
 
 fn find_installation<'a>(state: &'a State, app_id: u64, id: &str) -> Option<&'a Installation> {
