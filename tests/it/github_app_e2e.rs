@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use kube::api::{DynamicObject, Patch, PatchParams};
 use serde_json::json;
-use support::cli::{Run, assert_has, assert_no_leak};
+use support::cli::assert_has;
 use support::fake_github::{AppSpec, FakeApp, FakeGitHub, InstallationSpec, RepoSpec};
 use support::git_server::{GitRepo, HttpsGitServer};
 use support::world::{World, flux_api, ready_line, secret_value};
@@ -122,6 +122,26 @@ async fn wait_ready_status(client: kube::Client, status: &'static str) -> Dynami
     }
 }
 
+/// The git server let source-controller clone `username/manifests`, as `x-access-token` with a
+/// token the fake issued, and nothing else.
+fn assert_cloned_with_issued_tokens(gh: &FakeGitHub) {
+    let issued = gh.installation_tokens();
+    let cloned: Vec<_> = gh
+        .git_auth_log()
+        .into_iter()
+        .filter(|g| g.allowed)
+        .collect();
+    assert!(!cloned.is_empty(), "the git server let nothing through");
+    for g in &cloned {
+        assert_eq!(g.repo, "username/manifests");
+        assert_eq!(g.user.as_deref(), Some("x-access-token"));
+        assert!(
+            issued.iter().any(|t| Some(&t.token) == g.password.as_ref()),
+            "the clone used a token the fake issued"
+        );
+    }
+}
+
 fn ready_condition(o: &DynamicObject) -> (String, String) {
     let c = o.data["status"]["conditions"]
         .as_array()
@@ -134,22 +154,36 @@ fn ready_condition(o: &DynamicObject) -> (String, String) {
     )
 }
 
+/// Takes the cluster (reset), makes an [`AppWorld`] with App `app_id` installed as `spec`, lets
+/// `prepare` act on it, applies the hand-made source and waits until it is Ready `status`.
+async fn fetch(
+    app_id: u64,
+    spec: InstallationSpec,
+    prepare: impl FnOnce(&AppWorld),
+    status: &'static str,
+) -> (
+    tokio::sync::RwLockWriteGuard<'static, ()>,
+    AppWorld,
+    DynamicObject,
+) {
+    let c = support::cluster::cluster();
+    let exclusive = c.exclusive().await;
+    support::world::reset(c).await;
+    let w = app_world(app_id);
+    let installation = w.gh.install_app(app_id, spec);
+    prepare(&w);
+    let client = c.client().await;
+    apply_app_source(client.clone(), &w, installation).await;
+    let source = wait_ready_status(client, status).await;
+    (exclusive, w, source)
+}
+
 /// App key in the Secret → installation token from the fake (through `githubAppBaseURL`, its CA
 /// trusted) → clone with that token → the GitRepository Ready at the seeded commit.
 #[tokio::test]
 async fn source_controller_fetches_as_the_app_installation() {
-    let c = support::cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    support::world::reset(c).await;
-    let w = app_world(123_456);
-    let installation = w.gh.install_app(
-        w.app.id(),
-        InstallationSpec::new("username", "manifests").id(987_654),
-    );
-    let client = c.client().await;
-    apply_app_source(client.clone(), &w, installation).await;
-
-    let source = wait_ready_status(client, "True").await;
+    let spec = InstallationSpec::new("username", "manifests").id(987_654);
+    let (_exclusive, w, source) = fetch(123_456, spec, |_| {}, "True").await;
     let revision = source.data["status"]["artifact"]["revision"]
         .as_str()
         .unwrap_or_default();
@@ -168,21 +202,7 @@ async fn source_controller_fetches_as_the_app_installation() {
     assert!(!posts.is_empty(), "no token request: {:?}", w.gh.requests());
     assert!(posts.iter().all(|r| r.status == 201));
     assert_eq!(posts[0].header("authorization"), Some("Bearer <redacted>"));
-    let issued = w.gh.installation_tokens();
-    let cloned: Vec<_> =
-        w.gh.git_auth_log()
-            .into_iter()
-            .filter(|g| g.allowed)
-            .collect();
-    assert!(!cloned.is_empty(), "the git server let nothing through");
-    for g in &cloned {
-        assert_eq!(g.repo, "username/manifests");
-        assert_eq!(g.user.as_deref(), Some("x-access-token"));
-        assert!(
-            issued.iter().any(|t| Some(&t.token) == g.password.as_ref()),
-            "the clone used a token the fake issued"
-        );
-    }
+    assert_cloned_with_issued_tokens(&w.gh);
     let log = w.git.access_log();
     assert!(
         log.lines().any(|l| l.contains("x-access-token")
@@ -196,17 +216,9 @@ async fn source_controller_fetches_as_the_app_installation() {
 /// GitRepository is not Ready, reason `AuthenticationFailed`, with GitHub's message.
 #[tokio::test]
 async fn a_revoked_app_key_is_an_authentication_failure() {
-    let c = support::cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    support::world::reset(c).await;
-    let w = app_world(223_456);
-    let installation =
-        w.gh.install_app(w.app.id(), InstallationSpec::new("username", "manifests"));
-    w.gh.revoke_app_key(w.app.id());
-    let client = c.client().await;
-    apply_app_source(client.clone(), &w, installation).await;
-
-    let source = wait_ready_status(client, "False").await;
+    let spec = InstallationSpec::new("username", "manifests");
+    let revoke = |w: &AppWorld| w.gh.revoke_app_key(w.app.id());
+    let (_exclusive, w, source) = fetch(223_456, spec, revoke, "False").await;
     let (reason, message) = ready_condition(&source);
     assert_eq!(reason, "AuthenticationFailed", "{message}");
     assert!(
@@ -221,16 +233,8 @@ async fn a_revoked_app_key_is_an_authentication_failure() {
 /// not reach it, the git server refuses the clone (401) and the GitRepository is not Ready.
 #[tokio::test]
 async fn an_installation_without_the_repository_cannot_clone() {
-    let c = support::cluster::cluster();
-    let _exclusive = c.exclusive().await;
-    support::world::reset(c).await;
-    let w = app_world(323_456);
-    let installation =
-        w.gh.install_app(w.app.id(), InstallationSpec::new("username", "other"));
-    let client = c.client().await;
-    apply_app_source(client.clone(), &w, installation).await;
-
-    let source = wait_ready_status(client, "False").await;
+    let spec = InstallationSpec::new("username", "other");
+    let (_exclusive, w, source) = fetch(323_456, spec, |_| {}, "False").await;
     let (reason, message) = ready_condition(&source);
     assert_eq!(reason, "GitOperationFailed", "{message}");
     assert!(message.contains("authentication required"), "{message}");
@@ -248,51 +252,6 @@ async fn an_installation_without_the_repository_cannot_clone() {
 }
 
 const BOOTSTRAP_APP_ID: u64 = 523_456;
-
-/// `flux.yaml` with `auth: github-app` and `secrets-flux.yaml` with the token (so that the old
-/// deploy key can be deleted) and the App, its key in a file beside them.
-fn use_app(w: &World, app: &FakeApp) {
-    let config = w.dir.path().join("config");
-    std::fs::write(
-        config.join("flux.yaml"),
-        "repo: https://github.com/username/manifests.git\nbranch: main\npath: ./clusters/home\nauth: github-app\n",
-    )
-    .unwrap();
-    support::cli::write_secrets(&config.join("github-app.pem"), &app.private_key_pem());
-    support::cli::write_secrets(
-        &config.join("secrets-flux.yaml"),
-        &format!(
-            "token: {}\ngithubApp:\n  id: {}\n  privateKeyFile: github-app.pem\n",
-            w.token,
-            app.id()
-        ),
-    );
-}
-
-/// Back to the default `auth: deploy-key`, the token alone in the secrets file.
-fn use_deploy_key(w: &World) {
-    w.set_path("./clusters/home");
-    w.set_token(&w.token);
-}
-
-/// Neither the App's private key nor any installation token shows in a run at `-vv` (the token
-/// is checked by [`World::run`] itself).
-fn assert_no_app_secret(w: &World, app: &FakeApp, r: &Run) {
-    let transcript = r.transcript();
-    let body: Vec<String> = app
-        .private_key_pem()
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .map(str::to_owned)
-        .collect();
-    assert!(body.len() > 20, "a 2048-bit PEM body");
-    for line in &body {
-        assert_no_leak(line, &transcript, "the App's private key");
-    }
-    for issued in w.gh.installation_tokens() {
-        assert_no_leak(&issued.token, &transcript, "an installation token");
-    }
-}
 
 fn access_token_posts(w: &World, user_agent: &str) -> usize {
     w.gh.requests()
@@ -346,10 +305,10 @@ async fn bootstrap_with_a_github_app_syncs_through_the_real_controllers_and_swit
     assert_eq!(w.keys_titled(&title).len(), 1);
 
     // 2. github-app: synced by source-controller as the installation, the old key deleted.
-    use_app(&w, &app);
+    w.use_github_app(&app, true);
     w.gh.clear_log();
     let r = w.bootstrap(&[]);
-    assert_no_app_secret(&w, &app, &r);
+    w.check_app_secrets(&app, &r);
     assert_eq!(r.code, 0, "{}", r.transcript());
     assert_has(&r, &ready);
     assert!(
@@ -388,39 +347,20 @@ async fn bootstrap_with_a_github_app_syncs_through_the_real_controllers_and_swit
             ))
             .collect::<Vec<_>>()
     );
-    let issued = w.gh.installation_tokens();
-    let clones: Vec<_> =
-        w.gh.git_auth_log()
-            .into_iter()
-            .filter(|g| g.allowed)
-            .collect();
-    assert!(!clones.is_empty(), "source-controller cloned over HTTPS");
-    assert!(clones.iter().all(|g| g.repo == "username/manifests"
-        && issued.iter().any(|t| Some(&t.token) == g.password.as_ref())));
+    assert_cloned_with_issued_tokens(&w.gh);
 
     // 3. Again: nothing changes, nothing is written to GitHub but a token request.
     w.gh.clear_log();
     let r = w.bootstrap(&[]);
-    assert_no_app_secret(&w, &app, &r);
+    w.check_app_secrets(&app, &r);
     assert_eq!(r.code, 0, "{}", r.transcript());
-    for what in [
-        "Secret `flux-system/flux-system` unchanged",
-        "GitRepository `flux-system/flux-system` unchanged",
-        "Kustomization `flux-system/flux-system` unchanged",
-        synced.as_str(),
-    ] {
-        assert_has(&r, what);
-    }
-    let writes: Vec<String> = w.gh.writes().into_iter().map(|q| q.path).collect();
-    assert!(
-        writes.iter().all(|p| p.ends_with("/access_tokens")),
-        "{writes:?}"
-    );
+    w.assert_unchanged(&r);
+    assert_has(&r, &synced);
 
     // 4. Back to deploy-key: a new key, synced over SSH again; then idempotent.
-    use_deploy_key(&w);
+    w.use_deploy_key();
     let r = w.bootstrap(&[]);
-    assert_no_app_secret(&w, &app, &r);
+    w.check_app_secrets(&app, &r);
     assert_eq!(r.code, 0, "{}", r.transcript());
     assert_has(&r, &ready);
     assert_eq!(w.keys_titled(&title).len(), 1);

@@ -264,6 +264,11 @@ async fn installations_are_found_by_repository_and_by_id() {
     .await;
     assert_eq!(by_id.status, 200);
     assert_eq!(by_id.body["id"], INSTALLATION);
+    let by_owner = call(&gh, "GET", "/users/username/installation", Some(&jwt), None).await;
+    assert_eq!(by_owner.status, 200);
+    assert_eq!(by_owner.body["id"], INSTALLATION);
+    let as_org = call(&gh, "GET", "/orgs/username/installation", Some(&jwt), None).await;
+    assert_eq!(as_org.status, 404, "the fake's accounts are users");
     let other_app = gh.add_app(AppSpec::new(8, "other"));
     let foreign = bearer(&other_app.jwt());
     let not_its = call(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::cli::{Run, Spawned, assert_no_leak, command, run_with_limit};
 use super::cluster::Cluster;
-use super::fake_github::{FakeGitHub, FakeKey, RepoSpec, TokenSpec};
+use super::fake_github::{FakeApp, FakeGitHub, FakeKey, RepoSpec, TokenSpec};
 use super::git_server::{GitRepo, SshGitServer};
 
 /// A fine-grained token shaped like GitHub's, unique per tag. The tag is scrambled into letters
@@ -188,6 +188,73 @@ impl World {
     pub fn spawn_bootstrap(&self, extra: &[&str]) -> Spawned {
         let args = bootstrap_args(extra);
         Spawned::start(self.command_with(&self.kubeconfig, &args))
+    }
+
+    /// `flux.yaml` with `auth: github-app`, and `secrets-flux.yaml` with the App (its key in
+    /// `app.pem` beside it, mode 600) and, when `with_token`, the world's token (which deletes
+    /// the cluster's old deploy key).
+    pub fn use_github_app(&self, app: &FakeApp, with_token: bool) {
+        let config = self.dir.path().join("config");
+        std::fs::write(
+            config.join("flux.yaml"),
+            "repo: https://github.com/username/manifests.git\nbranch: main\npath: ./clusters/home\nauth: github-app\n",
+        )
+        .unwrap();
+        super::cli::write_secrets(&config.join("app.pem"), &app.private_key_pem());
+        let token = match with_token {
+            true => format!("token: {}\n", self.token),
+            false => String::new(),
+        };
+        super::cli::write_secrets(
+            &config.join("secrets-flux.yaml"),
+            &format!(
+                "{token}githubApp:\n  id: {}\n  privateKeyFile: app.pem\n",
+                app.id()
+            ),
+        );
+    }
+
+    /// Back to the default `auth: deploy-key` with `path: ./clusters/home`, the token alone in
+    /// the secrets file.
+    pub fn use_deploy_key(&self) {
+        self.set_path("./clusters/home");
+        super::cli::write_secrets(
+            &self.dir.path().join("config/secrets-flux.yaml"),
+            &format!("token: {}\n", self.token),
+        );
+    }
+
+    /// Fails if the App's private key (any line of its PEM body) or any installation token the
+    /// fake issued shows in the run's output.
+    pub fn check_app_secrets(&self, app: &FakeApp, r: &Run) {
+        let transcript = r.transcript();
+        let pem = app.private_key_pem();
+        let body: Vec<&str> = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(body.len() > 20, "a 2048-bit PEM body");
+        for line in body {
+            assert_no_leak(line, &transcript, "the App's private key");
+        }
+        for issued in self.gh.installation_tokens() {
+            assert_no_leak(&issued.token, &transcript, "an installation token");
+        }
+    }
+
+    /// A re-run that changed nothing: the Secret, GitRepository and Kustomization unchanged and
+    /// nothing written to GitHub but installation token requests (since the last
+    /// [`FakeGitHub::clear_log`]).
+    pub fn assert_unchanged(&self, r: &Run) {
+        for what in [
+            "Secret `flux-system/flux-system` unchanged",
+            "GitRepository `flux-system/flux-system` unchanged",
+            "Kustomization `flux-system/flux-system` unchanged",
+        ] {
+            super::cli::assert_has(r, what);
+        }
+        let writes: Vec<String> = self.gh.writes().into_iter().map(|q| q.path).collect();
+        assert!(
+            writes.iter().all(|p| p.ends_with("/access_tokens")),
+            "{writes:?}"
+        );
     }
 
     /// The keys GitHub lists on `username/manifests` with this title.

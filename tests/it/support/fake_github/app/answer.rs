@@ -93,6 +93,7 @@ impl App {
                 | ("GET", ["app", "installations", _])
                 | ("POST", ["app", "installations", _, "access_tokens"])
                 | ("GET", ["repos", _, _, "installation"])
+                | ("GET", ["users" | "orgs", _, "installation"])
         );
         if !endpoint {
             return None;
@@ -135,7 +136,27 @@ impl App {
                     ),
                 }
                 }
-                (_, [_, _, id, _]) => self.issue_token(state, app_id, id, body),
+                // source-controller's `githubAppInstallationOwner`: the organisation, then the user.
+            // The fake's accounts are users, so the organisation lookup is 404.
+            ("GET", ["users", login, _]) => {
+                let found = state
+                    .apps
+                    .installations
+                    .iter()
+                    .find(|i| i.app_id == app_id && i.spec.account.eq_ignore_ascii_case(login));
+                match found {
+                    Some(i) => Reply::json(StatusCode::OK, self.installation_body(state, i)),
+                    None => self.not_found(
+                        "Not Found",
+                        "https://docs.github.com/rest/apps/apps#get-a-user-installation-for-the-authenticated-app",
+                    ),
+                }
+            }
+            ("GET", ["orgs", _, _]) => self.not_found(
+                "Not Found",
+                "https://docs.github.com/rest/apps/apps#get-an-organization-installation-for-the-authenticated-app",
+            ),
+            (_, [_, _, id, _]) => self.issue_token(state, app_id, id, body),
                 _ => unreachable!("matched above"),
             },
         )
