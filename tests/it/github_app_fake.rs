@@ -674,3 +674,25 @@ async fn the_https_git_server_takes_only_issued_scoped_tokens() {
         "{reasons:?}"
     );
 }
+
+/// The JWT endpoints sit behind the same front end as the rest: a 5xx burst and the rate limits
+/// a test switches on answer them too (the CLI's retries are tested through them).
+#[tokio::test]
+async fn server_errors_and_rate_limits_reach_the_app_endpoints() {
+    let (gh, app) = world();
+    let jwt = bearer(&app.jwt());
+    let path = format!("/app/installations/{INSTALLATION}/access_tokens");
+    gh.fail_next(1, 502);
+    assert_eq!(call(&gh, "POST", &path, Some(&jwt), None).await.status, 502);
+    gh.secondary_rate_limit_next(1, 429, Some(1));
+    let limited = call(&gh, "POST", &path, Some(&jwt), None).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.headers["retry-after"], "1");
+    let issued = call(&gh, "POST", &path, Some(&jwt), None).await;
+    assert_eq!(issued.status, 201);
+    assert_eq!(
+        issued.headers["x-ratelimit-used"], "1",
+        "only the answered request counts"
+    );
+    assert_eq!(gh.installation_tokens().len(), 1);
+}

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use super::{Access, Reply, TokenKind, TokenSpec};
 
 mod answer;
+pub(super) use answer::is_jwt_endpoint;
 use hyper::StatusCode;
 
 /// The path of the fake that answers nginx's `auth_request` for the HTTPS git server: 200 when

@@ -77,8 +77,20 @@ fn iso(t: jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// Whether a request is for one of the App endpoints, which take a JWT.
+pub(in super::super) fn is_jwt_endpoint(method: &str, segments: &[&str]) -> bool {
+    matches!(
+        (method, segments),
+        ("GET", ["app"])
+            | ("GET", ["app", "installations", _])
+            | ("POST", ["app", "installations", _, "access_tokens"])
+            | ("GET", ["repos", _, _, "installation"])
+            | ("GET", ["users" | "orgs", _, "installation"])
+    )
+}
+
 impl App {
-    /// Answers the JWT endpoints; `None` for every other path. `authorization` is the raw header.
+    /// Answers a JWT endpoint ([`is_jwt_endpoint`]); `authorization` is the raw header.
     pub(in super::super) fn app_answer(
         &self,
         state: &mut State,
@@ -86,32 +98,20 @@ impl App {
         segments: &[&str],
         authorization: Option<&str>,
         body: &str,
-    ) -> Option<Reply> {
-        let endpoint = matches!(
-            (method, segments),
-            ("GET", ["app"])
-                | ("GET", ["app", "installations", _])
-                | ("POST", ["app", "installations", _, "access_tokens"])
-                | ("GET", ["repos", _, _, "installation"])
-                | ("GET", ["users" | "orgs", _, "installation"])
-        );
-        if !endpoint {
-            return None;
-        }
+    ) -> Reply {
         let Some(authorization) = authorization else {
             // The spec's `requires_authentication` response (body as in fake_github.rs).
-            return Some(Reply::json(
+            return Reply::json(
                 StatusCode::UNAUTHORIZED,
                 json!({"message": "Requires authentication", "documentation_url": "https://docs.github.com/rest", "status": "401"}),
-            ));
+            );
         };
         let jwt = authorization.strip_prefix("Bearer ").unwrap_or("");
         let app_id = match verify_jwt(state, jwt) {
             Ok(id) => id,
-            Err(key) => return Some(self.refs.apps.error(key)),
+            Err(key) => return self.refs.apps.error(key),
         };
-        Some(
-            match (method, segments) {
+        match (method, segments) {
                 ("GET", ["app"]) => self.app_body(state, app_id),
                 ("GET", ["app", "installations", id]) => {
                     match find_installation(state, app_id, id) {
@@ -157,9 +157,8 @@ impl App {
                 "https://docs.github.com/rest/apps/apps#get-an-organization-installation-for-the-authenticated-app",
             ),
             (_, [_, _, id, _]) => self.issue_token(state, app_id, id, body),
-                _ => unreachable!("matched above"),
-            },
-        )
+                _ => unreachable!("is_jwt_endpoint"),
+            }
     }
 
     fn app_body(&self, state: &State, app_id: u64) -> Reply {
