@@ -7,8 +7,8 @@
 
 use crate::support;
 
-use support::cli::{Run, assert_has, assert_no_leak};
-use support::fake_github::{AppSpec, FakeApp, InstallationSpec, RepoSpec};
+use support::cli::assert_has;
+use support::fake_github::{AppSpec, InstallationSpec, RepoSpec};
 use support::world::{World, flux_api, fresh, secret_value};
 
 const APP_ID: u64 = 424242;
@@ -25,47 +25,6 @@ fn same_host_clone_url(w: &World) {
             .ssh_url(&ssh)
             .clone_url(&format!("https://127.0.0.1{path}")),
     );
-}
-
-fn use_app(w: &World, app: &FakeApp, with_token: bool) {
-    let config = w.dir.path().join("config");
-    std::fs::write(
-        config.join("flux.yaml"),
-        "repo: https://github.com/username/manifests.git\nbranch: main\npath: ./clusters/home\nauth: github-app\n",
-    )
-    .unwrap();
-    support::cli::write_secrets(&config.join("app.pem"), &app.private_key_pem());
-    let token = match with_token {
-        true => format!("token: {}\n", w.token),
-        false => String::new(),
-    };
-    support::cli::write_secrets(
-        &config.join("secrets-flux.yaml"),
-        &format!("{token}githubApp:\n  id: {APP_ID}\n  privateKeyFile: app.pem\n"),
-    );
-}
-
-fn use_deploy_key(w: &World) {
-    w.set_path("./clusters/home");
-    support::cli::write_secrets(
-        &w.dir.path().join("config/secrets-flux.yaml"),
-        &format!("token: {}\n", w.token),
-    );
-}
-
-fn check_secrets(w: &World, app: &FakeApp, r: &Run) {
-    let transcript = r.transcript();
-    for line in app
-        .private_key_pem()
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .skip(1)
-    {
-        assert_no_leak(line, &transcript, "the App's key");
-    }
-    for issued in w.gh.installation_tokens() {
-        assert_no_leak(&issued.token, &transcript, "an installation token");
-    }
 }
 
 async fn secret_keys(client: kube::Client) -> Vec<String> {
@@ -107,9 +66,9 @@ async fn switching_deploy_key_to_github_app_and_back_converges_and_is_idempotent
 
     // 2. github-app, with the token at hand: the Secret written anew with exactly the App's
     // keys, the GitRepository over https with `provider: github`, the old key deleted.
-    use_app(&w, &app, true);
+    w.use_github_app(&app, true);
     let r = w.bootstrap(&["--no-wait"]);
-    check_secrets(&w, &app, &r);
+    w.check_app_secrets(&app, &r);
     assert_eq!(r.code, 0, "{}", r.transcript());
     assert_eq!(
         secret_keys(client.clone()).await,
@@ -159,23 +118,12 @@ async fn switching_deploy_key_to_github_app_and_back_converges_and_is_idempotent
     // 3. Again: nothing changes, nothing is written to GitHub but the installation token.
     w.gh.clear_log();
     let r = w.bootstrap(&["--no-wait"]);
-    check_secrets(&w, &app, &r);
+    w.check_app_secrets(&app, &r);
     assert_eq!(r.code, 0, "{}", r.transcript());
-    for what in [
-        "Secret `flux-system/flux-system` unchanged",
-        "GitRepository `flux-system/flux-system` unchanged",
-        "Kustomization `flux-system/flux-system` unchanged",
-    ] {
-        assert_has(&r, what);
-    }
-    let writes: Vec<String> = w.gh.writes().into_iter().map(|q| q.path).collect();
-    assert!(
-        writes.iter().all(|p| p.ends_with("/access_tokens")),
-        "{writes:?}"
-    );
+    w.assert_unchanged(&r);
 
     // 4. Back to deploy-key: a new key, the App's keys gone from the Secret, no `provider`.
-    use_deploy_key(&w);
+    w.use_deploy_key();
     let r = w.bootstrap(&["--no-wait"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
     assert_eq!(
@@ -213,10 +161,10 @@ async fn without_a_token_the_old_key_is_named_and_dry_run_and_export_know_the_ap
     assert_eq!(r.code, 0, "{}", r.transcript());
     let title = homelab_flux::keys::default_title(c.context(), c.server_url());
 
-    use_app(&w, &app, false);
+    w.use_github_app(&app, false);
     w.gh.clear_log();
     let r = w.bootstrap(&["--dry-run"]);
-    check_secrets(&w, &app, &r);
+    w.check_app_secrets(&app, &r);
     assert_eq!(r.code, 0, "{}", r.transcript());
     assert_has(
         &r,
@@ -236,7 +184,7 @@ async fn without_a_token_the_old_key_is_named_and_dry_run_and_export_know_the_ap
     );
 
     let r = w.bootstrap(&["--no-wait"]);
-    check_secrets(&w, &app, &r);
+    w.check_app_secrets(&app, &r);
     assert_eq!(r.code, 0, "{}", r.transcript());
     assert_has(
         &r,

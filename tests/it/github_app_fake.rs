@@ -14,6 +14,7 @@ use support::fake_github::{
     Access, AppSpec, FakeApp, FakeGitHub, GIT_AUTH_PATH, GitAuth, InstallationSpec, IssuedToken,
     RepoSpec,
 };
+use support::git_server::{GitRepo, HttpsGitServer};
 
 const APP_ID: u64 = 123_456;
 const INSTALLATION: u64 = 987_654;
@@ -263,6 +264,11 @@ async fn installations_are_found_by_repository_and_by_id() {
     .await;
     assert_eq!(by_id.status, 200);
     assert_eq!(by_id.body["id"], INSTALLATION);
+    let by_owner = call(&gh, "GET", "/users/username/installation", Some(&jwt), None).await;
+    assert_eq!(by_owner.status, 200);
+    assert_eq!(by_owner.body["id"], INSTALLATION);
+    let as_org = call(&gh, "GET", "/orgs/username/installation", Some(&jwt), None).await;
+    assert_eq!(as_org.status, 404, "the fake's accounts are users");
     let other_app = gh.add_app(AppSpec::new(8, "other"));
     let foreign = bearer(&other_app.jwt());
     let not_its = call(
@@ -567,4 +573,126 @@ async fn the_git_check_passes_only_live_scoped_tokens() {
             .all(|r| !r.path.starts_with(GIT_AUTH_PATH)),
         "not GitHub API traffic"
     );
+}
+
+/// `git ls-remote` over HTTPS with a Basic header for `x-access-token` (what go-git sends for
+/// source-controller's App credentials, `AccessTokenUsername` in fluxcd/pkg/auth/githubapp).
+fn ls_remote(
+    git: &HttpsGitServer,
+    repo: &GitRepo,
+    user: &str,
+    password: &str,
+) -> std::process::Output {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    std::process::Command::new("git")
+        .args(["ls-remote", &git.url(repo), "refs/heads/main"])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_SSL_CAINFO", support::tls::test_ca().ca_path())
+        // The header rides in the environment, not on the command line.
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+        .env(
+            "GIT_CONFIG_VALUE_0",
+            format!("Authorization: Basic {basic}"),
+        )
+        .output()
+        .unwrap()
+}
+
+/// The HTTPS git server serves a clone to an issued installation token scoped to the repository,
+/// and refuses everything else, a token that has expired included.
+#[tokio::test]
+async fn the_https_git_server_takes_only_issued_scoped_tokens() {
+    let (gh, app) = world();
+    let git = HttpsGitServer::start_for_app(&gh);
+    let manifests = git.create_repo("username", "manifests");
+    let other = git.create_repo("username", "other");
+    assert!(git.url(&manifests).starts_with("https://127.0.0.1:"));
+    assert!(git.url(&manifests).ends_with("/username/manifests.git"));
+    let path = format!("/app/installations/{INSTALLATION}/access_tokens");
+    let a = call(&gh, "POST", &path, Some(&bearer(&app.jwt())), None).await;
+    let token = a.body["token"].as_str().unwrap().to_owned();
+
+    let out = ls_remote(&git, &manifests, "x-access-token", &token);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.starts_with(manifests.seeded_commit()), "{listed}");
+    assert!(
+        git.access_log().contains("x-access-token"),
+        "{}",
+        git.access_log()
+    );
+
+    // git asks for a user name after a 401 (and cannot, with prompts off): the fake's log says
+    // what was refused and why.
+    let unknown = "ghs_0123456789abcdefghijklmnopqrstuvwxyz";
+    for (what, repo, user, password, reason) in [
+        (
+            "another user",
+            &manifests,
+            "git",
+            token.as_str(),
+            "user is not x-access-token",
+        ),
+        (
+            "a token the fake did not issue",
+            &manifests,
+            "x-access-token",
+            unknown,
+            "unknown token",
+        ),
+        (
+            "a repository out of scope",
+            &other,
+            "x-access-token",
+            token.as_str(),
+            "not scoped to this repository",
+        ),
+    ] {
+        let before = gh.git_auth_log().len();
+        let out = ls_remote(&git, repo, user, password);
+        assert!(!out.status.success(), "{what} was let through");
+        let asked = gh.git_auth_log().split_off(before);
+        assert!(!asked.is_empty(), "{what}: nginx did not ask the fake");
+        assert!(
+            asked.iter().all(|g| !g.allowed && g.reason == reason),
+            "{what}: {asked:?}"
+        );
+    }
+    gh.expire_installation_tokens();
+    let out = ls_remote(&git, &manifests, "x-access-token", &token);
+    assert!(!out.status.success(), "an expired token was let through");
+    let reasons: Vec<&str> = gh.git_auth_log().iter().map(|g| g.reason).collect();
+    assert!(
+        reasons.contains(&"ok") && reasons.contains(&"expired"),
+        "{reasons:?}"
+    );
+}
+
+/// The JWT endpoints sit behind the same front end as the rest: a 5xx burst and the rate limits
+/// a test switches on answer them too (the CLI's retries are tested through them).
+#[tokio::test]
+async fn server_errors_and_rate_limits_reach_the_app_endpoints() {
+    let (gh, app) = world();
+    let jwt = bearer(&app.jwt());
+    let path = format!("/app/installations/{INSTALLATION}/access_tokens");
+    gh.fail_next(1, 502);
+    assert_eq!(call(&gh, "POST", &path, Some(&jwt), None).await.status, 502);
+    gh.secondary_rate_limit_next(1, 429, Some(1));
+    let limited = call(&gh, "POST", &path, Some(&jwt), None).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.headers["retry-after"], "1");
+    let issued = call(&gh, "POST", &path, Some(&jwt), None).await;
+    assert_eq!(issued.status, 201);
+    assert_eq!(
+        issued.headers["x-ratelimit-used"], "1",
+        "only the answered request counts"
+    );
+    assert_eq!(gh.installation_tokens().len(), 1);
 }

@@ -36,6 +36,7 @@ mod first_hour;
 mod flux_lifecycle;
 mod flux_migrate;
 mod git_remote;
+mod github_app_e2e;
 mod github_app_fake;
 mod github_client;
 mod hostile;

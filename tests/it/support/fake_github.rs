@@ -1022,11 +1022,14 @@ impl App {
             .collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
 
-        // The App endpoints take a JWT, not a token (app.rs).
-        if let Some(reply) = self.app_answer(&mut state, method, &segments, authorization, body) {
+        // The App endpoints take a JWT, not a token (app.rs); rate limits apply to them too.
+        if app::is_jwt_endpoint(method, &segments) {
+            if let Some(reply) = self.rate_limited(&mut state) {
+                return (reply, None);
+            }
             state.used += 1;
-            let used = state.used;
-            return (rate_headers(reply, used), None);
+            let reply = self.app_answer(&mut state, method, &segments, authorization, body);
+            return (rate_headers(reply, state.used), None);
         }
 
         // GitHub rejects a bad token on every endpoint, public ones included (errors.json
@@ -1062,6 +1065,25 @@ impl App {
             );
         };
 
+        if let Some(reply) = self.rate_limited(&mut state) {
+            return (reply, login);
+        }
+
+        state.used += 1;
+        let mut reply = self.route(&mut state, &spec, method, &segments, query, body);
+        // Headers GitHub sends on every authenticated answer ([D-rate], [D-scopes], headers.md).
+        reply = rate_headers(reply, state.used);
+        if let TokenKind::Classic { scopes } = &spec.kind {
+            reply = reply.header("x-oauth-scopes", scopes.join(", "));
+        }
+        if let Some(expiration) = &spec.expiration {
+            reply = reply.header("github-authentication-token-expiration", expiration.clone());
+        }
+        (reply, login)
+    }
+
+    /// The primary or secondary rate limit a test switched on, if any (authenticated requests).
+    fn rate_limited(&self, state: &mut State) -> Option<Reply> {
         if let Some((status, reset)) = state.primary_limit {
             // errors.json `rate-limited-403` (docs example); [D-rate]: 403 or 429.
             let (_, headers, body) = self.refs.error("rate-limited-403");
@@ -1073,7 +1095,7 @@ impl App {
             reply
                 .headers
                 .push(("x-ratelimit-reset".to_owned(), reset.to_string()));
-            return (reply, login);
+            return Some(reply);
         }
         if !state.secondary_limits.is_empty() {
             let (status, retry_after) = state.secondary_limits.remove(0);
@@ -1093,20 +1115,9 @@ impl App {
                     .headers
                     .push(("retry-after".to_owned(), secs.to_string()));
             }
-            return (reply, login);
+            return Some(reply);
         }
-
-        state.used += 1;
-        let mut reply = self.route(&mut state, &spec, method, &segments, query, body);
-        // Headers GitHub sends on every authenticated answer ([D-rate], [D-scopes], headers.md).
-        reply = rate_headers(reply, state.used);
-        if let TokenKind::Classic { scopes } = &spec.kind {
-            reply = reply.header("x-oauth-scopes", scopes.join(", "));
-        }
-        if let Some(expiration) = &spec.expiration {
-            reply = reply.header("github-authentication-token-expiration", expiration.clone());
-        }
-        (reply, login)
+        None
     }
 
     fn error(&self, key: &str) -> Reply {

@@ -84,7 +84,6 @@ pub struct TestCa {
     config: Arc<rustls::ServerConfig>,
 }
 
-#[allow(dead_code, reason = "the PEM files are for nginx (git_server.rs)")]
 impl TestCa {
     /// The rustls server config with the 127.0.0.1 certificate.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
