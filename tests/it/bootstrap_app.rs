@@ -199,7 +199,7 @@ async fn without_a_token_the_old_key_is_named_and_dry_run_and_export_know_the_ap
 
     // `status` knows the mode and asks whether the installation still reaches the repository.
     let r = w.run(&["status", "--format", "json"]);
-    check_secrets(&w, &app, &r);
+    w.check_app_secrets(&app, &r);
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
     assert_eq!(doc["auth"], "github-app", "{doc}");
     assert_eq!(doc["app_installation_ok"], true, "{doc}");
@@ -210,7 +210,7 @@ async fn without_a_token_the_old_key_is_named_and_dry_run_and_export_know_the_ap
     );
     w.gh.set_installation_suspended(installation, true);
     let r = w.run(&["status"]);
-    check_secrets(&w, &app, &r);
+    w.check_app_secrets(&app, &r);
     assert_eq!(r.code, 1, "{}", r.transcript());
     for line in [
         "auth: github-app",
