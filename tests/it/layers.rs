@@ -10,7 +10,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("face", &["lib", "cli"]),
     ("commands", &["cmd"]),
     ("output", &["output"]),
-    ("decisions", &["plan", "step", "online"]),
+    ("decisions", &["plan", "step", "online", "online_app"]),
     (
         "outside systems",
         &[
@@ -43,6 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "chain",
             "ssh_url",
             "age_pq",
+            "app_key",
         ],
     ),
 ];

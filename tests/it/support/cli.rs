@@ -218,8 +218,26 @@ pub fn scratch_copy(fixture: &Path) -> tempfile::TempDir {
     if secrets.is_file() {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // git keeps no modes but 644 and 755: a GitHub App's key file gets 600 as a user
+        // keeps it, except the one a case names for being readable by others.
+        private_pem_files(&dir.path().join("config"));
     }
     dir
+}
+
+#[cfg(unix)]
+fn private_pem_files(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(dir).expect("read scratch").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            private_pem_files(&path);
+        } else if path.extension().is_some_and(|e| e == "pem")
+            && !path.to_string_lossy().contains("readable-by-others")
+        {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+    }
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
