@@ -112,6 +112,14 @@ codes! {
     AgeKeyInTrackedFile = "HF075", "age-key-in-tracked-file";
     AgeKeyUnused = "HF076", "age-key-unused";
     AgePluginSkipped = "HF077", "age-plugin-skipped";
+    AppMissing = "HF080", "github-app-missing";
+    AppIdInvalid = "HF081", "github-app-id-invalid";
+    AppKeySource = "HF082", "github-app-key-source";
+    AppKeyInvalid = "HF083", "github-app-key-invalid";
+    AppKeyFile = "HF084", "github-app-key-file";
+    AppKeyFilePermissions = "HF085", "github-app-key-file-permissions";
+    AppKeyInTrackedFile = "HF086", "github-app-key-in-tracked-file";
+    AppUnused = "HF087", "github-app-unused";
     TokenRejected = "HF101", "token-rejected";
     TokenExpiring = "HF102", "token-expiring";
     TokenExpired = "HF103", "token-expired";
@@ -125,6 +133,10 @@ codes! {
     ContentsForbidden = "HF111", "contents-forbidden";
     DefaultBranch = "HF112", "default-branch";
     OnlineSkipped = "HF113", "online-checks-skipped";
+    AppKeyRejected = "HF114", "github-app-key-rejected";
+    AppNotInstalled = "HF115", "github-app-not-installed";
+    AppContentsForbidden = "HF116", "github-app-contents-forbidden";
+    AppSuspended = "HF117", "github-app-suspended";
 }
 
 impl fmt::Display for Code {

@@ -119,6 +119,9 @@ pub enum Refusal<'a> {
     Forbidden {
         accepted_permissions: Option<&'a str>,
     },
+    /// 422: GitHub refused the request's content (an installation token asked for a
+    /// permission the App does not have).
+    Unprocessable,
     /// Anything else: GitHub could not be asked (unreachable, rate limited, failing).
     Other,
 }
@@ -126,4 +129,61 @@ pub enum Refusal<'a> {
 /// An error of a request to GitHub that can say how GitHub refused it.
 pub trait Refused: std::error::Error {
     fn refusal(&self) -> Refusal<'_>;
+
+    /// GitHub's own words (the `message` of its error body), when it sent any.
+    fn github_message(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// The GitHub App (`GET /app`, authenticated with its JWT).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct App {
+    pub id: u64,
+    /// The App's URL name: `https://github.com/apps/{slug}`.
+    #[serde(default)]
+    pub slug: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The permissions the App asks for, e.g. `{"contents": "read", "metadata": "read"}`.
+    #[serde(default)]
+    pub permissions: std::collections::BTreeMap<String, String>,
+}
+
+/// An installation of the App (`GET /repos/{o}/{r}/installation`, `GET /app/installations/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Installation {
+    pub id: u64,
+    #[serde(default)]
+    pub app_id: Option<u64>,
+    #[serde(default)]
+    pub app_slug: Option<String>,
+    /// The account it is installed on.
+    #[serde(default)]
+    pub account: Option<Account>,
+    /// `all` or `selected`.
+    #[serde(default)]
+    pub repository_selection: Option<String>,
+    /// The permissions the installation granted.
+    #[serde(default)]
+    pub permissions: std::collections::BTreeMap<String, String>,
+    /// Set when the installation is suspended.
+    #[serde(default)]
+    pub suspended_at: Option<String>,
+}
+
+/// A user or organisation, by login.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Account {
+    pub login: String,
+}
+
+/// An installation token's metadata (`POST /app/installations/{id}/access_tokens`); the token
+/// itself stays inside the GitHub client that was made with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallationTokenInfo {
+    /// When it expires (ISO 8601 as GitHub sends it).
+    pub expires_at: String,
+    /// The permissions it carries.
+    pub permissions: std::collections::BTreeMap<String, String>,
 }

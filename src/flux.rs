@@ -285,11 +285,11 @@ pub fn default_manifests_url(version: Version) -> String {
     format!("https://github.com/fluxcd/flux2/releases/download/{version}/install.yaml")
 }
 
-/// The URL Flux clones: SSH for a deploy key, HTTPS for a token.
+/// The URL Flux clones: SSH for a deploy key, HTTPS for a token or a GitHub App.
 pub fn source_url(cfg: &FluxConfig) -> String {
     match cfg.auth {
         Auth::DeployKey => cfg.repo.ssh_url(),
-        Auth::Token => cfg.repo.https_url(),
+        Auth::Token | Auth::GitHubApp => cfg.repo.https_url(),
     }
 }
 
@@ -303,6 +303,23 @@ pub fn same_repo_url(a: &str, b: &str) -> bool {
         url.to_ascii_lowercase()
     }
     key(a) == key(b)
+}
+
+/// True when two URLs reach the same repository whatever the protocol: `ssh://git@host:22/o/r`
+/// and `https://host/o/r` are one repository (what a switch between `deploy-key` and `token` or
+/// `github-app` changes), compared like [`same_repo_url`] past the scheme, user and port. The
+/// guard against taking over another repository asks this; the spelling kept asks
+/// [`same_repo_url`].
+pub fn same_repository(a: &str, b: &str) -> bool {
+    fn key(url: &str) -> String {
+        let url = url.trim();
+        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let host = authority.rsplit('@').next().unwrap_or(authority);
+        let host = host.split(':').next().unwrap_or(host);
+        format!("{host}/{path}")
+    }
+    same_repo_url(&key(a), &key(b))
 }
 
 /// The Namespace `flux-system`.
@@ -323,6 +340,51 @@ pub fn deploy_key_secret(identity: &str, identity_pub: &str, known_hosts: &str) 
 pub fn token_secret(token: &str) -> Value {
     secret(&[("username", "git"), ("password", token)])
 }
+
+/// The Secret `flux-system` for `auth: github-app`: exactly the keys source-controller reads
+/// (fluxcd/pkg `auth/githubapp`); `githubAppBaseURL` is the API base, given only when it is not
+/// `https://api.github.com` (GitHub Enterprise Server, or a test's fake).
+pub fn github_app_secret(
+    app_id: u64,
+    installation_id: u64,
+    private_key: &str,
+    base_url: Option<&str>,
+) -> Value {
+    let (app_id, installation_id) = (app_id.to_string(), installation_id.to_string());
+    let mut entries = vec![
+        (APP_ID_KEY, app_id.as_str()),
+        (APP_INSTALLATION_ID_KEY, installation_id.as_str()),
+        (APP_PRIVATE_KEY_KEY, private_key),
+    ];
+    if let Some(base) = base_url {
+        entries.push((APP_BASE_URL_KEY, base));
+    }
+    secret(&entries)
+}
+
+/// The keys of Secret `flux-system` that source-controller reads for `provider: github`.
+pub const APP_ID_KEY: &str = "githubAppID";
+pub const APP_INSTALLATION_ID_KEY: &str = "githubAppInstallationID";
+pub const APP_PRIVATE_KEY_KEY: &str = "githubAppPrivateKey";
+pub const APP_BASE_URL_KEY: &str = "githubAppBaseURL";
+
+/// Every key the Secret `flux-system` holds in one of the three modes: a key of another mode
+/// left in it means the mode changed, and the Secret is written anew (server-side apply drops
+/// only fields this field manager set before).
+pub const CREDENTIAL_KEYS: &[&str] = &[
+    "identity",
+    "identity.pub",
+    "known_hosts",
+    "username",
+    "password",
+    APP_ID_KEY,
+    APP_INSTALLATION_ID_KEY,
+    APP_PRIVATE_KEY_KEY,
+    APP_BASE_URL_KEY,
+];
+
+/// The GitRepository's `spec.provider` for a GitHub App.
+pub const GITHUB_PROVIDER: &str = "github";
 
 /// The Secret `sops-age` that kustomize-controller decrypts with.
 pub fn sops_age_secret(identity: &str) -> Value {
@@ -356,8 +418,8 @@ fn secret(entries: &[(&str, &str)]) -> Value {
 }
 
 /// The GitRepository `flux-system` for the repository at `url`.
-pub fn git_repository(url: &str, branch: &str) -> Value {
-    sorted(json!({
+pub fn git_repository(url: &str, branch: &str, auth: Auth) -> Value {
+    let mut repo = json!({
         "apiVersion": GIT_REPOSITORY_API,
         "kind": "GitRepository",
         "metadata": { "name": NAME, "namespace": NAMESPACE },
@@ -367,7 +429,12 @@ pub fn git_repository(url: &str, branch: &str) -> Value {
             "secretRef": { "name": NAME },
             "url": url,
         },
-    }))
+    });
+    // Flux 2.5+: source-controller mints installation tokens from the App's key.
+    if auth == Auth::GitHubApp {
+        repo["spec"]["provider"] = Value::from(GITHUB_PROVIDER);
+    }
+    sorted(repo)
 }
 
 /// The Kustomization `flux-system`; with `decryption: sops` it decrypts with [`SOPS_SECRET`].
@@ -683,6 +750,22 @@ mod tests {
             "ssh://git@github.com/o/r.git",
             "https://github.com/o/r.git"
         ));
+        assert!(same_repository(
+            "ssh://git@github.com/o/r.git",
+            "https://github.com/O/r"
+        ));
+        assert!(same_repository(
+            "ssh://git@ghe.example.com:2222/o/r.git",
+            "https://ghe.example.com/o/r.git"
+        ));
+        assert!(!same_repository(
+            "ssh://git@github.com/o/r.git",
+            "https://github.com/o/other.git"
+        ));
+        assert!(!same_repository(
+            "ssh://git@ghe.example.com/o/r.git",
+            "https://github.com/o/r.git"
+        ));
     }
 
     #[test]
@@ -745,7 +828,7 @@ mod tests {
         let (cfg, _) = parse_flux("repo: https://github.com/o/r\npath: clusters/home\n", "f");
         let cfg = cfg.unwrap();
         let yaml = export_yaml(&[
-            git_repository(&source_url(&cfg), "main"),
+            git_repository(&source_url(&cfg), "main", cfg.auth),
             kustomization(&cfg),
         ]);
         assert_eq!(

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use git2::{Repository, RepositoryOpenFlags};
 
+use crate::app_key::AppKey;
 use crate::diag::{Code, Diagnostic, Position};
 use crate::sops::{self, AgeIdentity, FileFormat, Inventory};
 use crate::token::Token;
@@ -19,6 +20,8 @@ use crate::token::Token;
 pub struct Secrets<'a> {
     pub token: Option<&'a Token>,
     pub age_identities: &'a [AgeIdentity],
+    /// The GitHub App's private key: a line of its PEM body is searched for.
+    pub app_key: Option<&'a AppKey>,
 }
 
 /// What the hygiene checks found.
@@ -235,9 +238,11 @@ fn scan_tracked(
         .flat_map(|id| [id.expose().to_string(), id.expose().to_ascii_lowercase()])
         .collect();
     let identities: Vec<Finder<'_>> = identities.iter().map(Finder::new).collect();
+    let app_lines = secrets.app_key.map(AppKey::needles).unwrap_or_default();
+    let app_key: Vec<Finder<'_>> = app_lines.iter().map(Finder::new).collect();
     // Every file is searched for the secrets when there are any; otherwise only YAML files
     // (plaintext Secrets) and, with an identity, the SOPS files are read at all.
-    let search = token.is_some() || !identities.is_empty();
+    let search = token.is_some() || !identities.is_empty() || !app_key.is_empty();
     let sops = !secrets.age_identities.is_empty();
     let odb = repo.odb().ok();
     let out = &mut hygiene.findings;
@@ -293,6 +298,13 @@ fn scan_tracked(
                 Diagnostic::error(Code::AgeKeyInTrackedFile, format!("an age identity is in `{shown}`, a file git tracks"))
                     .in_file(&shown)
                     .with_hint("remove it from that file; if it was ever committed, make a new identity with `age-keygen` and re-encrypt the repository for it"),
+            );
+        }
+        if app_key.iter().any(holds) {
+            out.push(
+                Diagnostic::error(Code::AppKeyInTrackedFile, format!("the GitHub App's private key is in `{shown}`, a file git tracks"))
+                    .in_file(&shown)
+                    .with_hint("remove it from that file; if it was ever committed, generate a new private key on the App's settings page and delete the old one there"),
             );
         }
         // Only with an identity to check it against.

@@ -31,6 +31,17 @@ pub struct Rollout {
     pub reason: Option<String>,
 }
 
+impl Rollout {
+    /// How far it is: `N of M replicas available`, and the condition's reason when there is one.
+    pub fn availability(&self) -> String {
+        let mut out = format!("{} of {} replicas available", self.available, self.replicas);
+        if let Some(why) = &self.reason {
+            out.push_str(&format!(" ({why})"));
+        }
+        out
+    }
+}
+
 /// Reads a Deployment's rollout from its spec and status.
 pub fn rollout(deployment: &Value) -> Rollout {
     let meta = &deployment["metadata"];
@@ -240,6 +251,16 @@ mod tests {
         assert_eq!(r.reason, None);
         assert_eq!(r.version.as_deref(), Some("v2.10.1"));
         assert_eq!(r.name, "flux-system/source-controller");
+        assert_eq!(r.availability(), "1 of 1 replicas available");
+        let waiting = Rollout {
+            available: 0,
+            reason: Some("MinimumReplicasUnavailable: no Pod is ready".to_string()),
+            ..r
+        };
+        assert_eq!(
+            waiting.availability(),
+            "0 of 1 replicas available (MinimumReplicasUnavailable: no Pod is ready)"
+        );
     }
 
     #[test]

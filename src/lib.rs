@@ -9,7 +9,7 @@
 //! 3. **Output**: [`output`], the only module that prints: redaction, the `-v` log,
 //!    diagnostics, and the steps of `bootstrap`.
 //! 4. **Decisions**, pure: [`plan`] decides every write of `bootstrap` from what is there, and
-//!    [`step`] is its progress as events; [`online`] turns GitHub's answers into findings. They
+//!    [`step`] is its progress as events; [`online`] turns GitHub's answers into findings ([`online_app`] for a GitHub App). They
 //!    never import an outside system: they read the plain values below.
 //! 5. **Outside systems**, one module each, each owning its I/O: [`config`] (the files),
 //!    [`github`] (the REST API, through reqwest), [`git`] (the local repository's hygiene) and
@@ -20,13 +20,14 @@
 //!    [`flux`] (Flux's names, the objects applied, typed views of their status), [`health`]
 //!    (controllers rolled out, and what a Flux object that is not synced waits for),
 //!    [`crd_versions`] (whether a CRD's stored versions must be migrated first), [`repo_url`],
-//!    [`branch`], [`repo_path`], [`token`] and [`token_host`] (checked values), [`ssh_url`],
-//!    [`pkt_line`] (git's ref advertisement),
+//!    [`branch`], [`repo_path`], [`token`], [`token_host`] and [`app_key`] (checked values),
+//!    [`ssh_url`], [`pkt_line`] (git's ref advertisement),
 //!    [`sops`] (age identities and SOPS metadata; [`age_pq`] derives the recipient of a
 //!    post-quantum one), [`keys`] (deploy keys in memory), [`diag`]
 //!    (findings), [`text`] (terminal-safe text) and [`chain`] (an error's causes).
 
 pub mod age_pq;
+pub mod app_key;
 pub mod branch;
 pub mod chain;
 pub mod cli;
@@ -45,6 +46,7 @@ pub mod http;
 pub mod keys;
 pub mod manifests;
 pub mod online;
+pub mod online_app;
 pub mod output;
 pub mod pkt_line;
 pub mod plan;

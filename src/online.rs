@@ -153,7 +153,7 @@ pub fn evaluate<E: Refused>(
                 );
             }
             Err(e) if matches!(e.refusal(), Refusal::Forbidden { .. }) => {
-                let d = if cfg.auth == Auth::Token {
+                let d = if cfg.auth != Auth::DeployKey {
                     Diagnostic::error(
                         Code::ContentsForbidden,
                         format!("the token cannot read the contents of `{repo_name}`, which the cluster needs with `auth: token`"),
@@ -264,7 +264,16 @@ fn expiry(user: &User, auth: Auth, now: Timestamp, file: &str) -> Option<Diagnos
             .in_file(file)
             .with_hint("the deploy key keeps working; you need a valid token for the next bootstrap"),
         ),
-        (Auth::DeployKey, false) => None,
+        // With the App the token only cleans up an old deploy key.
+        (Auth::DeployKey | Auth::GitHubApp, false) => None,
+        (Auth::GitHubApp, true) => Some(
+            Diagnostic::note(
+                Code::TokenExpiring,
+                format!("the token expires on {when} (in {days} days)"),
+            )
+            .in_file(file)
+            .with_hint("with `auth: github-app` the cluster does not use it; it only deletes this cluster's old deploy key"),
+        ),
     }
 }
 
@@ -286,6 +295,7 @@ fn scopes_finding<E>(
         let what = match auth {
             Auth::DeployKey => "creating a deploy key",
             Auth::Token => "reading the repository",
+            Auth::GitHubApp => "deleting this cluster's old deploy key",
         };
         Diagnostic::new(Severity::Error, Code::TokenScopes, format!("the classic token has {listed}; {what} needs `repo`"))
             .in_file(file)
@@ -463,6 +473,7 @@ mod tests {
         let answers = Answers {
             user: Err(Error::Unauthorized {
                 endpoint: "GET /user".to_string(),
+                message: "Bad credentials".to_string(),
             }),
             repo: Err(server_error("GET /repos/username/manifests")),
             branch: Some((

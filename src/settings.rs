@@ -15,6 +15,9 @@ pub enum Auth {
     DeployKey,
     /// The token itself, stored in the cluster.
     Token,
+    /// A GitHub App installation: the App's key in the cluster, which source-controller turns
+    /// into short-lived installation tokens itself (`provider: github`).
+    GitHubApp,
 }
 
 impl fmt::Display for Auth {
@@ -22,6 +25,7 @@ impl fmt::Display for Auth {
         f.write_str(match self {
             Auth::DeployKey => "deploy-key",
             Auth::Token => "token",
+            Auth::GitHubApp => "github-app",
         })
     }
 }

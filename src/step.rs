@@ -122,6 +122,12 @@ pub enum Step {
         id: u64,
         reason: String,
     },
+    /// `auth: github-app` without a token: this cluster's old deploy key cannot be looked up,
+    /// so it is named for the user to delete.
+    OldKeyUnlisted {
+        title: String,
+        repo: String,
+    },
     /// Dry run: a stale key would be deleted.
     StaleKeyToDelete {
         title: String,

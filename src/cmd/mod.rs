@@ -11,10 +11,12 @@ pub mod validate;
 
 use std::path::{Path, PathBuf};
 
+use crate::app_key::GitHubApp;
 use crate::config::{self, Findings, Loaded, Secrets, TokenOrigin};
 use crate::diag::Diagnostic;
 use crate::github::{self, GitHub};
 use crate::online::{self, Answers};
+use crate::online_app::{self, AppAnswers};
 use crate::output::{Format, Ui};
 use crate::settings::{Auth, FluxConfig};
 use crate::token::Token;
@@ -103,6 +105,15 @@ pub(crate) fn load_config(dir: &Path, secrets: Secrets) -> Result<Loaded, Cannot
     for identity in loaded.age_identities() {
         crate::output::hide(identity.secret());
     }
+    if let Some(key) = loaded.app_key() {
+        crate::output::hide(key.secret());
+        // Shown line by line, a PEM is never whole: each body line is hidden on its own.
+        for line in key.expose_pem().lines().map(str::trim) {
+            if line.len() >= 16 && !line.starts_with("-----") {
+                crate::output::hide(&secrecy::SecretString::from(line.to_string()));
+            }
+        }
+    }
     Ok(loaded)
 }
 
@@ -118,6 +129,7 @@ pub(crate) fn check_offline(dir: &Path, secrets: Secrets) -> Result<Loaded, Cann
         crate::git::Secrets {
             token: loaded.token(),
             age_identities: loaded.age_identities(),
+            app_key: loaded.app_key(),
         },
     );
     let mut loaded = loaded.extend(hygiene.findings);
@@ -165,9 +177,7 @@ pub(crate) fn github_client(
     token: &Token,
     ui: &Ui,
 ) -> Result<GitHub, github::Error> {
-    let env = std::env::var(github::API_URL_ENV).ok();
-    let base = github::resolve_api_base(&cfg.repo.authority(), env.as_deref())?;
-    let client = GitHub::new(&base, token.secret())?;
+    let client = GitHub::new(&api_base(cfg)?, token.secret())?;
     let default = github::api_base_for_host(&cfg.repo.authority());
     if client.api_base() != default {
         ui.notice(&format!(
@@ -177,6 +187,129 @@ pub(crate) fn github_client(
         ));
     }
     Ok(client)
+}
+
+/// The API base for the repository's host, or the `HOMELAB_FLUX_GITHUB_API_URL` override.
+pub(crate) fn api_base(cfg: &FluxConfig) -> Result<String, github::Error> {
+    let env = std::env::var(github::API_URL_ENV).ok();
+    github::resolve_api_base(&cfg.repo.authority(), env.as_deref())
+}
+
+/// What `auth: github-app` asks GitHub, in the fewest rounds the answers allow (SPEC §3a): the
+/// App and its installation together (the JWT), then the installation token (it needs the
+/// installation's id; asked in the first round when `installationId` gives it), then the
+/// repository and the branch together (they need the token).
+/// `head`: without a configured branch, the default branch is read too (a fourth round).
+pub(crate) async fn ask_app(
+    api_base: &str,
+    app: &GitHubApp,
+    cfg: &FluxConfig,
+    head: bool,
+    ui: &Ui,
+) -> Result<(AppAnswers<github::Error>, Option<GitHub>), github::Error> {
+    let default = github::api_base_for_host(&cfg.repo.authority());
+    if api_base != default {
+        ui.notice(&format!(
+            "the GitHub App's requests go to the GitHub API at `{api_base}` (from `{}`), not `{default}`",
+            github::API_URL_ENV
+        ));
+    }
+    let (owner, name) = (cfg.repo.owner.as_str(), cfg.repo.name.as_str());
+    let jwt = github::app::app_client(api_base, app.id, &app.key, github::Options::default())?;
+    let installation = async {
+        match app.installation_id {
+            Some(id) => jwt.get_installation(id).await,
+            None => jwt.get_repo_installation(owner, name).await,
+        }
+    };
+    // With `installationId` given, the token needs nothing the other two return: it is asked
+    // for in the same round (two rounds in all, not three).
+    let early_token = async {
+        match app.installation_id {
+            Some(id) => Some(jwt.installation_client(id, name).await),
+            None => None,
+        }
+    };
+    let (found, installation, early_token) = tokio::join!(jwt.get_app(), installation, early_token);
+    let mut answers = AppAnswers {
+        app: found,
+        installation,
+        token: None,
+        repo: None,
+        branch: None,
+    };
+    let id = match &answers.installation {
+        Ok(i) if answers.app.is_ok() && i.suspended_at.is_none() => i.id,
+        _ => return Ok((answers, None)),
+    };
+    let minted = match early_token {
+        Some(minted) => minted,
+        None => {
+            tracing::debug!(
+                "asking for an installation token of installation {id}, for `{name}` with contents: read"
+            );
+            jwt.installation_client(id, name).await
+        }
+    };
+    let (client, info) = match minted {
+        Ok((client, info)) => (client, info),
+        Err(e) => {
+            answers.token = Some(Err(e));
+            return Ok((answers, None));
+        }
+    };
+    tracing::debug!("installation token issued, expires at {}", info.expires_at);
+    answers.token = Some(Ok(info));
+    let branch = async {
+        match &cfg.branch {
+            Some(b) => Some((
+                b.to_string(),
+                client.get_branch(owner, name, b.as_str()).await,
+            )),
+            None => None,
+        }
+    };
+    let (repo, mut branch) = tokio::join!(client.get_repo(owner, name), branch);
+    if head
+        && branch.is_none()
+        && let Ok(r) = &repo
+    {
+        let b = r.default_branch.clone();
+        let answer = client.get_branch(owner, name, &b).await;
+        branch = Some((b, answer));
+    }
+    answers.repo = Some(repo);
+    answers.branch = branch;
+    Ok((answers, Some(client)))
+}
+
+/// `flux.yaml` as the findings name it.
+fn flux_file(findings: &Findings) -> String {
+    findings
+        .sources
+        .first()
+        .map(|s| s.name().to_string())
+        .unwrap_or_default()
+}
+
+/// Turns the App's answers into findings (see [`online_app::evaluate`]).
+pub(crate) fn app_findings(
+    cfg: &FluxConfig,
+    app: &GitHubApp,
+    findings: &Findings,
+    answers: AppAnswers<github::Error>,
+) -> Result<Vec<Diagnostic>, CannotAsk> {
+    let flux_file = flux_file(findings);
+    let secrets_file = findings.secrets_path.display().to_string();
+    let files = online::Files {
+        flux: &flux_file,
+        token: &secrets_file,
+    };
+    let app_cfg = online_app::AppConfig {
+        id: app.id,
+        installation_id: app.installation_id,
+    };
+    online_app::evaluate(cfg, app_cfg, answers, &files).map_err(CannotAsk)
 }
 
 /// Every read a command needs, all in flight together: one round trip (SPEC §3). `GET
@@ -229,11 +362,7 @@ pub(crate) fn github_findings(
     findings: &Findings,
     answers: Answers<github::Error>,
 ) -> Result<Vec<Diagnostic>, CannotAsk> {
-    let flux_file = findings
-        .sources
-        .first()
-        .map(|s| s.name().to_string())
-        .unwrap_or_default();
+    let flux_file = flux_file(findings);
     let token_file = match origin {
         TokenOrigin::File(p) => p.display().to_string(),
         TokenOrigin::Env => format!("${}", config::TOKEN_ENV),

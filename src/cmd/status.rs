@@ -69,8 +69,17 @@ struct Status {
     upgrade_available: bool,
     controllers: Vec<Controller>,
     objects: Vec<ObjectStatus>,
+    /// How the cluster reads the repository, from its objects: `deploy-key`, `token` or
+    /// `github-app`; `None` without a Secret and GitRepository to tell.
+    auth: Option<String>,
     /// `Some(true)` registered, `Some(false)` gone, `None` not checked (no token, or `auth: token`).
     deploy_key_registered: Option<bool>,
+    /// `auth: github-app`: `Some(true)` when the App's installation still reaches the
+    /// repository (key accepted, installed, an installation token reads it), `Some(false)`
+    /// when not (with `app_problem`), `None` not checked (no App credentials configured).
+    app_installation_ok: Option<bool>,
+    /// What GitHub said when the installation does not reach the repository.
+    app_problem: Option<String>,
     ready: bool,
 }
 
@@ -90,6 +99,9 @@ pub enum Error {
     /// GitHub could not be asked about the deploy key.
     #[error("cannot list the deploy keys on GitHub")]
     DeployKeys(#[source] crate::github::Error),
+    /// GitHub could not be asked about the App's installation.
+    #[error("cannot check the GitHub App's installation")]
+    App(#[source] crate::github::Error),
     #[error("cannot write the status")]
     Output(#[from] std::io::Error),
 }
@@ -102,6 +114,7 @@ impl Error {
             | Error::Cluster(_)
             | Error::GitHub(_)
             | Error::DeployKeys(_)
+            | Error::App(_)
             | Error::Output(_) => 2,
         }
     }
@@ -189,6 +202,34 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
         describe(Kind::Kustomization, &ks),
     ];
 
+    let secret_value = secret.as_ref().and_then(|s| serde_json::to_value(s).ok());
+    let repo_value = repo.as_ref().and_then(|o| serde_json::to_value(o).ok());
+    let auth = live_auth(secret_value.as_ref(), repo_value.as_ref());
+
+    // The App's installation, when the cluster uses one and its credentials are configured.
+    let (mut app_installation_ok, mut app_problem) = (None, None);
+    if auth == Some(Auth::GitHubApp)
+        && let Ok(Loaded::Valid(Valid {
+            flux: cfg,
+            app: Some(app),
+            findings,
+            ..
+        })) = super::load_config(&global.config_dir, Secrets::TokenOnly)
+    {
+        let base = super::api_base(&cfg)?;
+        let (answers, _) = super::ask_app(&base, &app, &cfg, false, ui).await?;
+        let found =
+            super::app_findings(&cfg, &app, &findings, answers).map_err(|e| Error::App(e.0))?;
+        let problem = found
+            .iter()
+            .find(|d| d.severity == crate::diag::Severity::Error);
+        app_installation_ok = Some(problem.is_none());
+        app_problem = problem.map(|d| match &d.hint {
+            Some(h) => format!("{}: {h}", d.message),
+            None => d.message.clone(),
+        });
+    }
+
     // The deploy key on GitHub, when a token is at hand (never an error when it is not).
     let mut deploy_key_registered = None;
     if let Ok(Loaded::Valid(Valid {
@@ -211,8 +252,10 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
     }
 
     let rolled_out = !controllers.is_empty() && controllers.iter().all(|c| c.rollout.rolled_out);
-    let ready =
-        objects.iter().all(|o| o.ready) && rolled_out && deploy_key_registered != Some(false);
+    let ready = objects.iter().all(|o| o.ready)
+        && rolled_out
+        && deploy_key_registered != Some(false)
+        && app_installation_ok != Some(false);
     let pinned = flux::pinned();
     let status = Status {
         context: cluster.context().to_string(),
@@ -221,7 +264,10 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
         pinned: pinned.to_string(),
         controllers,
         objects,
+        auth: auth.map(|a| a.to_string()),
         deploy_key_registered,
+        app_installation_ok,
+        app_problem,
         ready,
     };
     match args.format {
@@ -232,6 +278,21 @@ async fn status(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::NotReady)
+    }
+}
+
+/// How the cluster reads the repository, from its GitRepository and Secret.
+fn live_auth(secret: Option<&serde_json::Value>, repo: Option<&serde_json::Value>) -> Option<Auth> {
+    let provider = repo.and_then(|r| r["spec"]["provider"].as_str());
+    let has = |key: &str| secret.is_some_and(|s| !s["data"][key].is_null());
+    if provider == Some(flux::GITHUB_PROVIDER) {
+        Some(Auth::GitHubApp)
+    } else if has("identity") {
+        Some(Auth::DeployKey)
+    } else if has("password") {
+        Some(Auth::Token)
+    } else {
+        None
     }
 }
 
@@ -254,6 +315,9 @@ fn running_release(controllers: &[Controller]) -> Option<flux::Version> {
 /// nor, with a newline of its own, fake a line.
 fn render(s: &Status) -> Vec<String> {
     let mut out = vec![format!("context: {}", s.context)];
+    if let Some(auth) = &s.auth {
+        out.push(format!("auth: {auth}"));
+    }
     out.push(match (&s.flux_version, s.controllers.is_empty()) {
         (_, true) => format!(
             "Flux: no controller in `{}` (run `homelab-flux bootstrap` to install {})",
@@ -277,13 +341,9 @@ fn render(s: &Status) -> Vec<String> {
                 r.name, r.available, r.replicas
             ),
             false => format!(
-                "Deployment {} {release}: NOT rolled out: {} of {} replicas available{}",
+                "Deployment {} {release}: NOT rolled out: {}",
                 r.name,
-                r.available,
-                r.replicas,
-                r.reason
-                    .as_deref()
-                    .map_or_else(String::new, |why| format!(" ({why})"))
+                r.availability()
             ),
         });
         for p in &c.pods {
@@ -334,6 +394,15 @@ fn render(s: &Status) -> Vec<String> {
         if let Some(hint) = o.decryption_failure {
             out.push(format!("  a SOPS decryption error: {hint}"));
         }
+    }
+    if s.auth.as_deref() == Some("github-app") {
+        out.push(match (s.app_installation_ok, &s.app_problem) {
+            (Some(true), _) => "GitHub App: the installation reaches the repository (an installation token reads it)".to_string(),
+            (Some(false), Some(problem)) => format!("GitHub App: the installation does NOT reach the repository: {problem}"),
+            (Some(false), None) => "GitHub App: the installation does NOT reach the repository".to_string(),
+            (None, _) => "GitHub App: not checked (no `githubApp` in the secrets file)".to_string(),
+        });
+        return out;
     }
     out.push(match s.deploy_key_registered {
         Some(true) => "deploy key: registered on GitHub".to_string(),

@@ -117,7 +117,9 @@ fn github_side(global: &Global, ui: &Ui) -> Result<GitHubSide, Error> {
             ..
         })) => match (cfg.auth, credential) {
             (Auth::Token, _) => Ok(GitHubSide::None(NoGitHub::TokenAuth)),
-            (Auth::DeployKey, Some(Credential { token, .. })) => {
+            // The App made no deploy key; one left from an earlier mode is deleted with a token.
+            (Auth::GitHubApp, None) => Ok(GitHubSide::None(NoGitHub::AppAuth)),
+            (Auth::DeployKey | Auth::GitHubApp, Some(Credential { token, .. })) => {
                 let gh = super::github_client(&cfg, &token, ui)?;
                 Ok(GitHubSide::Client {
                     gh: Box::new(gh),

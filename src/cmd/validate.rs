@@ -1,10 +1,11 @@
 //! `homelab-flux validate`: check the configuration, offline and against GitHub.
 
 use super::Global;
+use crate::app_key::GitHubApp;
 use crate::config::{Credential, Findings, Loaded, Secrets, Valid};
 use crate::diag::{Code, Diagnostic};
 use crate::output::{Format, Ui};
-use crate::settings::FluxConfig;
+use crate::settings::{Auth, FluxConfig};
 
 /// Check the configuration files, the secrets hygiene of the git work tree, and GitHub.
 ///
@@ -12,7 +13,8 @@ use crate::settings::FluxConfig;
 /// the config directory is in a git work tree, that the secrets file is not tracked, staged or
 /// unignored, that it is not readable by others, and that the token is in no tracked file.
 /// Online it also asks GitHub whether the token works, the repository and branch exist, and the
-/// token may manage deploy keys. Built for pre-commit: use `--offline` there.
+/// token may manage deploy keys; with `auth: github-app`, whether the App's key works, the App
+/// is installed on the repository and may read its contents. Built for pre-commit: use `--offline` there.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   homelab-flux validate                  # the files, the work tree's hygiene, and GitHub
@@ -81,6 +83,20 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
         found = match &loaded {
             Loaded::Valid(Valid {
                 flux,
+                app: Some(app),
+                findings,
+                ..
+            }) if flux.auth == Auth::GitHubApp => {
+                let runtime = super::current_thread_runtime()?;
+                runtime
+                    .block_on(check_app(flux, app, findings, ui))
+                    .unwrap_or_else(|e| {
+                        unreachable = Some(e);
+                        Vec::new()
+                    })
+            }
+            Loaded::Valid(Valid {
+                flux,
                 credential: Some(credential),
                 findings,
                 ..
@@ -133,6 +149,24 @@ pub fn run(args: &Args, global: &Global, ui: &Ui) -> Result<(), Error> {
         }
         None => super::finish::<Error>(&findings, ui, args.format, "the configuration"),
     }
+}
+
+/// `auth: github-app`: the App's key, its installation, an installation token, then the
+/// repository and branch with it (the token is not asked about: it only deletes old keys).
+async fn check_app(
+    cfg: &FluxConfig,
+    app: &GitHubApp,
+    findings: &Findings,
+    ui: &Ui,
+) -> Result<Vec<Diagnostic>, Error> {
+    let base = super::api_base(cfg)?;
+    tracing::debug!(
+        "checking `{}` as GitHub App {} against the GitHub API at {base}",
+        cfg.repo,
+        app.id
+    );
+    let (answers, _) = super::ask_app(&base, app, cfg, false, ui).await?;
+    Ok(super::app_findings(cfg, app, findings, answers)?)
 }
 
 /// Asks GitHub the independent questions at once and turns the answers into findings.

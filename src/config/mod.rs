@@ -6,6 +6,8 @@
 //! both files is collected before anything is returned.
 
 pub mod age;
+mod app;
+mod names;
 mod parse;
 pub mod source;
 pub mod yaml;
@@ -14,8 +16,9 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::app_key::{AppKey, GitHubApp};
 use crate::diag::{Code, Diagnostic, Report, Severity};
-use crate::settings::{Decryption, FluxConfig};
+use crate::settings::{Auth, Decryption, FluxConfig};
 use crate::sops::AgeIdentity;
 use crate::token::{self, Token};
 use crate::token_host::TokenHost;
@@ -62,6 +65,9 @@ pub struct Valid {
     /// The age identities found (see [`age`]): `ageKey` alone when it is set, else every one in
     /// the places sops reads. Which one the cluster gets is decided against the repository.
     pub age_identities: Vec<AgeIdentity>,
+    /// `githubApp`, with its key read: `Some` whenever `auth: github-app` (and the secrets are
+    /// read), else `None`.
+    pub app: Option<GitHubApp>,
     pub findings: Findings,
 }
 
@@ -75,6 +81,8 @@ pub struct Invalid {
     pub decryption: Option<Decryption>,
     /// As in [`Valid`], for the hygiene scan.
     pub age_identities: Vec<AgeIdentity>,
+    /// The App's private key when one parsed, for the hygiene scan.
+    pub app_key: Option<AppKey>,
     pub findings: Findings,
 }
 
@@ -118,6 +126,14 @@ impl Loaded {
         }
     }
 
+    /// The GitHub App's private key, when one parsed.
+    pub fn app_key(&self) -> Option<&AppKey> {
+        match self {
+            Loaded::Valid(v) => v.app.as_ref().map(|a| &a.key),
+            Loaded::Invalid(i) => i.app_key.as_ref(),
+        }
+    }
+
     /// `decryption:` as `flux.yaml` sets it.
     pub fn decryption(&self) -> Option<Decryption> {
         match self {
@@ -153,6 +169,7 @@ impl Loaded {
                         token: v.credential.map(|c| c.token),
                         decryption: v.flux.decryption,
                         age_identities: v.age_identities,
+                        app_key: v.app.map(|a| a.key),
                         findings: v.findings,
                     })
                 } else {
@@ -275,6 +292,8 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
     // From the secrets file, when it is read; else from the environment.
     let mut file_host = None;
     let mut age_key = None;
+    let mut app = None;
+    let mut app_key = None;
     if secrets != Secrets::Ignored {
         if let Some(value) = &env.token {
             let found = token::check(value, auth);
@@ -286,19 +305,52 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
             );
             token_origin = Some(TokenOrigin::Env);
             token = ok.then(|| Token::new(value));
-        } else {
+        }
+        // With `github-app` the App's credentials are in the file, whatever holds the token.
+        if env.token.is_none() || auth == Auth::GitHubApp {
             match read(&secrets_path)? {
                 Some(contents) => {
                     let name = secrets_path.display().to_string();
-                    let (t, source, host, key) =
-                        parse_secrets_bytes(&contents, &name, auth, &mut report);
-                    sources.push(source);
-                    token = t;
-                    age_key = key;
-                    token_origin = Some(TokenOrigin::File(secrets_path.clone()));
-                    file_host = Some(host);
+                    let mut read = parse_secrets_bytes(&contents, &name, auth, &mut report);
+                    if env.token.is_none() {
+                        token = read.token;
+                        token_origin = Some(TokenOrigin::File(secrets_path.clone()));
+                        file_host = Some(read.host);
+                    }
+                    age_key = read.age_key;
+                    app_key = read.app_key.take();
+                    if let Some(found) = read.app.take()
+                        && auth == Auth::GitHubApp
+                    {
+                        app = app::resolve(found, dir, &name, &mut report);
+                        app_key = app.as_ref().map(|a| a.key.clone()).or(app_key);
+                    }
+                    sources.push(read.source);
+                }
+                None if env.token.is_some() => {
+                    report.push(
+                        Diagnostic::new(
+                            if secrets == Secrets::Required {
+                                Severity::Error
+                            } else {
+                                Severity::Warning
+                            },
+                            Code::SecretsMissing,
+                            format!(
+                                "`{}` not found, so the GitHub App's credentials are not checked",
+                                secrets_path.display()
+                            ),
+                        )
+                        .in_file(secrets_path.display().to_string())
+                        .with_hint("create it (mode 600) with `githubApp:` and `id:`, `privateKeyFile:` indented below it"),
+                    );
                 }
                 None => {
+                    let what = if auth == Auth::GitHubApp {
+                        "the GitHub App's credentials are"
+                    } else {
+                        "the token is"
+                    };
                     let d = Diagnostic::new(
                         if secrets == Secrets::Required {
                             Severity::Error
@@ -306,15 +358,16 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
                             Severity::Warning
                         },
                         Code::SecretsMissing,
-                        format!(
-                            "`{}` not found, so the token is not checked",
-                            secrets_path.display()
-                        ),
+                        format!("`{}` not found, so {what} not checked", secrets_path.display()),
                     )
                     .in_file(secrets_path.display().to_string())
-                    .with_hint(format!(
-                        "run `homelab-flux init`, or create it with the line `token: <your token>` (mode 600), or set `{TOKEN_ENV}`"
-                    ));
+                    .with_hint(if auth == Auth::GitHubApp {
+                        "run `homelab-flux init`, or create it (mode 600) with `githubApp:` and `id:`, `privateKeyFile:` indented below it".to_string()
+                    } else {
+                        format!(
+                            "run `homelab-flux init`, or create it with the line `token: <your token>` (mode 600), or set `{TOKEN_ENV}`"
+                        )
+                    });
                     report.push(d);
                 }
             }
@@ -376,12 +429,14 @@ pub fn load(dir: &Path, secrets: Secrets, env: &Env) -> Result<Loaded, LoadError
                 .zip(token_origin)
                 .map(|(token, origin)| Credential { token, origin }),
             age_identities,
+            app,
             findings,
         }),
         _ => Loaded::Invalid(Invalid {
             token,
             decryption: decryption.ok().flatten(),
             age_identities,
+            app_key,
             findings,
         }),
     })
@@ -619,6 +674,55 @@ mod tests {
         );
         let shown = format!("{loaded:?}");
         assert!(!shown.contains(&value[16..]), "{shown}");
+    }
+
+    /// `auth: github-app`: the App's key, inline or in a file of mode 600, loads without a
+    /// token; `Debug` of what was loaded never shows it; a key file others may read is refused.
+    #[test]
+    fn a_github_app_loads_and_debug_never_shows_its_key() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let pem = crate::app_key::tests::TEST_KEY_PKCS1;
+        let body_line = pem.lines().nth(10).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let flux = "repo: https://github.com/o/r\nauth: github-app\n";
+        std::fs::write(dir.path().join(FLUX_FILE), flux).unwrap();
+        let inline: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+        std::fs::write(
+            dir.path().join(SECRETS_FILE),
+            format!("githubApp:\n  id: 42\n  privateKey: |\n{inline}"),
+        )
+        .unwrap();
+        let loaded = load(dir.path(), Secrets::Required, &Env::default()).unwrap();
+        let Loaded::Valid(v) = &loaded else {
+            panic!("{loaded:?}")
+        };
+        let app = v.app.as_ref().unwrap();
+        assert_eq!((app.id, app.installation_id), (42, None));
+        assert!(v.credential.is_none(), "no token needed");
+        let shown = format!("{loaded:?}");
+        assert!(!shown.contains(body_line), "{shown}");
+
+        let key_file = dir.path().join("keys/app.pem");
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        std::fs::write(&key_file, pem).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(
+            dir.path().join(SECRETS_FILE),
+            "githubApp:\n  id: 42\n  installationId: 7\n  privateKeyFile: keys/app.pem\n",
+        )
+        .unwrap();
+        let loaded = load(dir.path(), Secrets::Required, &Env::default()).unwrap();
+        let Loaded::Valid(v) = &loaded else {
+            panic!("{loaded:?}")
+        };
+        assert_eq!(v.app.as_ref().unwrap().installation_id, Some(7));
+        assert!(!format!("{loaded:?}").contains(body_line));
+
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let loaded = load(dir.path(), Secrets::Required, &Env::default()).unwrap();
+        let codes: Vec<Code> = loaded.findings().report.iter().map(|d| d.code).collect();
+        assert_eq!(codes, [Code::AppKeyFilePermissions]);
+        assert!(matches!(loaded, Loaded::Invalid(_)));
     }
 
     /// `status` asks for the token only: an age identity that sops would not find (here a

@@ -3,9 +3,13 @@
 //! both files collected as a diagnostic. Pure: [`super::load`] reads the bytes.
 
 use super::age;
+use super::app;
+pub use super::names::suggest;
+use super::names::{list, mark};
 use super::source::Source;
 use super::yaml::{self, Node, NodeKind, Resolved, Style, YamlError};
 use super::{API_VERSION, Contents, KIND, MAX_FILE_SIZE, SECRETS_FILE};
+use crate::app_key::AppKey;
 use crate::branch::BranchName;
 use crate::diag::{Code, Diagnostic, Position, Report};
 use crate::repo_path::RepoPath;
@@ -22,11 +26,11 @@ pub fn parse_flux(text: &str, name: &str) -> (Option<FluxConfig>, Report) {
     (cfg, report)
 }
 
-/// Parses `secrets-flux.yaml` text for the given `auth`.
+/// Parses `secrets-flux.yaml` text for the given `auth` (a `privateKeyFile` is not read).
 pub fn parse_secrets(text: &str, name: &str, auth: Auth) -> (Option<Token>, Report) {
     let mut report = Report::default();
-    let (token, _, _, _) = parse_secrets_bytes(&Contents::of(text), name, auth, &mut report);
-    (token, report)
+    let read = parse_secrets_bytes(&Contents::of(text), name, auth, &mut report);
+    (read.token, report)
 }
 
 pub(super) const FLUX_KEYS: &[&str] = &[
@@ -38,7 +42,7 @@ pub(super) const FLUX_KEYS: &[&str] = &[
     "apiVersion",
     "kind",
 ];
-const SECRETS_KEYS: &[&str] = &["token", "host", "ageKey", "apiVersion", "kind"];
+const SECRETS_KEYS: &[&str] = &["token", "host", "ageKey", "githubApp", "apiVersion", "kind"];
 
 /// The age identity of the secrets file, and where it stands.
 type AgeKeyAt = Option<(AgeIdentity, Position)>;
@@ -100,12 +104,15 @@ pub(super) fn parse_flux_bytes(
                 match value.as_str() {
                     "deploy-key" => Some(Auth::DeployKey),
                     "token" => Some(Auth::Token),
+                    "github-app" => Some(Auth::GitHubApp),
                     other => {
                         let d = Diagnostic::error(
                             Code::AuthInvalid,
-                            format!("`auth` must be `deploy-key` or `token`, not `{other}`"),
+                            format!(
+                                "`auth` must be `deploy-key`, `token` or `github-app`, not `{other}`"
+                            ),
                         );
-                        let d = match suggest(other, &["deploy-key", "token"]) {
+                        let d = match suggest(other, &["deploy-key", "token", "github-app"]) {
                             Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                             None => d.with_hint(
                                 "`deploy-key` (the default) keeps the token off the cluster",
@@ -160,23 +167,59 @@ pub(super) fn parse_flux_bytes(
     (cfg, source, repo_at, decryption_seen)
 }
 
-/// Also returns `ageKey` when it is a valid identity, whatever else is wrong in the file, so
-/// that it is hidden from all output from then on.
+/// What the secrets file says.
+pub(super) struct SecretsRead {
+    /// The token, when the file has no error.
+    pub token: Option<Token>,
+    pub source: Source,
+    /// `Ok(None)`: no `host:`; `Err`: an invalid one (reported).
+    pub host: Result<Option<TokenHost>, ()>,
+    /// `ageKey` when it is a valid identity, whatever else is wrong in the file, so that it is
+    /// hidden from all output from then on.
+    pub age_key: AgeKeyAt,
+    /// `githubApp`, when the file has no error; its key file is not read yet.
+    pub app: Option<app::AppRead>,
+    /// An inline `privateKey` that parsed, whatever else is wrong (hidden and searched for).
+    pub app_key: Option<AppKey>,
+}
+
 pub(super) fn parse_secrets_bytes(
     bytes: &Contents,
     name: &str,
     auth: Auth,
     report: &mut Report,
-) -> (
-    Option<Token>,
-    Source,
-    Result<Option<TokenHost>, ()>,
-    AgeKeyAt,
-) {
-    // `Ok(None)`: no `host:`; `Err`: an invalid one (reported).
+) -> SecretsRead {
     let mut host = Ok(None);
     let mut age_key = None;
+    let mut app = None;
+    let mut app_key = None;
     let (token, source) = with_fields(bytes, name, true, SECRETS_KEYS, report, |ctx| {
+        match ctx.fields.iter().find(|(k, _, _)| k == "githubApp") {
+            Some((_, key, value)) => {
+                let (read, key_seen) = app::read(value, key, name, ctx.report);
+                app_key = key_seen;
+                if auth != Auth::GitHubApp {
+                    ctx.report.push(
+                        Diagnostic::warning(
+                            Code::AppUnused,
+                            format!("`githubApp` is set, but `auth` is `{auth}`: it is not used"),
+                        )
+                        .at(name, mark(key.pos, 9))
+                        .with_hint("set `auth: github-app` in flux.yaml to use the App, or remove `githubApp`"),
+                    );
+                }
+                app = read;
+            }
+            None if auth == Auth::GitHubApp => ctx.report.push(
+                Diagnostic::error(
+                    Code::AppMissing,
+                    "`auth: github-app` needs the App's credentials: `githubApp` is missing",
+                )
+                .in_file(name)
+                .with_hint("add `githubApp:` with `id:` (the App ID) and `privateKeyFile:` (the `.pem` file) indented below it"),
+            ),
+            None => {}
+        }
         if let Some((value, node)) = ctx.string("host", false) {
             let pos = ctx.value_position(&node, &value);
             host = TokenHost::parse(&value)
@@ -194,17 +237,28 @@ pub(super) fn parse_secrets_bytes(
                 ),
             }
         }
-        ctx.string("token", true).map(|(value, node)| {
-            let pos = ctx.value_position(&node, &value);
-            ctx.report.extend(
-                token::check(&value, auth)
-                    .into_iter()
-                    .map(|d| d.at(name, pos)),
-            );
-            Token::new(&value)
-        })
+        // With `github-app` the token is optional: it then only cleans up old deploy keys.
+        let token = ctx
+            .string("token", auth != Auth::GitHubApp)
+            .map(|(value, node)| {
+                let pos = ctx.value_position(&node, &value);
+                ctx.report.extend(
+                    token::check(&value, auth)
+                        .into_iter()
+                        .map(|d| d.at(name, pos)),
+                );
+                Token::new(&value)
+            });
+        Some(token)
     });
-    (token, source, host, age_key)
+    SecretsRead {
+        token: token.flatten(),
+        source,
+        host,
+        age_key,
+        app,
+        app_key,
+    }
 }
 
 /// Reads a file's document, checks its header, and hands its fields to `read`; the value is
@@ -549,15 +603,6 @@ impl Fields<'_> {
     }
 }
 
-/// A finding's position at a YAML node's position, marking `width` characters.
-fn mark(pos: yaml::Pos, width: usize) -> Position {
-    Position {
-        line: pos.line,
-        column: pos.column,
-        width,
-    }
-}
-
 /// 1 for a quoted scalar (the quote before the value), 0 otherwise.
 fn quote_len(node: &Node) -> usize {
     match &node.kind {
@@ -567,22 +612,4 @@ fn quote_len(node: &Node) -> usize {
         } => 1,
         _ => 0,
     }
-}
-
-fn list(keys: &[&str]) -> String {
-    keys.iter()
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The closest known word, if it is close enough to be a typo.
-pub fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    let lower = word.to_ascii_lowercase().replace('_', "-");
-    known
-        .iter()
-        .map(|k| (k, strsim::levenshtein(&lower, &k.to_ascii_lowercase())))
-        .filter(|(k, d)| *d <= (k.len() / 3).max(1))
-        .min_by_key(|(_, d)| *d)
-        .map(|(k, _)| *k)
 }

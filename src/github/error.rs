@@ -23,6 +23,9 @@ pub enum Error {
     /// The token cannot be sent as an HTTP header (it has characters a header cannot carry).
     #[error("the GitHub token contains characters that cannot be sent in an HTTP header")]
     InvalidToken,
+    /// The GitHub App's JWT could not be signed with its key.
+    #[error("the GitHub App's private key cannot sign its JWT (RS256)")]
+    Signing,
     /// The HTTP client could not be built (TLS set-up).
     #[error("could not set up the HTTP client for GitHub")]
     Client {
@@ -35,6 +38,8 @@ pub enum Error {
     Unauthorized {
         /// Method and path, e.g. `GET /user`.
         endpoint: String,
+        /// GitHub's message, e.g. `Bad credentials` or `A JSON web token could not be decoded`.
+        message: String,
     },
     /// 404: the resource does not exist, or the token may not see it (GitHub answers 404 rather
     /// than 403 for private resources a token cannot read).
@@ -138,8 +143,26 @@ impl crate::facts::Refused for Error {
             Error::Forbidden { .. } => Refusal::Forbidden {
                 accepted_permissions: self.accepted_permissions(),
             },
+            Error::Validation { .. } => Refusal::Unprocessable,
             _ => Refusal::Other,
         }
+    }
+
+    fn github_message(&self) -> Option<&str> {
+        match self {
+            Error::Unauthorized { message, .. }
+            | Error::NotFound { message, .. }
+            | Error::Forbidden { message, .. }
+            | Error::Unexpected { message, .. } => Some(message.as_str()),
+            Error::Validation {
+                message, errors, ..
+            } => errors
+                .iter()
+                .find_map(|e| e.message.as_deref())
+                .or(Some(message.as_str())),
+            _ => None,
+        }
+        .filter(|m| !m.is_empty())
     }
 }
 
@@ -257,7 +280,10 @@ pub(super) fn to_error(
     let accepted_permissions =
         header_str(headers, "x-accepted-github-permissions").map(str::to_owned);
     match status.as_u16() {
-        401 => Error::Unauthorized { endpoint },
+        401 => Error::Unauthorized {
+            endpoint,
+            message: error.message,
+        },
         403 | 429 if primary_exhausted(status, headers) => Error::RateLimited {
             endpoint,
             reset: header_str(headers, "x-ratelimit-reset")

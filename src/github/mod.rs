@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::facts::{Branch, DeployKey, Meta, Repository, User};
 
+pub mod app;
 mod error;
 use error::{BasicError, Class, classify, header_str, is_secondary, to_error};
 pub use error::{Error, ValidationError};
@@ -181,9 +182,7 @@ impl GitHub {
                 reason: "use an `https://` URL".to_owned(),
             });
         }
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-            .map_err(|_| Error::InvalidToken)?;
-        authorization.set_sensitive(true);
+        let authorization = bearer(token)?;
 
         let mut default_headers = HeaderMap::new();
         default_headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT));
@@ -421,6 +420,14 @@ impl GitHub {
             }
         }
     }
+}
+
+/// `Bearer <token>`, marked sensitive: hyper and reqwest never log it.
+fn bearer(token: &SecretString) -> Result<HeaderValue, Error> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+        .map_err(|_| Error::InvalidToken)?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, Error> {

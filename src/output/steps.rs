@@ -53,7 +53,12 @@ impl<'a> Steps<'a> {
             self.progress_done();
         }
         let timed = !step.is_progress()
-            && !matches!(step, Step::ManifestsRead { .. } | Step::TakeoverNote { .. });
+            && !matches!(
+                step,
+                Step::ManifestsRead { .. }
+                    | Step::TakeoverNote { .. }
+                    | Step::OldKeyUnlisted { .. }
+            );
         let ms = self.last.elapsed().as_millis();
         if timed {
             self.last = std::time::Instant::now();
@@ -235,6 +240,9 @@ pub fn step_lines(step: &Step, planned: bool) -> Vec<String> {
         Step::StaleKeyLeft { title, id, reason } => one(format!(
             "could not delete the stale deploy key `{title}` (id {id}): {reason}; the run goes on"
         )),
+        Step::OldKeyUnlisted { title, repo } => one(format!(
+            "note: the cluster no longer uses its deploy key `{title}`, which may still be registered on `{repo}` (without a token its id cannot be looked up): delete it under the repository's Settings, Deploy keys, or add `token:` to the secrets file and run again to have it deleted"
+        )),
         Step::StaleKeyToDelete { title, id } => one(format!(
             "{prefix}would delete the stale deploy key `{title}` (id {id})"
         )),
@@ -278,6 +286,9 @@ pub fn step_lines(step: &Step, planned: bool) -> Vec<String> {
                 NoGitHub::NoConfig => "no configuration was found",
                 NoGitHub::NoToken => "no token is configured",
                 NoGitHub::TokenAuth => "`auth: token` reads the repository with the token",
+                NoGitHub::AppAuth => {
+                    "`auth: github-app` has no token to delete a deploy key with (the App may only read)"
+                }
             };
             one(format!(
                 "delete the deploy key {fingerprint} of this cluster by hand (the repository's Settings → Deploy keys): {why}"

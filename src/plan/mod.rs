@@ -25,10 +25,12 @@ use crate::token::Token;
 
 mod flux_step;
 mod object;
+mod switch;
 pub mod uninstall;
 pub use flux_step::{FluxStep, flux_step};
 use object::Masked;
 pub use object::{Change, FieldChange, Object};
+pub use switch::AppSecret;
 
 /// What GitHub said, all read in one round.
 #[derive(Debug, Clone)]
@@ -101,6 +103,8 @@ pub struct Options {
     /// The Flux release wanted: the label of `--flux-manifests`, else `--flux-version`; `None`
     /// for the pinned release.
     pub flux_version: Option<Version>,
+    /// `auth: github-app`: what the Secret holds.
+    pub github_app: Option<AppSecret>,
 }
 
 /// How the cluster reads the repository.
@@ -113,6 +117,8 @@ pub enum Credentials {
     NewKey,
     /// `auth: token`: the token itself, rewritten into the Secret on every run.
     Token,
+    /// `auth: github-app`: the App's ID, installation and key; no deploy key.
+    GitHubApp,
 }
 
 /// The Secret `flux-system`.
@@ -204,6 +210,9 @@ pub struct Plan {
     pub ssh_url: String,
     pub host_keys: Vec<String>,
     pub known_hosts: String,
+    /// The live Secret held a deploy key of this cluster (this title) that cannot be looked up
+    /// on GitHub (no token beside the GitHub App): named in a note, with how to delete it.
+    pub old_key_unlisted: Option<String>,
 }
 
 impl Plan {
@@ -278,12 +287,14 @@ pub enum Refusal {
         "`decryption: sops` is set, but no age identity was found: add `ageKey` to the secrets file, or set `SOPS_AGE_KEY`"
     )]
     NoAgeIdentity,
+    #[error("`auth: {0}` needs {1}, and there is none")]
+    NoCredential(Auth, &'static str),
 }
 
 /// Decides every write of a run from what is there.
 pub fn plan(
     cfg: &FluxConfig,
-    token: &Token,
+    token: Option<&Token>,
     github: &GitHubView,
     live: &Live,
     options: &Options,
@@ -332,10 +343,16 @@ pub fn plan(
     if !taken_over.is_empty() && !options.force {
         return Err(Refusal::TakenOver(taken_over));
     }
-    let replace_secret = !taken_over.is_empty() && live.secret.is_some();
+    // A Secret of another mode is written anew: server-side apply would leave the keys of the
+    // old mode that it did not set itself.
+    let switched = live
+        .secret
+        .as_ref()
+        .is_some_and(|s| switch::holds_other_keys(s, switch::secret_keys(cfg.auth, options)));
+    let replace_secret = (!taken_over.is_empty() || switched) && live.secret.is_some();
     let takeover = match (taken_over.is_empty(), live.kustomization.is_some()) {
         (false, true) => Some(
-            if live_url.is_some_and(|old| !flux::same_repo_url(old, &url)) {
+            if live_url.is_some_and(|old| !flux::same_repository(old, &url)) {
                 Takeover::Repository
             } else {
                 Takeover::Path
@@ -344,7 +361,7 @@ pub fn plan(
         _ => None,
     };
     // The Secret as it will be before this run writes it: gone when it is replaced.
-    let live_secret = live.secret.as_ref().filter(|_| taken_over.is_empty());
+    let live_secret = live.secret.as_ref().filter(|_| !replace_secret);
 
     let title = options
         .key_title
@@ -356,7 +373,16 @@ pub fn plan(
             let endpoint = SshEndpoint::parse(&github.repo.ssh_url).map_err(Refusal::SshUrl)?;
             ssh_url::known_hosts(&endpoint, &github.host_keys)
         }
-        Auth::Token => String::new(),
+        Auth::Token | Auth::GitHubApp => String::new(),
+    };
+    // This cluster's deploy keys (its title), for a run that no longer uses one.
+    let own_keys = || {
+        github
+            .keys
+            .iter()
+            .filter(|k| k.title == title)
+            .cloned()
+            .collect::<Vec<_>>()
     };
 
     let (credentials, secret, stale_keys) = match cfg.auth {
@@ -364,11 +390,36 @@ pub fn plan(
             Credentials::Token,
             SecretPlan::Apply(Object::new(
                 Kind::Secret,
-                flux::token_secret(token.expose()),
+                flux::token_secret(
+                    token
+                        .ok_or(Refusal::NoCredential(Auth::Token, "a token"))?
+                        .expose(),
+                ),
                 live_secret,
             )),
             Vec::new(),
         ),
+        Auth::GitHubApp => {
+            let app = options.github_app.as_ref().ok_or(Refusal::NoCredential(
+                Auth::GitHubApp,
+                "the App's credentials",
+            ))?;
+            (
+                Credentials::GitHubApp,
+                SecretPlan::Apply(Object::new(
+                    Kind::Secret,
+                    flux::github_app_secret(
+                        app.app_id,
+                        app.installation_id,
+                        app.key.expose_pem(),
+                        app.base_url.as_deref(),
+                    ),
+                    live_secret,
+                )),
+                // Listed only with a token at hand.
+                own_keys(),
+            )
+        }
         Auth::DeployKey => {
             // The key in the cluster, recognised by its value whatever its title.
             let kept = live_secret
@@ -436,7 +487,23 @@ pub fn plan(
         )),
     };
 
+    // Without a token the deploy keys were not listed: an old key of this cluster is named.
+    let old_key_unlisted = (cfg.auth == Auth::GitHubApp
+        && token.is_none()
+        && live
+            .secret
+            .as_ref()
+            .is_some_and(|s| flux::deploy_public_key(s).is_some()))
+    .then(|| title.clone());
+    let mut git_repository = Object::new(
+        Kind::GitRepository,
+        flux::git_repository(&url, &branch, cfg.auth),
+        live.git_repository.as_ref(),
+    );
+    switch::drop_provider(&mut git_repository, live.git_repository.as_ref());
+
     Ok(Plan {
+        old_key_unlisted,
         install: live.flux_missing.clone(),
         flux: flux_step,
         untested_kubernetes,
@@ -444,11 +511,7 @@ pub fn plan(
         credentials,
         replace_secret,
         secret,
-        git_repository: Object::new(
-            Kind::GitRepository,
-            flux::git_repository(&url, &branch),
-            live.git_repository.as_ref(),
-        ),
+        git_repository,
         sops_secret,
         kustomization: Object::new(
             Kind::Kustomization,
@@ -515,7 +578,7 @@ fn source_url(
 ) -> Result<String, InvalidSshUrl> {
     let from_github = match cfg.auth {
         Auth::DeployKey => SshEndpoint::parse(&repo.ssh_url)?.url(),
-        Auth::Token => repo.clone_url.clone(),
+        Auth::Token | Auth::GitHubApp => repo.clone_url.clone(),
     };
     let exported = flux::source_url(cfg);
     let url = if flux::same_repo_url(&from_github, &exported) {
@@ -539,7 +602,7 @@ fn takeovers(
 ) -> Vec<TakenOver> {
     let mut found = Vec::new();
     if let Some(old) = live_url
-        && !flux::same_repo_url(old, url)
+        && !flux::same_repository(old, url)
     {
         found.push(TakenOver {
             kind: Kind::GitRepository,
@@ -635,7 +698,11 @@ mod tests {
             status
         };
         let revision = format!("main@sha1:{SHA}");
-        let mut repo = flux::git_repository("ssh://git@github.com/username/manifests.git", "main");
+        let mut repo = flux::git_repository(
+            "ssh://git@github.com/username/manifests.git",
+            "main",
+            Auth::DeployKey,
+        );
         repo["metadata"]["generation"] = 1.into();
         repo["spec"]["timeout"] = "60s".into();
         repo["status"] = ready("artifact", json!({"revision": revision}));
@@ -692,7 +759,7 @@ mod tests {
         let cfg = deploy_key_config();
         let p = plan(
             &cfg,
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &fresh(),
             &Options::default(),
@@ -723,7 +790,7 @@ mod tests {
         let pair = KeyPair::generate("x").unwrap();
         let live = bootstrapped(&cfg, &pair, &known_hosts());
         let gh = github(vec![key(7, &title(), &pair)]);
-        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap();
         assert!(
             matches!(&p.credentials, Credentials::Reuse(k) if k.fingerprint() == pair.fingerprint())
         );
@@ -771,11 +838,11 @@ mod tests {
         // No identity: refused before anything is written (loading reports it first).
         let live = bootstrapped(&cfg, &pair, &known_hosts());
         assert!(matches!(
-            plan(&cfg, &token(), &gh, &live, &Options::default()),
+            plan(&cfg, Some(&token()), &gh, &live, &Options::default()),
             Err(Refusal::NoAgeIdentity)
         ));
         // After a rebuild (no sops-age): created, and the Kustomization names it.
-        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&first))).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &with(&identity(&first))).unwrap();
         let sops = p.sops_secret.as_ref().unwrap();
         assert_eq!(sops.change, Change::Create);
         assert_eq!(sops.name(), "flux-system/sops-age");
@@ -787,13 +854,13 @@ mod tests {
         // The same identity in the cluster: unchanged, and a re-run is synced.
         let mut live = live;
         live.sops_secret = Some(sops.desired.clone());
-        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&first))).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &with(&identity(&first))).unwrap();
         assert_eq!(p.sops_secret.as_ref().unwrap().change, Change::Unchanged);
         assert!(!p.writes_objects());
         assert_eq!(wait(&p, &live, SHA), Wait::Synced);
         // Another identity: rewritten, its value never shown, and the Kustomization (which
         // does not watch the Secret) asked to reconcile.
-        let p = plan(&cfg, &token(), &gh, &live, &with(&identity(&second))).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &with(&identity(&second))).unwrap();
         let change = &p.sops_secret.as_ref().unwrap().change;
         assert_eq!(
             *change,
@@ -841,7 +908,7 @@ mod tests {
             ),
             key(10, &keys::legacy_title("default"), &other),
         ]);
-        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap();
         assert!(matches!(p.credentials, Credentials::NewKey));
         assert!(matches!(p.secret.change(), Change::Update(_)));
         assert_eq!(p.git_repository.change, Change::Unchanged);
@@ -867,7 +934,7 @@ mod tests {
         let old = KeyPair::generate("y").unwrap();
         let live = bootstrapped(&cfg, &pair, &known_hosts());
         let gh = github(vec![key(3, &title(), &old), key(4, &title(), &pair)]);
-        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap();
         assert!(matches!(p.credentials, Credentials::Reuse(_)));
         assert_eq!(p.stale_keys.iter().map(|k| k.id).collect::<Vec<_>>(), [3]);
     }
@@ -884,7 +951,7 @@ mod tests {
         };
         let p = plan(
             &cfg,
-            &token(),
+            Some(&token()),
             &github(vec![key(5, &title(), &old)]),
             &live,
             &Options::default(),
@@ -901,7 +968,7 @@ mod tests {
         (live.version, live.git_version) = ((1, 34), "v1.34.1".to_string());
         let e = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &live,
             &Options::default(),
@@ -916,7 +983,7 @@ mod tests {
         assert!(matches!(
             plan(
                 &deploy_key_config(),
-                &token(),
+                Some(&token()),
                 &github(vec![]),
                 &live,
                 &Options::default()
@@ -931,7 +998,7 @@ mod tests {
         live.flux_missing.version = Some(Version::new(2, 9, 5));
         let p = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &live,
             &older,
@@ -947,7 +1014,7 @@ mod tests {
         (live.version, live.git_version) = ((1, 32), "v1.32.9".to_string());
         let e = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &live,
             &Options::default(),
@@ -962,7 +1029,7 @@ mod tests {
         (live.version, live.git_version) = ((1, 38), "v1.38.0".to_string());
         let p = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &live,
             &Options::default(),
@@ -974,7 +1041,7 @@ mod tests {
         );
         let p = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &fresh(),
             &Options::default(),
@@ -1106,7 +1173,7 @@ mod tests {
             "ssh://git@github.com/username/other.git".into();
         live.kustomization.as_mut().unwrap()["spec"]["path"] = "./a".into();
         let gh = github(vec![key(7, &title(), &pair)]);
-        let e = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap_err();
+        let e = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap_err();
         assert_eq!(
             e.to_string(),
             "GitRepository `flux-system/flux-system` follows `ssh://git@github.com/username/other.git`, not `ssh://git@github.com/username/manifests.git`; Kustomization `flux-system/flux-system` applies `./a`, not `./clusters/home`; nothing was changed. Run again with `--force` to point Flux at the new repository or path"
@@ -1115,7 +1182,7 @@ mod tests {
             force: true,
             ..Options::default()
         };
-        let p = plan(&cfg, &token(), &gh, &live, &forced).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &forced).unwrap();
         assert!(
             p.replace_secret,
             "the Secret is never left on the old repository"
@@ -1144,7 +1211,7 @@ mod tests {
         // Only the path differs: the note names the path.
         let mut live = bootstrapped(&cfg, &pair, &known_hosts());
         live.kustomization.as_mut().unwrap()["spec"]["path"] = "./a".into();
-        let p = plan(&cfg, &token(), &gh, &live, &forced).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &forced).unwrap();
         assert_eq!(p.takeover, Some(Takeover::Path));
     }
 
@@ -1159,7 +1226,7 @@ mod tests {
         live.git_repository.as_mut().unwrap()["spec"]["url"] =
             "ssh://git@github.com/username/manifests".into();
         let gh = github(vec![key(7, &title(), &pair)]);
-        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap();
         assert_eq!(p.git_repository.change, Change::Unchanged);
     }
 
@@ -1192,7 +1259,7 @@ mod tests {
         let pair = KeyPair::generate("x").unwrap();
         let live = bootstrapped(&cfg, &pair, &known_hosts());
         let gh = github(vec![key(7, &title(), &pair)]);
-        let p = plan(&cfg, &token(), &gh, &live, &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &live, &Options::default()).unwrap();
         assert_eq!(p.branch, "dev");
         assert_eq!(
             p.git_repository.change,
@@ -1217,7 +1284,7 @@ mod tests {
         let cfg = config("repo: https://github.com/username/manifests\n");
         let mut gh = github(vec![]);
         gh.repo.default_branch = "trunk".to_string();
-        let p = plan(&cfg, &token(), &gh, &fresh(), &Options::default()).unwrap();
+        let p = plan(&cfg, Some(&token()), &gh, &fresh(), &Options::default()).unwrap();
         assert_eq!(p.git_repository.desired["spec"]["ref"]["branch"], "trunk");
     }
 
@@ -1230,7 +1297,14 @@ mod tests {
         live.secret = Some(flux::token_secret(
             "ghp_OLDtokenQ9xLp4Tz7Wn3Bc6Hd1Jf5Gs0YaEuVi",
         ));
-        let p = plan(&cfg, &token(), &github(vec![]), &live, &Options::default()).unwrap();
+        let p = plan(
+            &cfg,
+            Some(&token()),
+            &github(vec![]),
+            &live,
+            &Options::default(),
+        )
+        .unwrap();
         assert!(matches!(p.credentials, Credentials::Token));
         assert_eq!(
             *p.secret.change(),
@@ -1245,8 +1319,209 @@ mod tests {
             "https://github.com/username/manifests.git"
         );
         live.secret = Some(flux::token_secret(token().expose()));
-        let p = plan(&cfg, &token(), &github(vec![]), &live, &Options::default()).unwrap();
+        let p = plan(
+            &cfg,
+            Some(&token()),
+            &github(vec![]),
+            &live,
+            &Options::default(),
+        )
+        .unwrap();
         assert_eq!(*p.secret.change(), Change::Unchanged);
+    }
+
+    fn app_config() -> FluxConfig {
+        config(
+            "repo: https://github.com/username/manifests\nbranch: main\npath: ./clusters/home\nauth: github-app\n",
+        )
+    }
+
+    fn app_options(base_url: Option<&str>) -> Options {
+        Options {
+            github_app: Some(AppSecret {
+                app_id: 123456,
+                installation_id: 987654,
+                key: crate::app_key::AppKey::parse(crate::app_key::tests::TEST_KEY_PKCS1).unwrap(),
+                base_url: base_url.map(str::to_string),
+            }),
+            ..Options::default()
+        }
+    }
+
+    fn data_keys(secret: &Value) -> Vec<String> {
+        secret["data"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn github_app_writes_the_app_secret_and_provider_github_and_no_key() {
+        let p = plan(
+            &app_config(),
+            None,
+            &github(vec![]),
+            &fresh(),
+            &app_options(None),
+        )
+        .unwrap();
+        assert!(matches!(p.credentials, Credentials::GitHubApp));
+        let SecretPlan::Apply(secret) = &p.secret else {
+            panic!("{:?}", p.secret)
+        };
+        assert_eq!(
+            data_keys(&secret.desired),
+            [
+                "githubAppID",
+                "githubAppInstallationID",
+                "githubAppPrivateKey"
+            ]
+        );
+        assert_eq!(
+            flux::secret_value(&secret.desired, "githubAppID").as_deref(),
+            Some("123456")
+        );
+        assert_eq!(
+            flux::secret_value(&secret.desired, "githubAppInstallationID").as_deref(),
+            Some("987654")
+        );
+        let spec = &p.git_repository.desired["spec"];
+        assert_eq!(spec["provider"], "github");
+        assert_eq!(spec["url"], "https://github.com/username/manifests.git");
+        assert_eq!(spec["secretRef"]["name"], "flux-system");
+        assert!(p.stale_keys.is_empty() && p.old_key_unlisted.is_none() && !p.replace_secret);
+        assert!(p.known_hosts.is_empty());
+        // GitHub Enterprise Server (or any API base but api.github.com): the base URL too.
+        let p = plan(
+            &app_config(),
+            None,
+            &github(vec![]),
+            &fresh(),
+            &app_options(Some("https://ghe.example.com/api/v3")),
+        )
+        .unwrap();
+        let SecretPlan::Apply(secret) = &p.secret else {
+            panic!()
+        };
+        assert_eq!(
+            flux::secret_value(&secret.desired, "githubAppBaseURL").as_deref(),
+            Some("https://ghe.example.com/api/v3")
+        );
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains("MII"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn deploy_key_to_github_app_replaces_the_secret_and_deletes_or_names_the_old_key() {
+        let pair = KeyPair::generate("x").unwrap();
+        let live = bootstrapped(&deploy_key_config(), &pair, &known_hosts());
+        // With a token: this cluster's key is listed and deleted once the Secret is applied.
+        let gh = github(vec![
+            key(7, &title(), &pair),
+            key(8, "another cluster", &pair),
+        ]);
+        let p = plan(
+            &app_config(),
+            Some(&token()),
+            &gh,
+            &live,
+            &app_options(None),
+        )
+        .unwrap();
+        assert!(p.replace_secret, "the deploy key's fields must not linger");
+        assert_eq!(*p.secret.change(), Change::Create);
+        assert_eq!(p.stale_keys.iter().map(|k| k.id).collect::<Vec<_>>(), [7]);
+        let Change::Update(fields) = &p.git_repository.change else {
+            panic!("{:?}", p.git_repository.change)
+        };
+        let changed: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+        assert!(
+            changed.contains(&"spec.provider") && changed.contains(&"spec.url"),
+            "{changed:?}"
+        );
+        // Without one: nothing listed, the old key named.
+        let p = plan(
+            &app_config(),
+            None,
+            &github(vec![]),
+            &live,
+            &app_options(None),
+        )
+        .unwrap();
+        assert!(p.stale_keys.is_empty());
+        assert_eq!(p.old_key_unlisted, Some(title()));
+    }
+
+    #[test]
+    fn github_app_is_idempotent_and_leaving_it_drops_provider_and_the_app_keys() {
+        let first = plan(
+            &app_config(),
+            None,
+            &github(vec![]),
+            &fresh(),
+            &app_options(None),
+        )
+        .unwrap();
+        let SecretPlan::Apply(secret) = &first.secret else {
+            panic!()
+        };
+        let mut live = fresh();
+        live.namespace = Some(flux::namespace());
+        live.secret = Some(secret.desired.clone());
+        live.git_repository = Some(first.git_repository.desired.clone());
+        live.kustomization = Some(first.kustomization.desired.clone());
+        let again = plan(
+            &app_config(),
+            None,
+            &github(vec![]),
+            &live,
+            &app_options(None),
+        )
+        .unwrap();
+        assert!(!again.writes_objects(), "{again:?}");
+        assert!(!again.replace_secret && again.old_key_unlisted.is_none());
+        // Back to a token: the App's keys go with the Secret, `provider` is removed.
+        let cfg = config(
+            "repo: https://github.com/username/manifests\nbranch: main\npath: ./clusters/home\nauth: token\n",
+        );
+        let back = plan(
+            &cfg,
+            Some(&token()),
+            &github(vec![]),
+            &live,
+            &Options::default(),
+        )
+        .unwrap();
+        assert!(back.replace_secret);
+        assert_eq!(
+            back.git_repository.change,
+            Change::Update(vec![FieldChange {
+                field: "spec.provider".to_string(),
+                old: Some("github".to_string()),
+                new: "(removed)".to_string(),
+            }])
+        );
+        assert!(
+            back.git_repository.desired["spec"]
+                .get("provider")
+                .is_none()
+        );
+        // Without the App's credentials there is nothing to write: refused, not guessed.
+        assert!(matches!(
+            plan(
+                &app_config(),
+                None,
+                &github(vec![]),
+                &fresh(),
+                &Options::default()
+            ),
+            Err(Refusal::NoCredential(Auth::GitHubApp, _))
+        ));
     }
 
     #[test]
@@ -1257,7 +1532,7 @@ mod tests {
         };
         let p = plan(
             &deploy_key_config(),
-            &token(),
+            Some(&token()),
             &github(vec![]),
             &fresh(),
             &options,

@@ -48,6 +48,9 @@ pub enum NoGitHub {
     NoToken,
     /// `auth: token`: no deploy key was made (the token is in the Secret).
     TokenAuth,
+    /// `auth: github-app` without a token: no deploy key was made; one left from before cannot
+    /// be deleted with the App's read-only installation.
+    AppAuth,
 }
 
 /// What becomes of the deploy key.

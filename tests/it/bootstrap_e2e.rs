@@ -875,11 +875,7 @@ async fn a_dry_run_shows_each_field_old_to_new_and_json_gives_the_steps() {
     // The same plan as JSON lines, each a complete document.
     let r = w.bootstrap(&["--dry-run", "--force", "--format", "json"]);
     assert_eq!(r.code, 0, "{}", r.transcript());
-    let steps: Vec<serde_json::Value> = r
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let steps = crate::support::cli::json_lines(&r);
     let ks = steps
         .iter()
         .find(|s| s["step"] == "applied" && s["kind"] == "Kustomization")

@@ -192,65 +192,23 @@ struct DenySecretPolicy {
 
 impl DenySecretPolicy {
     async fn install(client: kube::Client) -> DenySecretPolicy {
-        use k8s_openapi::api::admissionregistration::v1::{
-            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        };
-        let params = kube::api::PatchParams::apply("homelab-flux-test").force();
-        let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": "deny-flux-secret"},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{
-                    "apiGroups": [""], "apiVersions": ["v1"],
-                    "operations": ["CREATE", "UPDATE"], "resources": ["secrets"],
-                }]},
-                "validations": [{
-                    "expression": "object.metadata.name != 'flux-system'",
-                    "message": "test policy: the Secret flux-system is refused",
-                }],
-            },
-        }))
-        .unwrap();
-        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": "deny-flux-secret"},
-            "spec": {"policyName": "deny-flux-secret", "validationActions": ["Deny"]},
-        }))
-        .unwrap();
-        Api::<ValidatingAdmissionPolicy>::all(client.clone())
-            .patch(
-                "deny-flux-secret",
-                &params,
-                &kube::api::Patch::Apply(&policy),
-            )
-            .await
-            .unwrap();
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-            .patch(
-                "deny-flux-secret",
-                &params,
-                &kube::api::Patch::Apply(&binding),
-            )
-            .await
-            .unwrap();
-        // The API server enforces a new policy once its informer has it.
+        support::admission::deny(
+            &client,
+            "deny-flux-secret",
+            serde_json::json!({
+                "apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["secrets"],
+            }),
+            "object.metadata.name != 'flux-system'",
+            "test policy: the Secret flux-system is refused",
+        )
+        .await;
         wait_until_secret_writes_are_refused(&client, true).await;
         DenySecretPolicy { client }
     }
 
     async fn remove(self) {
-        use k8s_openapi::api::admissionregistration::v1::{
-            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        };
-        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
-            .delete("deny-flux-secret", &Default::default())
-            .await;
-        let _ = Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
-            .delete("deny-flux-secret", &Default::default())
-            .await;
+        support::admission::delete(&self.client, "deny-flux-secret").await;
         wait_until_secret_writes_are_refused(&self.client, false).await;
     }
 }

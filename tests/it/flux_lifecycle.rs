@@ -381,53 +381,24 @@ const DENY: &str = "deny-flux-deployment-updates";
 
 impl DenyDeploymentUpdates {
     async fn install(client: kube::Client) -> DenyDeploymentUpdates {
-        use k8s_openapi::api::admissionregistration::v1::{
-            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        };
-        let params = PatchParams::apply("homelab-flux-test").force();
-        let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": DENY},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{
-                    "apiGroups": ["apps"], "apiVersions": ["v1"],
-                    "operations": ["UPDATE"], "resources": ["deployments"],
-                }]},
-                "validations": [{
-                    "expression": "request.userInfo.username != 'admin' || object.metadata.namespace != 'flux-system'",
-                    "message": "test policy: the controllers' Deployments are refused",
-                }],
-            },
-        }))
-        .unwrap();
-        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": DENY},
-            "spec": {"policyName": DENY, "validationActions": ["Deny"]},
-        }))
-        .unwrap();
-        Api::<ValidatingAdmissionPolicy>::all(client.clone())
-            .patch(DENY, &params, &Patch::Apply(&policy))
-            .await
-            .unwrap();
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-            .patch(DENY, &params, &Patch::Apply(&binding))
-            .await
-            .unwrap();
+        support::admission::deny(
+            &client,
+            DENY,
+            serde_json::json!({
+                "apiGroups": ["apps"], "apiVersions": ["v1"],
+                "operations": ["UPDATE"], "resources": ["deployments"],
+            }),
+            "request.userInfo.username != 'admin' || object.metadata.namespace != 'flux-system'",
+            "test policy: the controllers' Deployments are refused",
+        )
+        .await;
         let deny = DenyDeploymentUpdates { client };
         deny.wait_until_refused(true).await;
         deny
     }
 
     async fn remove(self) {
-        use k8s_openapi::api::admissionregistration::v1::{
-            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        };
-        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
-            .delete(DENY, &Default::default())
-            .await;
-        let _ = Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
-            .delete(DENY, &Default::default())
-            .await;
+        support::admission::delete(&self.client, DENY).await;
         self.wait_until_refused(false).await;
     }
 

@@ -65,12 +65,7 @@ impl Drop for Restore {
                 .unwrap()
                 .block_on(async {
                     let client = cluster::client_for(&kubeconfig).await.unwrap();
-                    let _ = Api::<DynamicObject>::all_with(client.clone(), &binding_resource())
-                        .delete(FROZEN, &Default::default())
-                        .await;
-                    let _ = Api::<DynamicObject>::all_with(client, &policy_resource())
-                        .delete(FROZEN, &Default::default())
-                        .await;
+                    support::admission::delete(&client, FROZEN).await;
                 })
         })
         .join();
@@ -424,28 +419,6 @@ async fn objects_stored_at_v1beta2_survive_the_upgrade_to_crds_without_it() {
 /// The name of the admission policy that freezes one GitRepository.
 const FROZEN: &str = "homelab-flux-test-frozen";
 
-fn policy_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(
-            "admissionregistration.k8s.io",
-            "v1",
-            "ValidatingAdmissionPolicy",
-        ),
-        "validatingadmissionpolicies",
-    )
-}
-
-fn binding_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(
-            "admissionregistration.k8s.io",
-            "v1",
-            "ValidatingAdmissionPolicyBinding",
-        ),
-        "validatingadmissionpolicybindings",
-    )
-}
-
 /// Whether the API server takes an update of GitRepository `default/NAME` now, asked as a
 /// server-side dry run (which admission sees like a write, and which keeps nothing).
 async fn update_allowed(client: &kube::Client, name: &str) -> bool {
@@ -513,32 +486,17 @@ async fn a_migration_stopped_half_way_is_finished_by_the_next_run() {
     };
     let before = [read("a").await, read("b").await, read("c").await];
 
-    let policy = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": FROZEN},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{
-                "apiGroups": [SOURCE], "apiVersions": ["*"], "operations": ["UPDATE"],
-                "resources": ["gitrepositories"],
-            }]},
-            "validations": [{"expression": "object.metadata.name != 'c'", "message": "GitRepository c is frozen by the test"}],
-        },
-    });
-    let binding = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": FROZEN},
-        "spec": {"policyName": FROZEN, "validationActions": ["Deny"]},
-    });
-    let apply = PatchParams::apply("homelab-flux-testenv").force();
-    Api::<DynamicObject>::all_with(client.clone(), &policy_resource())
-        .patch(FROZEN, &apply, &Patch::Apply(&policy))
-        .await
-        .unwrap();
-    Api::<DynamicObject>::all_with(client.clone(), &binding_resource())
-        .patch(FROZEN, &apply, &Patch::Apply(&binding))
-        .await
-        .unwrap();
+    support::admission::deny(
+        &client,
+        FROZEN,
+        json!({
+            "apiGroups": [SOURCE], "apiVersions": ["*"], "operations": ["UPDATE"],
+            "resources": ["gitrepositories"],
+        }),
+        "object.metadata.name != 'c'",
+        "GitRepository c is frozen by the test",
+    )
+    .await;
     wait_update_allowed(&client, "c", false).await;
 
     let r = w.bootstrap(&["--flux-manifests", &new, "--no-wait"]);
@@ -570,10 +528,7 @@ async fn a_migration_stopped_half_way_is_finished_by_the_next_run() {
     assert_eq!(stored_versions(&client, KUSTOMIZATION).await, ["v1beta2"]);
 
     // The policy gone, the next run finishes.
-    Api::<DynamicObject>::all_with(client.clone(), &binding_resource())
-        .delete(FROZEN, &Default::default())
-        .await
-        .unwrap();
+    support::admission::delete(&client, FROZEN).await;
     wait_update_allowed(&client, "c", true).await;
     let r = w.bootstrap(&["--flux-manifests", &new, "--no-wait"]);
     assert_eq!(r.code, 0, "{}", r.transcript());

@@ -423,7 +423,7 @@ fn json_output_escapes_terminal_controls() {
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(
         doc["diagnostics"][0]["message"],
-        "`auth` must be `deploy-key` or `token`, not `\u{1b}]52;c;aGk=\u{7}\u{202e}\u{7f}\u{9b}`"
+        "`auth` must be `deploy-key`, `token` or `github-app`, not `\u{1b}]52;c;aGk=\u{7}\u{202e}\u{7f}\u{9b}`"
     );
     assert_snapshot!("json_escapes", r.stdout);
 }

@@ -199,3 +199,70 @@ fn a_missing_secrets_file_is_a_warning_in_validate() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_has(&r, "warning[HF050]");
 }
+
+/// The GitHub App's private key (`auth: github-app`): a tracked `app.pem`, or its PEM pasted into
+/// another tracked file (even re-indented, as in a YAML block), is named by file, never shown;
+/// the key file kept untracked and ignored is fine.
+#[test]
+fn the_github_app_key_in_a_tracked_file_is_an_error_and_never_shown() {
+    let pem = std::fs::read_to_string(support::cli::fixtures().join("app-key-pkcs1.pem")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(dir.path()).unwrap();
+    write(
+        dir.path(),
+        "config/flux.yaml",
+        &format!("{FLUX}auth: github-app\n"),
+    );
+    write(
+        dir.path(),
+        "config/secrets-flux.yaml",
+        "githubApp:\n  id: 123456\n  privateKeyFile: app.pem\n",
+    );
+    chmod(&dir.path().join("config/secrets-flux.yaml"), 0o600);
+    write(dir.path(), "config/app.pem", &pem);
+    chmod(&dir.path().join("config/app.pem"), 0o600);
+    write(
+        dir.path(),
+        ".gitignore",
+        "config/secrets-*.yaml\nconfig/*.pem\n",
+    );
+    let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+    write(
+        dir.path(),
+        "notes/secret.yaml",
+        &format!("key: |\n{indented}"),
+    );
+    stage_all(&repo);
+    commit(&repo);
+    let leak_check = |r: &Run| {
+        for line in pem.lines().filter(|l| !l.starts_with("-----")).skip(1) {
+            assert_no_leak(line, &r.transcript(), "hygiene with the App's key");
+        }
+    };
+    let r = validate(dir.path(), "unused-token-value");
+    leak_check(&r);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_has(
+        &r,
+        "error[HF086]: the GitHub App's private key is in `notes/secret.yaml`, a file git tracks",
+    );
+    assert!(
+        !r.stderr.contains("config/app.pem`, a file"),
+        "{}",
+        r.stderr
+    );
+    // Tracked by mistake: the key file itself.
+    let mut index = repo.index().unwrap();
+    index.add_path(Path::new("config/app.pem")).unwrap();
+    index.write().unwrap();
+    std::fs::remove_file(dir.path().join("notes/secret.yaml")).unwrap();
+    index.remove_path(Path::new("notes/secret.yaml")).unwrap();
+    index.write().unwrap();
+    let r = validate(dir.path(), "unused-token-value");
+    leak_check(&r);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_has(
+        &r,
+        "error[HF086]: the GitHub App's private key is in `config/app.pem`, a file git tracks",
+    );
+}

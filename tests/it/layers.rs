@@ -10,7 +10,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("face", &["lib", "cli"]),
     ("commands", &["cmd"]),
     ("output", &["output"]),
-    ("decisions", &["plan", "step", "online"]),
+    ("decisions", &["plan", "step", "online", "online_app"]),
     (
         "outside systems",
         &[
@@ -44,6 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "ssh_url",
             "pkt_line",
             "age_pq",
+            "app_key",
         ],
     ),
 ];

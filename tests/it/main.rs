@@ -26,6 +26,7 @@ macro_rules! assert_snapshot {
 mod support;
 
 mod age_pq;
+mod bootstrap_app;
 mod bootstrap_e2e;
 mod bootstrap_promises;
 mod cli;
@@ -35,6 +36,8 @@ mod first_hour;
 mod flux_lifecycle;
 mod flux_migrate;
 mod git_remote;
+mod github_app_e2e;
+mod github_app_fake;
 mod github_client;
 mod hostile;
 mod hostile_e2e;
@@ -43,4 +46,5 @@ mod layers;
 mod sops;
 mod sops_e2e;
 mod uninstall;
+mod validate_app;
 mod validate_online;

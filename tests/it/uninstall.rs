@@ -157,6 +157,113 @@ async fn uninstall_removes_flux_keeps_what_it_applied_and_only_this_clusters_key
     world::reset(a).await;
 }
 
+/// `ssh-keygen -lf`'s `SHA256:…` fingerprint of an OpenSSH public key line: an outside check
+/// of the fingerprint the tool names.
+fn ssh_keygen_fingerprint(public: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key.pub");
+    std::fs::write(&path, format!("{public}\n")).unwrap();
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .expect("a fingerprint")
+        .to_string()
+}
+
+/// Without a token (the secrets file gone), `--keep-namespace` and `--format json`: the plan and
+/// the steps are JSON lines, this cluster's key is named for deleting by hand (and left alone on
+/// GitHub), the Namespace stays while the bootstrap's Secret goes, and `bootstrap` afterwards
+/// makes a new key and removes the old one of this cluster's title.
+#[tokio::test(flavor = "multi_thread")]
+async fn uninstall_without_a_token_keeps_the_namespace_and_names_the_key_as_json() {
+    let a = cluster::cluster();
+    let _exclusive = a.exclusive().await;
+    world::reset(a).await;
+    let client = a.client().await;
+    let w = World::new("uninstall-json", "./clusters/home", a.kubeconfig_path());
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let keys = w.gh.deploy_keys("username", "manifests");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let fingerprint = ssh_keygen_fingerprint(&keys[0].key);
+
+    let secrets = w.dir.path().join("config/secrets-flux.yaml");
+    std::fs::remove_file(&secrets).unwrap();
+    w.gh.clear_log();
+    let r = w.run(&["uninstall", "--yes", "--keep-namespace", "--format", "json"]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let steps = crate::support::cli::json_lines(&r);
+    let plan = steps
+        .iter()
+        .find(|s| s["step"] == "to_remove")
+        .unwrap_or_else(|| panic!("no plan in {steps:?}"));
+    let what: Vec<&str> = plan["what"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        what.contains(&format!("(by hand) the deploy key {fingerprint} on GitHub").as_str()),
+        "{what:?}"
+    );
+    assert!(what.contains(&"Secret flux-system/flux-system"), "{what:?}");
+    assert!(
+        !what.iter().any(|w| w.starts_with("Namespace")),
+        "--keep-namespace: {what:?}"
+    );
+    assert_eq!(plan["dry_run"], false);
+    assert!(
+        steps.iter().any(|s| s["step"] == "key_by_hand"
+            && s["fingerprint"] == fingerprint.as_str()
+            && s["reason"] == "no_token"),
+        "{steps:?}"
+    );
+    assert!(
+        !steps.iter().any(|s| s["step"] == "key_deleted"),
+        "{steps:?}"
+    );
+    // Nothing was asked of GitHub without a token, and the key is still there.
+    assert!(w.gh.requests().is_empty(), "{:?}", w.gh.requests());
+    assert_eq!(w.gh.deploy_keys("username", "manifests"), keys);
+    // The Namespace stays (not being deleted); the Secret that held the key is gone.
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let namespace = ns.get("flux-system").await.unwrap();
+    assert!(namespace.metadata.deletion_timestamp.is_none());
+    let secrets_api: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "flux-system");
+    assert!(secrets_api.get_opt("flux-system").await.unwrap().is_none());
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let gone = await_condition(
+        crds,
+        "gitrepositories.source.toolkit.fluxcd.io",
+        |c: Option<&CustomResourceDefinition>| c.is_none(),
+    );
+    tokio::time::timeout(Duration::from_secs(60), gone)
+        .await
+        .expect("the CRD is deleted")
+        .unwrap();
+
+    // With the token back, bootstrap converges: a new key, the old one of this title removed.
+    crate::support::cli::write_secrets(&secrets, &format!("token: {}\n", w.token));
+    a.install_crds();
+    a.start_flux();
+    let r = w.bootstrap(&[]);
+    assert_eq!(r.code, 0, "{}", r.transcript());
+    let after = w.gh.deploy_keys("username", "manifests");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after[0].key, keys[0].key, "a new key");
+    assert_eq!(after[0].title, keys[0].title);
+    world::reset(a).await;
+}
+
 trait ErrOrNone {
     fn is_err_or_none(&self) -> bool;
 }

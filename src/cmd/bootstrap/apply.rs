@@ -38,6 +38,9 @@ pub(super) struct Run<'a> {
     pub args: &'a Args,
     pub cluster: &'a Cluster,
     pub gh: &'a GitHub,
+    /// Deletes stale deploy keys: the token's client (with `auth: github-app`, `gh` reads with
+    /// the installation token, which may not manage deploy keys).
+    pub keys_gh: &'a GitHub,
     pub cfg: &'a FluxConfig,
 }
 
@@ -191,7 +194,7 @@ impl Run<'_> {
         let (owner, name) = (self.cfg.repo.owner.as_str(), self.cfg.repo.name.as_str());
         let branch = plan.branch.as_str();
         match &plan.credentials {
-            Credentials::Token => {
+            Credentials::Token | Credentials::GitHubApp => {
                 let sha = match &plan.head {
                     Some(sha) => sha.clone(),
                     None => {
@@ -296,7 +299,7 @@ impl Run<'_> {
         for key in &plan.stale_keys {
             let (title, id) = (key.title.clone(), key.id);
             match self
-                .gh
+                .keys_gh
                 .delete_deploy_key(&self.cfg.repo.owner, &self.cfg.repo.name, id)
                 .await
             {

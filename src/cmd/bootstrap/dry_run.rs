@@ -39,7 +39,7 @@ pub(super) async fn show(
         Credentials::NewKey => steps.emit(Step::KeyToCreate {
             title: plan.title.clone(),
         }),
-        Credentials::Token | Credentials::Reuse(_) => {
+        Credentials::Token | Credentials::Reuse(_) | Credentials::GitHubApp => {
             run.known_credentials(plan, steps).await?;
         }
     }
@@ -53,6 +53,12 @@ pub(super) async fn show(
         SecretPlan::NewKey { .. } => steps.emit(Step::SecretWithNewKey {
             name: format!("{}/{}", flux::NAMESPACE, flux::NAME),
         }),
+    }
+    if let Some(title) = &plan.old_key_unlisted {
+        steps.emit(Step::OldKeyUnlisted {
+            title: title.clone(),
+            repo: run.cfg.repo.to_string(),
+        });
     }
     for key in &plan.stale_keys {
         steps.emit(Step::StaleKeyToDelete {

@@ -79,7 +79,7 @@ impl Error {
                 | plan::Refusal::TakenOver(_)
                 | plan::Refusal::NoAgeIdentity,
             ) => 1,
-            Error::Refused(plan::Refusal::SshUrl(_))
+            Error::Refused(plan::Refusal::SshUrl(_) | plan::Refusal::NoCredential(..))
             | Error::Load(_)
             | Error::Runtime(_)
             | Error::CannotAsk(_)

@@ -29,7 +29,7 @@ pub(super) fn export(global: &Global, ui: &Ui) -> Result<(), Error> {
         }
     };
     let yaml = flux::export_yaml(&[
-        flux::git_repository(&flux::source_url(&cfg), branch),
+        flux::git_repository(&flux::source_url(&cfg), branch, cfg.auth),
         flux::kustomization(&cfg),
     ]);
     ui.out(&yaml)?;

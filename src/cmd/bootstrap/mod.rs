@@ -87,7 +87,9 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
         token,
         age_identity,
         gh,
+        keys_gh,
         mut github,
+        app,
     } = read::github(offline, ui).await?;
     steps.emit(Step::Checked {
         repo: cfg.repo.to_string(),
@@ -101,6 +103,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
         args,
         cluster: &cluster,
         gh: &gh,
+        keys_gh: keys_gh.as_ref().unwrap_or(&gh),
         cfg: &cfg,
     };
 
@@ -127,8 +130,9 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
         key_title: args.key_title.clone(),
         age_identity,
         flux_version: Some(wanted),
+        github_app: app,
     };
-    let mut plan = plan::plan(&cfg, &token, &github, &live, &options)?;
+    let mut plan = plan::plan(&cfg, token.as_ref(), &github, &live, &options)?;
     for o in [&plan.git_repository, &plan.kustomization] {
         tracing::trace!("desired {} spec: {}", o.kind.name(), o.desired["spec"]);
     }
@@ -192,7 +196,7 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
         );
         live.secret = secret?.map(|s| read::to_value(&s));
         github.keys = keys?;
-        plan = plan::plan(&cfg, &token, &github, &live, &options)?;
+        plan = plan::plan(&cfg, token.as_ref(), &github, &live, &options)?;
     }
     let settled = run.credentials(&plan, &mut steps).await?;
 
@@ -217,6 +221,12 @@ async fn bootstrap(args: &Args, global: &Global, ui: &Ui, lease: &HeldLease) -> 
         (SecretPlan::NewKey { .. }, None) => unreachable!("a new key's Secret is settled"),
     }
     let left = run.delete_stale_keys(&plan, &mut steps).await;
+    if let Some(title) = &plan.old_key_unlisted {
+        steps.emit(Step::OldKeyUnlisted {
+            title: title.clone(),
+            repo: cfg.repo.to_string(),
+        });
+    }
     if let Some(sops_secret) = &plan.sops_secret {
         run.apply(sops_secret, &mut steps).await?;
     }

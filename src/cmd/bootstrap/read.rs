@@ -4,32 +4,40 @@
 use serde_json::Value;
 
 use super::Error;
+use crate::app_key::GitHubApp;
 use crate::cluster::{self, Cluster};
 use crate::cmd::{self, Global, Reported};
 use crate::config::{Credential, Loaded, Secrets, Valid};
 use crate::flux::{self, Kind};
 use crate::github::GitHub;
 use crate::output::{Format, Ui};
-use crate::plan::{GitHubView, Live};
-use crate::settings::FluxConfig;
+use crate::plan::{AppSecret, GitHubView, Live};
+use crate::settings::{Auth, FluxConfig};
 use crate::sops::AgeIdentity;
 use crate::token::Token;
 
 /// The configuration and what the run read from GitHub besides the findings.
 pub(super) struct Read {
     pub cfg: FluxConfig,
-    pub token: Token,
+    /// `None` only with `auth: github-app`, or when the token could not list this cluster's
+    /// old deploy keys beside it.
+    pub token: Option<Token>,
     /// For `decryption: sops`: the identity the repository is encrypted for.
     pub age_identity: Option<AgeIdentity>,
+    /// The client that reads the repository: the token's, or the App installation's.
     pub gh: GitHub,
+    /// The client that manages deploy keys: the token's (`gh` itself but with the App).
+    pub keys_gh: Option<GitHub>,
     pub github: GitHubView,
+    /// `auth: github-app`: what the Secret holds.
+    pub app: Option<AppSecret>,
 }
 
 /// The configuration, valid offline (its findings not yet printed).
 pub(super) struct Offline {
     cfg: FluxConfig,
-    token: Token,
-    origin: crate::config::TokenOrigin,
+    credential: Option<Credential>,
+    app: Option<GitHubApp>,
     age_identities: Vec<AgeIdentity>,
     findings: crate::config::Findings,
 }
@@ -44,16 +52,19 @@ pub(super) fn config(global: &Global, ui: &Ui) -> Result<Offline, Error> {
     match cmd::check_offline(&global.config_dir, Secrets::Required)? {
         Loaded::Valid(Valid {
             flux,
-            credential: Some(Credential { token, origin }),
+            credential,
             age_identities,
+            app,
             findings,
-        }) => Ok(Offline {
-            cfg: flux,
-            token,
-            origin,
-            age_identities,
-            findings,
-        }),
+        }) if credential.is_some() || (flux.auth == Auth::GitHubApp && app.is_some()) => {
+            Ok(Offline {
+                cfg: flux,
+                credential,
+                app,
+                age_identities,
+                findings,
+            })
+        }
         loaded => cmd::finish(&loaded.into_findings(), ui, FINDINGS, "the configuration")
             .and(Err(Error::Reported(Reported))),
     }
@@ -62,14 +73,21 @@ pub(super) fn config(global: &Global, ui: &Ui) -> Result<Offline, Error> {
 /// GitHub's answers, all read in one round, and the findings of the whole configuration
 /// printed. [`Error::Reported`] when they stop the run.
 pub(super) async fn github(offline: Offline, ui: &Ui) -> Result<Read, Error> {
+    if let Some(app) = &offline.app {
+        let app = app.clone();
+        return github_app(offline, app, ui).await;
+    }
     let format = FINDINGS;
     let Offline {
         cfg,
-        token,
-        origin,
+        credential,
         age_identities,
         mut findings,
+        ..
     } = offline;
+    let Some(Credential { token, origin }) = credential else {
+        return Err(Error::Reported(Reported));
+    };
     let gh = cmd::github_client(&cfg, &token, ui)?;
     tracing::debug!(
         "checking `{}` against the GitHub API at {}",
@@ -113,7 +131,84 @@ pub(super) async fn github(offline: Offline, ui: &Ui) -> Result<Read, Error> {
             .decryption
             .and_then(|_| age_identities.into_iter().next()),
         cfg,
+        token: Some(token),
+        keys_gh: Some(gh.clone()),
+        gh,
+        app: None,
+    })
+}
+
+/// `auth: github-app`: the App's checks (key, installation, installation token, repository and
+/// branch), and with a token beside them this cluster's deploy keys, all at once.
+async fn github_app(offline: Offline, app: GitHubApp, ui: &Ui) -> Result<Read, Error> {
+    let Offline {
+        cfg,
+        credential,
+        age_identities,
+        mut findings,
+        ..
+    } = offline;
+    let base = cmd::api_base(&cfg)?;
+    let token_gh = match &credential {
+        Some(c) => Some(cmd::github_client(&cfg, &c.token, ui)?),
+        None => None,
+    };
+    let keys = async {
+        match &token_gh {
+            Some(gh) => Some(gh.list_deploy_keys(&cfg.repo.owner, &cfg.repo.name).await),
+            None => None,
+        }
+    };
+    let (answers, keys) = tokio::join!(cmd::ask_app(&base, &app, &cfg, true, ui), keys);
+    let (answers, installation_gh) = answers?;
+    let repo = answers.repo.as_ref().and_then(|r| r.as_ref().ok()).cloned();
+    let head = answers
+        .branch
+        .as_ref()
+        .and_then(|(_, b)| b.as_ref().ok())
+        .map(|b| b.commit_sha.clone());
+    let installation_id = answers.installation.as_ref().ok().map(|i| i.id);
+    let found = cmd::app_findings(&cfg, &app, &findings, answers)?;
+    findings.report.extend(found);
+    if !findings.report.is_empty() {
+        cmd::finish::<Error>(&findings, ui, FINDINGS, "the configuration")?;
+    }
+    let (Some(repo), Some(installation_id), Some(gh)) = (repo, installation_id, installation_gh)
+    else {
+        return Err(Error::NoRepository);
+    };
+    // The old deploy keys, when the token may list them; otherwise the old key is named.
+    let (token, keys) = match (credential, keys) {
+        (Some(c), Some(Ok(keys))) => (Some(c.token), keys),
+        (_, Some(Err(e))) => {
+            tracing::warn!(
+                "the token cannot list the deploy keys of `{}`: {e}",
+                cfg.repo
+            );
+            (None, Vec::new())
+        }
+        _ => (None, Vec::new()),
+    };
+    let default_base = crate::github::api_base_for_host("github.com");
+    Ok(Read {
+        github: GitHubView {
+            repo,
+            head,
+            keys,
+            host_keys: Vec::new(),
+        },
+        age_identity: cfg
+            .decryption
+            .and_then(|_| age_identities.into_iter().next()),
+        app: Some(AppSecret {
+            app_id: app.id,
+            installation_id,
+            key: app.key,
+            base_url: (base != default_base).then_some(base),
+        }),
+        cfg,
         token,
+        keys_gh: token_gh,
         gh,
     })
 }

@@ -37,13 +37,9 @@ fn describe(unrolled: &[Unrolled]) -> String {
         let mut line = match &u.rollout {
             None => format!("Deployment `{}` is missing", u.name),
             Some(r) => format!(
-                "Deployment `{}` is not rolled out: {} of {} replicas available{}",
+                "Deployment `{}` is not rolled out: {}",
                 u.name,
-                r.available,
-                r.replicas,
-                r.reason
-                    .as_deref()
-                    .map_or_else(String::new, |why| format!(" ({why})"))
+                r.availability()
             ),
         };
         for p in &u.pods {

@@ -19,9 +19,10 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use homelab_flux::config::{self, Auth, Secrets, Source};
+use homelab_flux::config::{self, Secrets, Source};
 use homelab_flux::diag::{Diagnostic, Report, Severity};
 use homelab_flux::output::{Ui, report_json};
+use homelab_flux::settings::Auth;
 use homelab_flux::token::Token;
 use libfuzzer_sys::fuzz_target;
 

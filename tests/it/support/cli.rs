@@ -218,8 +218,26 @@ pub fn scratch_copy(fixture: &Path) -> tempfile::TempDir {
     if secrets.is_file() {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // git keeps no modes but 644 and 755: a GitHub App's key file gets 600 as a user
+        // keeps it, except the one a case names for being readable by others.
+        private_pem_files(&dir.path().join("config"));
     }
     dir
+}
+
+#[cfg(unix)]
+fn private_pem_files(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(dir).expect("read scratch").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            private_pem_files(&path);
+        } else if path.extension().is_some_and(|e| e == "pem")
+            && !path.to_string_lossy().contains("readable-by-others")
+        {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+    }
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
@@ -335,6 +353,14 @@ pub fn assert_no_identity_leak(identity: &str, text: &str, context: &str) {
     // the first 24 base64 characters; what follows depends on the key alone.
     let encoded = base64::engine::general_purpose::STANDARD.encode(identity);
     assert_no_leak(&encoded[24..], text, &format!("{context} (base64)"));
+}
+
+/// The run's stdout as `--format json` writes steps: one complete JSON document a line.
+pub fn json_lines(r: &Run) -> Vec<serde_json::Value> {
+    r.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{}", r.transcript())))
+        .collect()
 }
 
 /// Fails, showing the whole run, unless stderr holds `what`.

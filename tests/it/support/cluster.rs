@@ -969,6 +969,10 @@ current-context: {context}
             .env("TMPDIR", &source_tmp)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUNTIME_NAMESPACE", "flux-system")
+            // The machine's roots plus the test CA: source-controller then reaches the HTTPS
+            // fake GitHub (`githubAppBaseURL`) and the HTTPS git server, and the web as before.
+            // Go reads its roots once per process, so this is set for every start, not per test.
+            .env("SSL_CERT_FILE", super::tls::test_ca().bundle_path())
             .arg(format!("--storage-path={}", storage.display()))
             .arg(format!("--storage-addr={storage_addr}"))
             .arg(format!("--storage-adv-addr={storage_addr}"))

@@ -28,6 +28,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
+mod app;
+#[allow(
+    unused_imports,
+    reason = "the App fake's API; the benchmarks that build this support use none of it"
+)]
+pub use app::{AppSpec, FakeApp, GIT_AUTH_PATH, GitAuth, InstallationSpec, IssuedToken};
+
 /// A token the tests can use; it looks like a classic PAT but is not one.
 pub const TEST_TOKEN: &str = "ghp_FakeGitHubTestToken0123456789abcdefAB";
 
@@ -61,6 +68,7 @@ struct References {
     deploy_key: Value,
     meta: Value,
     errors: Value,
+    apps: app::AppReferences,
 }
 
 impl References {
@@ -72,6 +80,7 @@ impl References {
             deploy_key: reference("deploy-key.json"),
             meta: reference("meta.json"),
             errors: reference("errors.json"),
+            apps: app::AppReferences::load(),
         }
     }
 
@@ -121,6 +130,17 @@ pub enum TokenKind {
         /// Contents permission.
         contents: Access,
         /// Administration permission (deploy keys).
+        administration: Access,
+    },
+    /// A GitHub App installation token the fake issued (see `app.rs`): it reaches exactly
+    /// `repositories` (`owner/name`); a missing permission on one of them is a 403 "Resource not
+    /// accessible by integration".
+    Installation {
+        /// `owner/name` of every repository the token reaches.
+        repositories: Vec<String>,
+        /// Contents permission.
+        contents: Access,
+        /// Administration permission.
         administration: Access,
     },
 }
@@ -361,6 +381,8 @@ struct State {
     max_in_flight: usize,
     /// Answers are held until this many requests are in flight (or the deadline passes).
     gate: Option<(usize, Duration)>,
+    /// Apps, installations and installation tokens (`app.rs`).
+    apps: app::Apps,
 }
 
 struct App {
@@ -375,6 +397,8 @@ struct App {
 /// The running fake. Dropping it stops the server.
 pub struct FakeGitHub {
     app: Arc<App>,
+    /// The CA file of [`FakeGitHub::start_https`].
+    ca: Option<PathBuf>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -395,6 +419,26 @@ impl FakeGitHub {
     /// and no repositories. `/meta` lists the placeholder keys of meta.json until
     /// [`FakeGitHub::set_host_keys`].
     pub fn start() -> FakeGitHub {
+        Self::start_with(None)
+    }
+
+    /// The same over TLS with the test binary's CA ([`super::tls::test_ca`]): `url()` is
+    /// `https://127.0.0.1:PORT`, [`FakeGitHub::ca_path`] the CA to trust. The Flux controllers
+    /// of the test cluster trust it already.
+    pub fn start_https() -> FakeGitHub {
+        Self::start_with(Some(super::tls::test_ca()))
+    }
+
+    /// The PEM file of the CA that signed the certificate of [`FakeGitHub::start_https`].
+    ///
+    /// Panics for a fake started with [`FakeGitHub::start`] (plain http).
+    pub fn ca_path(&self) -> &std::path::Path {
+        self.ca
+            .as_deref()
+            .expect("ca_path() of a fake GitHub started with start_https()")
+    }
+
+    fn start_with(tls: Option<&super::tls::TestCa>) -> FakeGitHub {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener.set_nonblocking(true).expect("non-blocking");
         let addr = listener.local_addr().expect("local addr");
@@ -408,7 +452,7 @@ impl FakeGitHub {
             })
             .unwrap_or_default();
         let app = Arc::new(App {
-            base: format!("http://{addr}"),
+            base: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
             refs,
             state: Mutex::new(State {
                 next_key_id: 1001,
@@ -420,6 +464,7 @@ impl FakeGitHub {
         });
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let served = app.clone();
+        let acceptor = tls.map(|ca| tokio_rustls::TlsAcceptor::from(ca.server_config()));
         let thread = std::thread::Builder::new()
             .name("fake-github".to_owned())
             .spawn(move || {
@@ -436,14 +481,28 @@ impl FakeGitHub {
                             accepted = listener.accept() => {
                                 let Ok((stream, _)) = accepted else { continue };
                                 let app = served.clone();
+                                let acceptor = acceptor.clone();
                                 tokio::spawn(async move {
                                     let service = service_fn(move |req| {
                                         let app = app.clone();
                                         async move { Ok::<_, Infallible>(app.handle(req).await) }
                                     });
-                                    let _ = http1::Builder::new()
-                                        .serve_connection(TokioIo::new(stream), service)
-                                        .await;
+                                    let connection = http1::Builder::new();
+                                    match acceptor {
+                                        Some(acceptor) => {
+                                            let Ok(stream) = acceptor.accept(stream).await else {
+                                                return;
+                                            };
+                                            let _ = connection
+                                                .serve_connection(TokioIo::new(stream), service)
+                                                .await;
+                                        }
+                                        None => {
+                                            let _ = connection
+                                                .serve_connection(TokioIo::new(stream), service)
+                                                .await;
+                                        }
+                                    }
                                 });
                             }
                         }
@@ -453,12 +512,14 @@ impl FakeGitHub {
             .expect("spawn fake-github thread");
         FakeGitHub {
             app,
+            ca: tls.map(super::tls::TestCa::ca_path),
             shutdown: Some(tx),
             thread: Some(thread),
         }
     }
 
-    /// The API base, `http://127.0.0.1:PORT` (what `HOMELAB_FLUX_GITHUB_API_URL` should hold).
+    /// The API base, `http://127.0.0.1:PORT` (`https://` for [`FakeGitHub::start_https`]):
+    /// what `HOMELAB_FLUX_GITHUB_API_URL` and source-controller's `githubAppBaseURL` hold.
     pub fn url(&self) -> String {
         self.app.base.clone()
     }
@@ -691,6 +752,25 @@ impl Reply {
         self.headers.push((name.to_owned(), value.into()));
         self
     }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::builder().status(self.status);
+        for (name, value) in &self.headers {
+            response = response.header(name.as_str(), value.as_str());
+        }
+        let bytes = match &self.body {
+            Some(body) => {
+                if !self.headers.iter().any(|(k, _)| k == "content-type") {
+                    response = response.header("content-type", "application/json; charset=utf-8");
+                }
+                serde_json::to_vec_pretty(body).expect("json")
+            }
+            None => Vec::new(),
+        };
+        response
+            .body(Full::new(Bytes::from(bytes)))
+            .expect("valid response")
+    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -722,6 +802,20 @@ fn now_iso() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
+}
+
+/// Headers GitHub sends on every authenticated answer ([D-rate], [D-scopes], headers.md).
+fn rate_headers(reply: Reply, used: u64) -> Reply {
+    reply
+        .header("x-ratelimit-limit", RATE_LIMIT.to_string())
+        .header(
+            "x-ratelimit-remaining",
+            RATE_LIMIT.saturating_sub(used).to_string(),
+        )
+        .header("x-ratelimit-used", used.to_string())
+        .header("x-ratelimit-reset", reset_epoch().to_string())
+        .header("x-ratelimit-resource", "core")
+        .header("x-github-api-version-selected", "2022-11-28")
 }
 
 fn reset_epoch() -> u64 {
@@ -769,6 +863,18 @@ fn grant(token: &TokenSpec, repo: &RepoSpec) -> Grant {
                 fine: Some((selected, *contents, *administration)),
             }
         }
+        TokenKind::Installation {
+            repositories,
+            contents,
+            administration,
+        } => {
+            let selected = repositories.iter().any(|r| r.eq_ignore_ascii_case(&full));
+            Grant {
+                visible: !repo.private || selected,
+                admin: selected && *administration == Access::Write,
+                fine: Some((selected, *contents, *administration)),
+            }
+        }
     }
 }
 
@@ -778,6 +884,14 @@ impl App {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() == GIT_AUTH_PATH {
+            let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+            let reply = self.git_auth(
+                header("x-original-uri").unwrap_or_default(),
+                header("authorization"),
+            );
+            return reply.into_response();
+        }
         let at = Instant::now();
         let method = req.method().as_str().to_owned();
         let path = req
@@ -799,10 +913,13 @@ impl App {
                 (k.as_str().to_owned(), value)
             })
             .collect();
-        let token = req
+        let authorization = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let token = authorization
+            .as_deref()
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("token "))
@@ -828,7 +945,13 @@ impl App {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let (reply, login) = self.answer(&method, &path, &headers, token.as_deref(), &body);
+        let (reply, login) = self.answer(
+            &method,
+            &path,
+            &headers,
+            (token.as_deref(), authorization.as_deref()),
+            &body,
+        );
         let mut state = self.state();
         state.in_flight -= 1;
         state.log.push(LoggedRequest {
@@ -842,22 +965,7 @@ impl App {
             status: reply.status.as_u16(),
         });
         drop(state);
-        let mut response = Response::builder().status(reply.status);
-        for (name, value) in &reply.headers {
-            response = response.header(name.as_str(), value.as_str());
-        }
-        let bytes = match &reply.body {
-            Some(body) => {
-                if !reply.headers.iter().any(|(k, _)| k == "content-type") {
-                    response = response.header("content-type", "application/json; charset=utf-8");
-                }
-                serde_json::to_vec_pretty(body).expect("json")
-            }
-            None => Vec::new(),
-        };
-        response
-            .body(Full::new(Bytes::from(bytes)))
-            .expect("valid response")
+        reply.into_response()
     }
 
     fn answer(
@@ -865,7 +973,7 @@ impl App {
         method: &str,
         path_and_query: &str,
         headers: &[(String, String)],
-        token: Option<&str>,
+        (token, authorization): (Option<&str>, Option<&str>),
         body: &str,
     ) -> (Reply, Option<String>) {
         let mut state = self.state();
@@ -914,12 +1022,26 @@ impl App {
             .collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
 
+        // The App endpoints take a JWT, not a token (app.rs); rate limits apply to them too.
+        if app::is_jwt_endpoint(method, &segments) {
+            if let Some(reply) = self.rate_limited(&mut state) {
+                return (reply, None);
+            }
+            state.used += 1;
+            let reply = self.app_answer(&mut state, method, &segments, authorization, body);
+            return (rate_headers(reply, state.used), None);
+        }
+
         // GitHub rejects a bad token on every endpoint, public ones included (errors.json
-        // `bad-credentials-401`, recorded response).
+        // `bad-credentials-401`, recorded response); an expired installation token too ("Using
+        // an expired token produces a status code of 401", REST docs).
         let spec = match token {
             Some(t) => match state.tokens.get(t) {
                 Some(spec) => Some(spec.clone()),
-                None => return (self.error("bad-credentials-401"), None),
+                None => match state.apps.token_spec(t) {
+                    Some(Ok(spec)) => Some(spec),
+                    _ => return (self.error("bad-credentials-401"), None),
+                },
             },
             None => None,
         };
@@ -943,6 +1065,25 @@ impl App {
             );
         };
 
+        if let Some(reply) = self.rate_limited(&mut state) {
+            return (reply, login);
+        }
+
+        state.used += 1;
+        let mut reply = self.route(&mut state, &spec, method, &segments, query, body);
+        // Headers GitHub sends on every authenticated answer ([D-rate], [D-scopes], headers.md).
+        reply = rate_headers(reply, state.used);
+        if let TokenKind::Classic { scopes } = &spec.kind {
+            reply = reply.header("x-oauth-scopes", scopes.join(", "));
+        }
+        if let Some(expiration) = &spec.expiration {
+            reply = reply.header("github-authentication-token-expiration", expiration.clone());
+        }
+        (reply, login)
+    }
+
+    /// The primary or secondary rate limit a test switched on, if any (authenticated requests).
+    fn rate_limited(&self, state: &mut State) -> Option<Reply> {
         if let Some((status, reset)) = state.primary_limit {
             // errors.json `rate-limited-403` (docs example); [D-rate]: 403 or 429.
             let (_, headers, body) = self.refs.error("rate-limited-403");
@@ -954,7 +1095,7 @@ impl App {
             reply
                 .headers
                 .push(("x-ratelimit-reset".to_owned(), reset.to_string()));
-            return (reply, login);
+            return Some(reply);
         }
         if !state.secondary_limits.is_empty() {
             let (status, retry_after) = state.secondary_limits.remove(0);
@@ -974,30 +1115,9 @@ impl App {
                     .headers
                     .push(("retry-after".to_owned(), secs.to_string()));
             }
-            return (reply, login);
+            return Some(reply);
         }
-
-        state.used += 1;
-        let mut reply = self.route(&mut state, &spec, method, &segments, query, body);
-        // Headers GitHub sends on every authenticated answer ([D-rate], [D-scopes], headers.md).
-        let used = state.used;
-        reply = reply
-            .header("x-ratelimit-limit", RATE_LIMIT.to_string())
-            .header(
-                "x-ratelimit-remaining",
-                RATE_LIMIT.saturating_sub(used).to_string(),
-            )
-            .header("x-ratelimit-used", used.to_string())
-            .header("x-ratelimit-reset", reset_epoch().to_string())
-            .header("x-ratelimit-resource", "core")
-            .header("x-github-api-version-selected", "2022-11-28");
-        if let TokenKind::Classic { scopes } = &spec.kind {
-            reply = reply.header("x-oauth-scopes", scopes.join(", "));
-        }
-        if let Some(expiration) = &spec.expiration {
-            reply = reply.header("github-authentication-token-expiration", expiration.clone());
-        }
-        (reply, login)
+        None
     }
 
     fn error(&self, key: &str) -> Reply {
@@ -1016,9 +1136,19 @@ impl App {
     }
 
     /// [D-trouble] "Resource not accessible": 403 with `X-Accepted-GitHub-Permissions`.
-    fn not_accessible(&self, permission: &str, documentation_url: &str) -> Reply {
+    /// With an installation token the message names the integration (errors.json of
+    /// `tests/fixtures/github-app`, `not-accessible-by-integration-403`, recorded).
+    fn not_accessible(
+        &self,
+        token: &TokenSpec,
+        permission: &str,
+        documentation_url: &str,
+    ) -> Reply {
         let (status, headers, mut body) = self.refs.error("resource-not-accessible-403");
         body["documentation_url"] = json!(documentation_url);
+        if matches!(token.kind, TokenKind::Installation { .. }) {
+            body["message"] = json!("Resource not accessible by integration");
+        }
         let mut reply = Reply::json(status, body);
         reply.headers = headers
             .into_iter()
@@ -1047,6 +1177,11 @@ impl App {
         body: &str,
     ) -> Reply {
         match (method, segments) {
+            ("GET", ["user"]) if matches!(token.kind, TokenKind::Installation { .. }) => {
+                // An installation token is no user: recorded answer, errors.json of
+                // tests/fixtures/github-app `not-accessible-by-integration-403`.
+                self.refs.apps.error("not-accessible-by-integration-403")
+            }
             ("GET", ["user"]) => {
                 let mut user = self.refs.user.clone();
                 user["login"] = json!(token.login);
@@ -1112,7 +1247,7 @@ impl App {
                 {
                     // Fine-grained token without Contents on a private repository ([D-trouble];
                     // the brief's documented case: only Metadata and Administration granted).
-                    return self.not_accessible("contents=read", DOCS);
+                    return self.not_accessible(token, "contents=read", DOCS);
                 }
                 let branch = branch.join("/");
                 match repo.branches.get(&branch) {
@@ -1138,7 +1273,7 @@ impl App {
                         } else {
                             "administration=read"
                         };
-                        return self.not_accessible(permission, docs);
+                        return self.not_accessible(token, permission, docs);
                     }
                     // Classic tokens without admin rights get 404 ([D-trouble]).
                     None if !grant.admin => return self.error("not-found-404"),

@@ -5,6 +5,9 @@
 //!   `AuthorizedKeysFile` the test controls: what a GitHub deploy key stands for.
 //! - [`HttpGitServer`]: `git http-backend` behind nginx + fcgiwrap with HTTP Basic auth whose
 //!   password the test sets and changes: what a GitHub token over HTTPS stands for.
+//! - [`HttpsGitServer`]: the same over TLS (the test CA), letting through only the GitHub App
+//!   installation tokens the fake GitHub issued (nginx `auth_request` to the fake): what
+//!   github.com does for `auth: github-app`.
 //!
 //! Each serves bare repositories seeded by [`GitRepo`] with `./clusters/home` holding a Namespace
 //! and a ConfigMap. Processes are started like the cluster's (see `cluster.rs`): killed when the
@@ -172,7 +175,7 @@ SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
 
     /// Creates and seeds a bare repository `NAME.git` (see [`GitRepo`]).
     pub fn create_repo(&self, name: &str) -> GitRepo {
-        GitRepo::create(&self.dir, name)
+        GitRepo::create(&self.dir, name, name)
     }
 
     /// A bare repository `NAME.git` without any commit (it advertises no ref); its path.
@@ -204,13 +207,9 @@ SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
 /// An HTTP git server with Basic auth; see the module docs. URLs look like
 /// `http://127.0.0.1:PORT/NAME.git`.
 pub struct HttpGitServer {
-    dir: PathBuf,
-    port: u16,
     username: String,
     htpasswd: PathBuf,
-    /// Held, not read: dropping the server kills nginx and fcgiwrap.
-    _nginx: Process,
-    _fcgiwrap: Process,
+    served: Nginx,
 }
 
 impl HttpGitServer {
@@ -221,6 +220,134 @@ impl HttpGitServer {
     }
 
     fn try_start(username: &str, password: &str) -> Result<HttpGitServer> {
+        let dir = scratch_dir("http")?;
+        let htpasswd = dir.join("htpasswd");
+        fs::write(&htpasswd, htpasswd_line(username, password))?;
+        let auth = format!(
+            "auth_basic \"git\";\n            auth_basic_user_file {};",
+            htpasswd.display()
+        );
+        let served = Nginx::start(dir, "", &auth, "")?;
+        Ok(HttpGitServer {
+            username: username.to_owned(),
+            htpasswd,
+            served,
+        })
+    }
+
+    /// Replaces the accepted password (nginx reads the file on every request).
+    pub fn set_password(&self, password: &str) {
+        fs::write(&self.htpasswd, htpasswd_line(&self.username, password))
+            .expect("writing htpasswd");
+    }
+
+    /// Creates and seeds a bare repository `NAME.git` (see [`GitRepo`]).
+    pub fn create_repo(&self, name: &str) -> GitRepo {
+        GitRepo::create(&self.served.dir, name, name)
+    }
+
+    /// `http://127.0.0.1:PORT/NAME.git`.
+    pub fn url(&self, repo: &GitRepo) -> String {
+        format!("http://127.0.0.1:{}/{}.git", self.served.port, repo.name())
+    }
+}
+
+/// An HTTPS git server in front of which the fake GitHub decides, as github.com does for a clone
+/// with an installation token: HTTP Basic user `x-access-token`, password an installation token
+/// the fake issued, unexpired and scoped to the repository (with `contents` read); anything else
+/// is 401. nginx asks the fake with `auth_request` on every request (see
+/// [`super::fake_github::GIT_AUTH_PATH`]), so a token that expires or a revoked installation
+/// stops working at once. TLS with the test CA ([`super::tls::test_ca`]), which the Flux
+/// controllers trust. URLs look like `https://127.0.0.1:PORT/OWNER/NAME.git`.
+pub struct HttpsGitServer {
+    served: Nginx,
+}
+
+impl HttpsGitServer {
+    /// Starts nginx + fcgiwrap on a free 127.0.0.1 port, asking `gh` about every request.
+    pub fn start_for_app(gh: &super::fake_github::FakeGitHub) -> HttpsGitServer {
+        Self::try_start(gh)
+            .unwrap_or_else(|err| panic!("the HTTPS git server did not start: {err:#}"))
+    }
+
+    fn try_start(gh: &super::fake_github::FakeGitHub) -> Result<HttpsGitServer> {
+        let ca = super::tls::test_ca();
+        let tls = format!(
+            " ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};",
+            ca.cert_path().display(),
+            ca.key_path().display()
+        );
+        // The subrequest carries the client's Authorization header (nginx passes request
+        // headers on) and the original URI; its body is dropped.
+        let check = format!(
+            "location = /_installation-token {{
+            internal;
+            proxy_pass {gh}{path};
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length \"\";
+            proxy_set_header X-Original-URI $request_uri;
+        }}
+",
+            gh = gh.url(),
+            path = super::fake_github::GIT_AUTH_PATH,
+        );
+        let served = Nginx::start(
+            scratch_dir("https")?,
+            &tls,
+            "auth_request /_installation-token;",
+            &check,
+        )?;
+        Ok(HttpsGitServer { served })
+    }
+
+    /// Creates and seeds a bare repository `OWNER/NAME.git` (see [`GitRepo`]; its manifests use
+    /// the namespace `NAME`).
+    pub fn create_repo(&self, owner: &str, name: &str) -> GitRepo {
+        GitRepo::create(&self.served.dir, &format!("{owner}/{name}"), name)
+    }
+
+    /// Serves an existing bare repository of another server (the SSH one) at the same path,
+    /// `https://127.0.0.1:PORT/ABSOLUTE/PATH/NAME.git`: one repository on both servers, with
+    /// the same commits, whose `ssh://` and `https://` URLs differ only in scheme, user and port
+    /// (as github.com's do). Register the URL as the fake's `clone_url` of the repository: the
+    /// fake scopes tokens by it. Returns the URL.
+    pub fn serve_repo(&self, repo: &GitRepo) -> String {
+        let relative = repo.path().strip_prefix("/").expect("an absolute path");
+        let link = self.served.dir.join("repos").join(relative);
+        fs::create_dir_all(link.parent().expect("a parent")).expect("creating the folders");
+        std::os::unix::fs::symlink(repo.path(), &link).expect("linking the repository");
+        format!(
+            "https://127.0.0.1:{}{}",
+            self.served.port,
+            repo.path().display()
+        )
+    }
+
+    /// `https://127.0.0.1:PORT/OWNER/NAME.git`.
+    pub fn url(&self, repo: &GitRepo) -> String {
+        format!("https://127.0.0.1:{}/{}.git", self.served.port, repo.rel)
+    }
+
+    /// nginx's access log (combined format: the Basic user, the request line, the status);
+    /// passwords are not in it.
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.served.dir.join("nginx-access.log")).unwrap_or_default()
+    }
+}
+
+/// nginx + fcgiwrap + `git http-backend` serving `<dir>/repos` (killed when dropped).
+struct Nginx {
+    dir: PathBuf,
+    port: u16,
+    /// Held, not read: dropping them kills nginx and fcgiwrap.
+    _nginx: Process,
+    _fcgiwrap: Process,
+}
+
+impl Nginx {
+    /// `listen` is appended to the `listen` directive, `auth` goes into `location /`, `extra`
+    /// into the `server` block.
+    fn start(dir: PathBuf, listen: &str, auth: &str, extra: &str) -> Result<Nginx> {
         let nginx_binary = Path::new("/usr/sbin/nginx");
         let fcgiwrap_binary = Path::new("/usr/sbin/fcgiwrap");
         let backend = Path::new("/usr/lib/git-core/git-http-backend");
@@ -229,11 +356,9 @@ impl HttpGitServer {
                 bail!("`{}` is missing: run `tests/env/setup`", binary.display());
             }
         }
-        let dir = scratch_dir("http")?;
         let repos = dir.join("repos");
         fs::create_dir_all(&repos)?;
         fs::create_dir_all(dir.join("nginx-temp"))?;
-        let htpasswd = dir.join("htpasswd");
         let socket = dir.join("fcgiwrap.sock");
 
         let mut command = Command::new(fcgiwrap_binary);
@@ -265,10 +390,10 @@ http {{
     scgi_temp_path {temp}/scgi;
     client_max_body_size 0;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{listen}
+        {extra}
         location / {{
-            auth_basic \"git\";
-            auth_basic_user_file {htpasswd};
+            {auth}
             fastcgi_pass unix:{socket};
             fastcgi_param SCRIPT_FILENAME {backend};
             fastcgi_param GIT_PROJECT_ROOT {repos};
@@ -292,13 +417,12 @@ http {{
                 pid = dir.join("nginx.pid").display(),
                 dir = dir.display(),
                 temp = temp.display(),
-                htpasswd = htpasswd.display(),
+                listen = if listen.is_empty() { ";" } else { listen },
                 socket = socket.display(),
                 backend = backend.display(),
                 repos = repos.display(),
             ),
         )?;
-        fs::write(&htpasswd, htpasswd_line(username, password))?;
         let mut command = Command::new(nginx_binary);
         command
             .arg("-p")
@@ -314,31 +438,12 @@ http {{
                 std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             })
             .map_err(|err| err.context(format!("nginx-error.log:\n{}", tail(&error_log, 20))))?;
-        let server = HttpGitServer {
+        Ok(Nginx {
             dir,
             port,
-            username: username.to_owned(),
-            htpasswd,
             _nginx: nginx,
             _fcgiwrap: fcgiwrap,
-        };
-        Ok(server)
-    }
-
-    /// Replaces the accepted password (nginx reads the file on every request).
-    pub fn set_password(&self, password: &str) {
-        fs::write(&self.htpasswd, htpasswd_line(&self.username, password))
-            .expect("writing htpasswd");
-    }
-
-    /// Creates and seeds a bare repository `NAME.git` (see [`GitRepo`]).
-    pub fn create_repo(&self, name: &str) -> GitRepo {
-        GitRepo::create(&self.dir, name)
-    }
-
-    /// `http://127.0.0.1:PORT/NAME.git`.
-    pub fn url(&self, repo: &GitRepo) -> String {
-        format!("http://127.0.0.1:{}/{}.git", self.port, repo.name())
+        })
     }
 }
 
@@ -347,6 +452,8 @@ http {{
 /// [`SEED_CONFIG_MAP`] in that namespace, data `revision: "1"` and `repo: NAME`).
 pub struct GitRepo {
     name: String,
+    /// The path under `repos/` without `.git`: `NAME` or `OWNER/NAME`.
+    rel: String,
     path: PathBuf,
     worktree: PathBuf,
     seeded_commit: String,
@@ -354,14 +461,14 @@ pub struct GitRepo {
 }
 
 impl GitRepo {
-    fn create(server_dir: &Path, name: &str) -> GitRepo {
-        Self::try_create(server_dir, name)
-            .unwrap_or_else(|err| panic!("creating git repository `{name}` failed: {err:#}"))
+    fn create(server_dir: &Path, rel: &str, name: &str) -> GitRepo {
+        Self::try_create(server_dir, rel, name)
+            .unwrap_or_else(|err| panic!("creating git repository `{rel}` failed: {err:#}"))
     }
 
-    fn try_create(server_dir: &Path, name: &str) -> Result<GitRepo> {
-        let path = server_dir.join("repos").join(format!("{name}.git"));
-        let worktree = server_dir.join("work").join(name);
+    fn try_create(server_dir: &Path, rel: &str, name: &str) -> Result<GitRepo> {
+        let path = server_dir.join("repos").join(format!("{rel}.git"));
+        let worktree = server_dir.join("work").join(rel);
         fs::create_dir_all(&worktree)?;
         run(git(&worktree)
             .args(["init", "-q", "--bare", "-b", "main"])
@@ -369,6 +476,7 @@ impl GitRepo {
         run(git(&worktree).args(["init", "-q", "-b", "main"]))?;
         let mut repo = GitRepo {
             name: name.to_owned(),
+            rel: rel.to_owned(),
             path,
             worktree,
             seeded_commit: String::new(),

@@ -1,5 +1,6 @@
 //! Test support shared by the modules of the integration tests.
 
+pub mod admission;
 pub mod cli;
 pub mod cluster;
 pub mod fake_github;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::cli::{Run, Spawned, assert_no_leak, command, run_with_limit};
 use super::cluster::Cluster;
-use super::fake_github::{FakeGitHub, FakeKey, RepoSpec, TokenSpec};
+use super::fake_github::{FakeApp, FakeGitHub, FakeKey, RepoSpec, TokenSpec};
 use super::git_server::{GitRepo, SshGitServer};
 
 /// A fine-grained token shaped like GitHub's, unique per tag. The tag is scrambled into letters
@@ -32,8 +32,15 @@ pub fn token(tag: &str) -> String {
 /// A fake GitHub where `username/manifests` is `repo` on `ssh` (branch `main` at the seeded
 /// commit), `token` a fine-grained token of `username`, deploy keys the server's authorized keys
 /// and `/meta` its host key.
+#[allow(
+    dead_code,
+    reason = "the bootstrap_rerun benchmark's world; the tests use World"
+)]
 pub fn github_serving(ssh: &SshGitServer, repo: &GitRepo, token: &str) -> FakeGitHub {
-    let gh = FakeGitHub::start();
+    serve(FakeGitHub::start(), ssh, repo, token)
+}
+
+fn serve(gh: FakeGitHub, ssh: &SshGitServer, repo: &GitRepo, token: &str) -> FakeGitHub {
     gh.add_token(token, TokenSpec::fine_grained("username"));
     gh.add_repo(
         RepoSpec::new("username", "manifests")
@@ -60,10 +67,20 @@ pub struct World {
 impl World {
     /// A world whose runs use `kubeconfig`, with `path:` in `flux.yaml`.
     pub fn new(tag: &str, path: &str, kubeconfig: &Path) -> World {
+        Self::with_github(FakeGitHub::start(), tag, path, kubeconfig)
+    }
+
+    /// The same with the fake GitHub over HTTPS ([`FakeGitHub::start_https`]); runs trust the
+    /// test CA (`SSL_CERT_FILE`), as the Flux controllers do.
+    pub fn new_https(tag: &str, path: &str, kubeconfig: &Path) -> World {
+        Self::with_github(FakeGitHub::start_https(), tag, path, kubeconfig)
+    }
+
+    fn with_github(gh: FakeGitHub, tag: &str, path: &str, kubeconfig: &Path) -> World {
         let ssh = SshGitServer::start();
         let repo = ssh.create_repo(&format!("manifests-{tag}"));
         let token = token(tag);
-        let gh = github_serving(&ssh, &repo, &token);
+        let gh = serve(gh, &ssh, &repo, &token);
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("config")).unwrap();
         let w = World {
@@ -106,6 +123,9 @@ impl World {
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .env("HOMELAB_FLUX_GITHUB_API_URL", self.gh.url());
+        if self.gh.url().starts_with("https://") {
+            cmd.env("SSL_CERT_FILE", super::tls::test_ca().bundle_path());
+        }
         cmd
     }
 
@@ -168,6 +188,73 @@ impl World {
     pub fn spawn_bootstrap(&self, extra: &[&str]) -> Spawned {
         let args = bootstrap_args(extra);
         Spawned::start(self.command_with(&self.kubeconfig, &args))
+    }
+
+    /// `flux.yaml` with `auth: github-app`, and `secrets-flux.yaml` with the App (its key in
+    /// `app.pem` beside it, mode 600) and, when `with_token`, the world's token (which deletes
+    /// the cluster's old deploy key).
+    pub fn use_github_app(&self, app: &FakeApp, with_token: bool) {
+        let config = self.dir.path().join("config");
+        std::fs::write(
+            config.join("flux.yaml"),
+            "repo: https://github.com/username/manifests.git\nbranch: main\npath: ./clusters/home\nauth: github-app\n",
+        )
+        .unwrap();
+        super::cli::write_secrets(&config.join("app.pem"), &app.private_key_pem());
+        let token = match with_token {
+            true => format!("token: {}\n", self.token),
+            false => String::new(),
+        };
+        super::cli::write_secrets(
+            &config.join("secrets-flux.yaml"),
+            &format!(
+                "{token}githubApp:\n  id: {}\n  privateKeyFile: app.pem\n",
+                app.id()
+            ),
+        );
+    }
+
+    /// Back to the default `auth: deploy-key` with `path: ./clusters/home`, the token alone in
+    /// the secrets file.
+    pub fn use_deploy_key(&self) {
+        self.set_path("./clusters/home");
+        super::cli::write_secrets(
+            &self.dir.path().join("config/secrets-flux.yaml"),
+            &format!("token: {}\n", self.token),
+        );
+    }
+
+    /// Fails if the App's private key (any line of its PEM body) or any installation token the
+    /// fake issued shows in the run's output.
+    pub fn check_app_secrets(&self, app: &FakeApp, r: &Run) {
+        let transcript = r.transcript();
+        let pem = app.private_key_pem();
+        let body: Vec<&str> = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(body.len() > 20, "a 2048-bit PEM body");
+        for line in body {
+            assert_no_leak(line, &transcript, "the App's private key");
+        }
+        for issued in self.gh.installation_tokens() {
+            assert_no_leak(&issued.token, &transcript, "an installation token");
+        }
+    }
+
+    /// A re-run that changed nothing: the Secret, GitRepository and Kustomization unchanged and
+    /// nothing written to GitHub but installation token requests (since the last
+    /// [`FakeGitHub::clear_log`]).
+    pub fn assert_unchanged(&self, r: &Run) {
+        for what in [
+            "Secret `flux-system/flux-system` unchanged",
+            "GitRepository `flux-system/flux-system` unchanged",
+            "Kustomization `flux-system/flux-system` unchanged",
+        ] {
+            super::cli::assert_has(r, what);
+        }
+        let writes: Vec<String> = self.gh.writes().into_iter().map(|q| q.path).collect();
+        assert!(
+            writes.iter().all(|p| p.ends_with("/access_tokens")),
+            "{writes:?}"
+        );
     }
 
     /// The keys GitHub lists on `username/manifests` with this title.
