@@ -216,4 +216,3 @@ fn permissions(path: &Path, shown: &str) -> Option<Diagnostic> {
 fn permissions(_: &Path, _: &str) -> Option<Diagnostic> {
     None
 }
-

@@ -124,7 +124,9 @@ pub(super) fn scan_tracked(
     } else {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
     };
-    let on_disk = par_map(&tracked, threads, Worker::default, |w, t| scan.on_disk(w, t));
+    let on_disk = par_map(&tracked, threads, Worker::default, |w, t| {
+        scan.on_disk(w, t)
+    });
 
     let odb = repo.odb().ok();
     for (t, disk) in tracked.iter().zip(on_disk) {
@@ -180,7 +182,8 @@ impl Scan<'_> {
         // finding, is hashed to compare it with the staged blob.
         let may_differ = self.needles.any()
             && !self.needles.complete(found)
-            && !stat_of_file(&meta).is_some_and(|disk| search::unchanged(t.stat, disk, self.index_mtime))
+            && !stat_of_file(&meta)
+                .is_some_and(|disk| search::unchanged(t.stat, disk, self.index_mtime))
             && Oid::hash_object(git2::ObjectType::Blob, content).is_ok_and(|oid| oid != t.id);
         OnDisk {
             read: true,
@@ -248,7 +251,9 @@ fn report(shown: &str, found: Found, facts: Facts, hygiene: &mut Hygiene) {
             .rules
             .extend(rules.into_iter().map(|r| (shown.to_string(), r))),
         Some(SopsFact::Unreadable(reason)) => {
-            inventory.unreadable_configs.push((shown.to_string(), reason));
+            inventory
+                .unreadable_configs
+                .push((shown.to_string(), reason));
         }
         Some(SopsFact::Encrypted(found)) => inventory.files.push((shown.to_string(), found)),
         None => {}
@@ -395,11 +400,20 @@ mod tests {
     fn par_map_keeps_the_items_order_on_any_number_of_threads() {
         let items: Vec<usize> = (0..1000).collect();
         for threads in [1, 2, 3, 8] {
-            let out = par_map(&items, threads, || 0usize, |seen, &i| {
-                *seen += 1;
-                i * 2
-            });
-            assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>(), "{threads}");
+            let out = par_map(
+                &items,
+                threads,
+                || 0usize,
+                |seen, &i| {
+                    *seen += 1;
+                    i * 2
+                },
+            );
+            assert_eq!(
+                out,
+                items.iter().map(|i| i * 2).collect::<Vec<_>>(),
+                "{threads}"
+            );
         }
         assert!(par_map(&[] as &[u8], 2, || (), |_, &b| b).is_empty());
     }
@@ -408,10 +422,15 @@ mod tests {
     fn each_thread_keeps_its_own_state() {
         let items = vec![1u8; 500];
         // The state counts the items a thread saw; the counts add up to all of them.
-        let seen = par_map(&items, 2, || 0usize, |n, _| {
-            *n += 1;
-            *n
-        });
+        let seen = par_map(
+            &items,
+            2,
+            || 0usize,
+            |n, _| {
+                *n += 1;
+                *n
+            },
+        );
         assert_eq!(seen.len(), 500);
         assert!(seen.iter().all(|&n| n >= 1));
     }

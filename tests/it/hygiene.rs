@@ -205,7 +205,11 @@ fn many_files(root: &Path, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             let rel = format!("apps/a{:02}/m{i:04}.yaml", i % 17);
-            write(root, &rel, &format!("kind: ConfigMap\ndata:\n  n: \"{i}\"\n"));
+            write(
+                root,
+                &rel,
+                &format!("kind: ConfigMap\ndata:\n  n: \"{i}\"\n"),
+            );
             rel
         })
         .collect()
@@ -283,7 +287,11 @@ fn a_staged_token_is_found_after_the_file_is_rewritten_to_the_same_size() {
     let files = many_files(dir.path(), 300);
     write(dir.path(), &files[42], &format!("x: {token}\n"));
     stage_all(&repo);
-    write(dir.path(), &files[42], &format!("x: {}\n", "y".repeat(token.len())));
+    write(
+        dir.path(),
+        &files[42],
+        &format!("x: {}\n", "y".repeat(token.len())),
+    );
     let r = validate(dir.path(), &token);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_has(
