@@ -308,7 +308,7 @@ fn par_map<T: Sync, S, R: Send>(
     let mut parts = std::thread::scope(|scope| {
         // A thread that cannot be started leaves its share to the others.
         let spawned: Vec<_> = (1..threads)
-            .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, &work).ok())
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, work).ok())
             .collect();
         let mut parts = work();
         for handle in spawned {

@@ -30,7 +30,7 @@ enum Kind {
 
 enum Searcher {
     Nothing,
-    One(Finder<'static>, Kind),
+    One(Box<Finder<'static>>, Kind),
     Many(AhoCorasick, Vec<Kind>),
 }
 
@@ -57,7 +57,7 @@ impl Needles {
             0 => Searcher::Nothing,
             1 => {
                 let (p, kind) = &patterns[0];
-                Searcher::One(Finder::new(p).into_owned(), *kind)
+                Searcher::One(Box::new(Finder::new(p).into_owned()), *kind)
             }
             _ => {
                 let kinds = patterns.iter().map(|(_, k)| *k).collect();
