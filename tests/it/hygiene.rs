@@ -215,6 +215,16 @@ fn many_files(root: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The run failed on the token in `file` and in no other file.
+fn assert_token_only_in(r: &Run, file: &str) {
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.matches("error[HF063]").count(), 1, "{}", r.stderr);
+    assert_has(
+        r,
+        &format!("error[HF063]: the token's value is in `{file}`"),
+    );
+}
+
 #[test]
 fn on_many_files_every_finding_is_made_in_the_index_order_every_time() {
     let token = canary_token();
@@ -269,13 +279,7 @@ fn the_token_in_one_file_of_many_is_found() {
     write(dir.path(), &files[517], &format!("x: {token}\n"));
     stage_all(&repo);
     commit(&repo);
-    let r = validate(dir.path(), &token);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert_eq!(r.stderr.matches("error[HF063]").count(), 1, "{}", r.stderr);
-    assert_has(
-        &r,
-        &format!("error[HF063]: the token's value is in `{}`", files[517]),
-    );
+    assert_token_only_in(&validate(dir.path(), &token), &files[517]);
 }
 
 /// The stat data of the index vouches for a file only when it cannot have changed since: a
@@ -292,12 +296,7 @@ fn a_staged_token_is_found_after_the_file_is_rewritten_to_the_same_size() {
         &files[42],
         &format!("x: {}\n", "y".repeat(token.len())),
     );
-    let r = validate(dir.path(), &token);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert_has(
-        &r,
-        &format!("error[HF063]: the token's value is in `{}`", files[42]),
-    );
+    assert_token_only_in(&validate(dir.path(), &token), &files[42]);
 }
 
 #[test]
@@ -313,11 +312,5 @@ fn among_many_files_a_fifo_is_skipped_and_its_staged_blob_searched() {
         .status()
         .unwrap();
     assert!(made.success());
-    let r = validate(dir.path(), &token);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert_eq!(r.stderr.matches("error[HF063]").count(), 1, "{}", r.stderr);
-    assert_has(
-        &r,
-        &format!("error[HF063]: the token's value is in `{}`", files[200]),
-    );
+    assert_token_only_in(&validate(dir.path(), &token), &files[200]);
 }
