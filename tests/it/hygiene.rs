@@ -266,3 +266,118 @@ fn the_github_app_key_in_a_tracked_file_is_an_error_and_never_shown() {
         "error[HF086]: the GitHub App's private key is in `config/app.pem`, a file git tracks",
     );
 }
+
+/// Many tracked files, enough for the scan to run on every core.
+fn many_files(root: &Path, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let rel = format!("apps/a{:02}/m{i:04}.yaml", i % 17);
+            write(
+                root,
+                &rel,
+                &format!("kind: ConfigMap\ndata:\n  n: \"{i}\"\n"),
+            );
+            rel
+        })
+        .collect()
+}
+
+/// The run failed on the token in `file` and in no other file.
+fn assert_token_only_in(r: &Run, file: &str) {
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.matches("error[HF063]").count(), 1, "{}", r.stderr);
+    assert_has(
+        r,
+        &format!("error[HF063]: the token's value is in `{file}`"),
+    );
+}
+
+#[test]
+fn on_many_files_every_finding_is_made_in_the_index_order_every_time() {
+    let token = canary_token();
+    let (dir, repo) = work_tree(&token, "config/secrets-*.yaml\n");
+    let files = many_files(dir.path(), 600);
+    // The token in some, a plaintext Secret in others, both in one.
+    let mut wanted = Vec::new();
+    for i in [3, 150, 151, 420, 599] {
+        write(dir.path(), &files[i], &format!("token: {token}\n"));
+    }
+    for i in [7, 420, 598] {
+        let with = std::fs::read_to_string(dir.path().join(&files[i])).unwrap();
+        write(
+            dir.path(),
+            &files[i],
+            &format!("{with}---\nkind: Secret\nstringData:\n  a: b\n"),
+        );
+    }
+    stage_all(&repo);
+    let mut sorted: Vec<&String> = files.iter().collect();
+    sorted.sort();
+    for f in sorted {
+        let i: usize = f[f.len() - 9..f.len() - 5].parse().unwrap();
+        if [3, 150, 151, 420, 599].contains(&i) {
+            wanted.push(format!("error[HF063]: the token's value is in `{f}`"));
+        }
+        if [7, 420, 598].contains(&i) {
+            wanted.push(format!("warning[HF064]: `{f}` is a Kubernetes Secret"));
+        }
+    }
+    let first = validate(dir.path(), &token);
+    assert_eq!(first.code, 1, "{}", first.stderr);
+    let made: Vec<&str> = first
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error[HF06") || l.starts_with("warning[HF06"))
+        .collect();
+    assert_eq!(made.len(), wanted.len(), "{}", first.stderr);
+    for (m, w) in made.iter().zip(&wanted) {
+        assert!(m.starts_with(w.as_str()), "{m} is not {w}");
+    }
+    for _ in 0..3 {
+        assert_eq!(validate(dir.path(), &token).stderr, first.stderr);
+    }
+}
+
+#[test]
+fn the_token_in_one_file_of_many_is_found() {
+    let token = canary_token();
+    let (dir, repo) = work_tree(&token, "config/secrets-*.yaml\n");
+    let files = many_files(dir.path(), 800);
+    write(dir.path(), &files[517], &format!("x: {token}\n"));
+    stage_all(&repo);
+    commit(&repo);
+    assert_token_only_in(&validate(dir.path(), &token), &files[517]);
+}
+
+/// The stat data of the index vouches for a file only when it cannot have changed since: a
+/// file rewritten to the same size after it was staged is compared with its staged blob.
+#[test]
+fn a_staged_token_is_found_after_the_file_is_rewritten_to_the_same_size() {
+    let token = canary_token();
+    let (dir, repo) = work_tree(&token, "config/secrets-*.yaml\n");
+    let files = many_files(dir.path(), 300);
+    write(dir.path(), &files[42], &format!("x: {token}\n"));
+    stage_all(&repo);
+    write(
+        dir.path(),
+        &files[42],
+        &format!("x: {}\n", "y".repeat(token.len())),
+    );
+    assert_token_only_in(&validate(dir.path(), &token), &files[42]);
+}
+
+#[test]
+fn among_many_files_a_fifo_is_skipped_and_its_staged_blob_searched() {
+    let token = canary_token();
+    let (dir, repo) = work_tree(&token, "config/secrets-*.yaml\n");
+    let files = many_files(dir.path(), 400);
+    write(dir.path(), &files[200], &format!("x: {token}\n"));
+    stage_all(&repo);
+    std::fs::remove_file(dir.path().join(&files[200])).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.path().join(&files[200]))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert_token_only_in(&validate(dir.path(), &token), &files[200]);
+}
