@@ -40,6 +40,24 @@ pub struct Repository {
     pub permissions: Option<RepoPermissions>,
 }
 
+#[cfg(test)]
+impl Repository {
+    /// `username/manifests` as GitHub answers for it: private, not archived, default branch
+    /// `main`; the fixture the decision modules' tests share.
+    pub fn example() -> Repository {
+        serde_json::from_value(serde_json::json!({
+            "full_name": "username/manifests",
+            "default_branch": "main",
+            "ssh_url": "git@github.com:username/manifests.git",
+            "clone_url": "https://github.com/username/manifests.git",
+            "private": true,
+            "visibility": "private",
+            "archived": false,
+        }))
+        .unwrap()
+    }
+}
+
 /// The `permissions` object of a repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct RepoPermissions {

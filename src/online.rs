@@ -367,26 +367,12 @@ mod tests {
         }
     }
 
-    /// `GET /repos/username/manifests`: private, default branch `main`.
-    fn repository() -> Repository {
-        serde_json::from_value(serde_json::json!({
-            "full_name": "username/manifests",
-            "default_branch": "main",
-            "ssh_url": "git@github.com:username/manifests.git",
-            "clone_url": "https://github.com/username/manifests.git",
-            "private": true,
-            "visibility": "private",
-            "archived": false,
-        }))
-        .unwrap()
-    }
-
     /// Every answer as a homelab wants it: the token accepted, the repository private, the
     /// branch `main` there, the deploy keys listed.
     fn answers() -> Answers<Error> {
         Answers {
             user: Ok(user()),
-            repo: Ok(repository()),
+            repo: Ok(Repository::example()),
             branch: Some((
                 "main".to_string(),
                 Ok(Branch {
@@ -615,7 +601,7 @@ mod tests {
     #[test]
     fn public_repo_is_enough_to_read_a_public_repository_with_auth_token_only() {
         let public = || {
-            let mut repo = repository();
+            let mut repo = Repository::example();
             repo.private = false;
             repo.visibility = Some("public".to_string());
             Answers {
@@ -735,7 +721,7 @@ mod tests {
 
     #[test]
     fn an_archived_or_public_repository_warns_and_an_unset_branch_names_the_default() {
-        let mut repo = repository();
+        let mut repo = Repository::example();
         repo.archived = true;
         repo.private = false;
         repo.default_branch = "trunk".to_string();
@@ -773,7 +759,7 @@ mod tests {
 
     #[test]
     fn a_branch_not_found_names_the_default_branch() {
-        let mut repo = repository();
+        let mut repo = Repository::example();
         repo.default_branch = "trunk".to_string();
         let answers = Answers {
             repo: Ok(repo),

@@ -261,17 +261,6 @@ mod tests {
         }
     }
 
-    fn repo() -> Repository {
-        serde_json::from_value(serde_json::json!({
-            "full_name": "username/manifests",
-            "default_branch": "main",
-            "ssh_url": "git@github.com:username/manifests.git",
-            "clone_url": "https://github.com/username/manifests.git",
-            "private": true,
-        }))
-        .unwrap()
-    }
-
     fn ok() -> AppAnswers<Error> {
         AppAnswers {
             app: Ok(app()),
@@ -280,7 +269,7 @@ mod tests {
                 expires_at: "2026-12-07T11:00:00Z".to_string(),
                 permissions: BTreeMap::from([("contents".to_string(), "read".to_string())]),
             })),
-            repo: Some(Ok(repo())),
+            repo: Some(Ok(Repository::example())),
             branch: Some((
                 "main".to_string(),
                 Ok(Branch {

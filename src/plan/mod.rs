@@ -641,20 +641,9 @@ mod tests {
         config("repo: https://github.com/username/manifests\nbranch: main\npath: ./clusters/home\n")
     }
 
-    fn repo() -> Repository {
-        serde_json::from_value(json!({
-            "full_name": "username/manifests",
-            "default_branch": "main",
-            "ssh_url": "git@github.com:username/manifests.git",
-            "clone_url": "https://github.com/username/manifests.git",
-            "private": true,
-        }))
-        .unwrap()
-    }
-
     fn github(keys: Vec<DeployKey>) -> GitHubView {
         GitHubView {
-            repo: repo(),
+            repo: Repository::example(),
             head: Some(SHA.to_string()),
             keys,
             host_keys: vec![
@@ -739,7 +728,7 @@ mod tests {
     }
 
     fn known_hosts() -> String {
-        let endpoint = SshEndpoint::parse(&repo().ssh_url).unwrap();
+        let endpoint = SshEndpoint::parse(&Repository::example().ssh_url).unwrap();
         ssh_url::known_hosts(&endpoint, &github(vec![]).host_keys)
     }
 
@@ -1234,11 +1223,17 @@ mod tests {
     fn bootstrap_spells_the_url_as_export_does_for_the_same_repository() {
         let cfg = config("repo: https://github.com/Username/Manifests\n");
         let exported = flux::source_url(&cfg);
-        assert_eq!(source_url(&cfg, &repo(), None).unwrap(), exported);
+        assert_eq!(
+            source_url(&cfg, &Repository::example(), None).unwrap(),
+            exported
+        );
         let live = "ssh://git@github.com/username/manifests";
-        assert_eq!(source_url(&cfg, &repo(), Some(live)).unwrap(), live);
+        assert_eq!(
+            source_url(&cfg, &Repository::example(), Some(live)).unwrap(),
+            live
+        );
         // Another SSH endpoint (Enterprise Server, a port, the test environment) is GitHub's.
-        let mut elsewhere = repo();
+        let mut elsewhere = Repository::example();
         elsewhere.ssh_url = "ssh://git@127.0.0.1:2222/srv/git/manifests.git".to_string();
         assert_eq!(
             source_url(&cfg, &elsewhere, Some(&exported)).unwrap(),
@@ -1246,7 +1241,7 @@ mod tests {
         );
         let token_cfg = config("repo: https://github.com/Username/Manifests\nauth: token\n");
         assert_eq!(
-            source_url(&token_cfg, &repo(), None).unwrap(),
+            source_url(&token_cfg, &Repository::example(), None).unwrap(),
             flux::source_url(&token_cfg)
         );
     }
